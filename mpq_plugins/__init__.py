@@ -1,0 +1,1 @@
+"""mpq-asr: quantization-aware training and compression plugins for ESPnet ASR recipes."""

@@ -1,0 +1,117 @@
+"""Synthesise the embedded default corpus into Kaldi data dirs.
+
+    python -m mpq_plugins.bin.make_corpus --datadir data --wavdir data/local/wav --nj 2
+
+Writes <datadir>/{train,dev,test,test_unseen_voice}/ and <datadir>/local/corpus/ (vocabulary,
+speaker table, and the language-model text: every pool sentence not used in dev or test).
+Audio already on disk is kept, so an interrupted run resumes where it stopped.
+"""
+import argparse
+import concurrent.futures
+import os
+import random
+import shutil
+import sys
+import time
+
+from mpq_plugins.corpus import speakers as spk_mod
+from mpq_plugins.corpus.text import sentence_pool
+from mpq_plugins.corpus.tts import ENGINE_TOOLS, synthesise
+from mpq_plugins.datadir import DataDirError, validate_datadir, write_datadir
+
+SETS = ("train", "dev", "test", "test_unseen_voice")
+
+
+def check_tools():
+    missing = [t for t in list(ENGINE_TOOLS.values()) + ["sox"] if shutil.which(t) is None]
+    if missing:
+        sys.exit(f"make_corpus: missing Debian tools: {' '.join(missing)} (run tools/setup.sh, or "
+                 "apt-get install sox espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k "
+                 "festvox-us-slt-hts)")
+
+
+def plan(seed, sizes, vocab_size):
+    sentences, vocab = sentence_pool(vocab_size=vocab_size)
+    rng = random.Random(seed)
+    order = list(range(len(sentences)))
+    rng.shuffle(order)
+    need = sum(sizes.values())
+    if need > len(sentences):
+        sys.exit(f"make_corpus: asked for {need} utterances but the pool holds {len(sentences)} sentences")
+    design = spk_mod.design(seed)
+    utts, start = {}, 0
+    # held-out sets first, so their sentences stay the same whatever the training size
+    for name in ("dev", "test", "test_unseen_voice", "train"):
+        ids = order[start:start + sizes[name]]
+        start += sizes[name]
+        counts = spk_mod.allocate(design[name], sizes[name])
+        it = iter(ids)
+        utts[name] = [(spk, [(f"{spk.spk_id}_{k:05d}", sentences[next(it)]) for k in range(c)])
+                      for spk, c in zip(design[name], counts)]
+    heldout = {t for n in ("dev", "test", "test_unseen_voice") for _, us in utts[n] for _, t in us}
+    lm_text = [s for s in sentences if s not in heldout]
+    return utts, vocab, lm_text, design
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datadir", default="data")
+    p.add_argument("--wavdir", default="data/local/wav")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--n_train", type=int, default=3000)
+    p.add_argument("--n_dev", type=int, default=300)
+    p.add_argument("--n_test", type=int, default=500)
+    p.add_argument("--n_unseen", type=int, default=300)
+    p.add_argument("--vocab_size", type=int, default=3000)
+    p.add_argument("--nj", type=int, default=2)
+    p.add_argument("--chunk", type=int, default=40, help="utterances per synthesis job")
+    a = p.parse_args(argv)
+    check_tools()
+    sizes = {"train": a.n_train, "dev": a.n_dev, "test": a.n_test, "test_unseen_voice": a.n_unseen}
+    utts, vocab, lm_text, design = plan(a.seed, sizes, a.vocab_size)
+
+    wavdir = os.path.abspath(a.wavdir)
+    jobs = []
+    for name in SETS:
+        os.makedirs(os.path.join(wavdir, name), exist_ok=True)
+        for spk, us in utts[name]:
+            items = [(u, t, os.path.join(wavdir, name, u + ".wav")) for u, t in us]
+            for i in range(0, len(items), a.chunk):
+                jobs.append((spk, items[i:i + a.chunk]))
+    total = sum(len(j[1]) for j in jobs)
+    t0, done, made = time.time(), 0, 0
+    print(f"make_corpus: {total} utterances, {sum(len(v) for v in design.values())} speakers, nj={a.nj}", flush=True)
+    with concurrent.futures.ProcessPoolExecutor(a.nj) as ex:
+        futs = {ex.submit(synthesise, spk, items, wavdir): len(items) for spk, items in jobs}
+        last = 0.0
+        for f in concurrent.futures.as_completed(futs):
+            made += f.result()
+            done += futs[f]
+            if time.time() - last > 10 or done == total:
+                last = time.time()
+                print(f"  synthesised {done}/{total} ({made} new) in {time.time() - t0:.0f}s", flush=True)
+
+    for name in SETS:
+        rows = [(u, spk.spk_id, os.path.join(wavdir, name, u + ".wav"), t) for spk, us in utts[name] for u, t in us]
+        write_datadir(os.path.join(a.datadir, name), rows)
+        try:
+            n = validate_datadir(os.path.join(a.datadir, name))
+        except DataDirError as e:
+            sys.exit(f"make_corpus: {e}")
+        print(f"  {a.datadir}/{name}: {n} utterances")
+    local = os.path.join(a.datadir, "local", "corpus")
+    os.makedirs(local, exist_ok=True)
+    with open(os.path.join(local, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    with open(os.path.join(local, "lm_train.txt"), "w") as f:
+        f.write("\n".join(lm_text) + "\n")
+    with open(os.path.join(local, "speakers.tsv"), "w") as f:
+        f.write("spk_id\tengine\tvoice\trate\tpitch\tset\n")
+        for name in SETS:
+            for s in design[name]:
+                f.write(f"{s.describe()}\t{name}\n")
+    print(f"make_corpus: done in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Kaldi-style data directories: reading, writing and validating wav.scp, text, utt2spk, spk2utt.
+
+Every problem is reported as one line naming the file (and line) and what is wrong.
+"""
+import os
+import shutil
+
+
+class DataDirError(Exception):
+    pass
+
+
+def read_table(path):
+    """Read "key value..." lines into a list of (key, value, line_no); strict UTF-8."""
+    rows = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataDirError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start})")
+            line = line.rstrip("\n")
+            if not line.strip():
+                raise DataDirError(f"{path}:{n}: empty line")
+            key, _, value = line.partition(" ")
+            rows.append((key, value.strip(), n))
+    return rows
+
+
+def write_datadir(path, utts):
+    """utts: iterable of (utt_id, spk_id, wav_path, text). Written to a temp dir, then swapped in."""
+    utts = sorted(utts)
+    tmp = path.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    spk2utt = {}
+    with open(f"{tmp}/wav.scp", "w") as w, open(f"{tmp}/text", "w") as t, open(f"{tmp}/utt2spk", "w") as u:
+        for utt, spk, wav, text in utts:
+            w.write(f"{utt} {wav}\n")
+            t.write(f"{utt} {text}\n")
+            u.write(f"{utt} {spk}\n")
+            spk2utt.setdefault(spk, []).append(utt)
+    with open(f"{tmp}/spk2utt", "w") as s:
+        for spk in sorted(spk2utt):
+            s.write(f"{spk} {' '.join(spk2utt[spk])}\n")
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def _audio_problem(spec):
+    """Return a description of what is wrong with one wav.scp entry, or None."""
+    if spec.endswith("|"):
+        return None  # a command; checked when it runs
+    if not os.path.exists(spec):
+        return f"audio file {spec} does not exist"
+    try:
+        import soundfile
+        info = soundfile.info(spec)
+    except Exception as e:  # soundfile raises its own RuntimeError/LibsndfileError types
+        return f"audio file {spec} is not readable audio ({str(e).splitlines()[0][:120]})"
+    if info.frames == 0:
+        return f"audio file {spec} holds no samples"
+    return None
+
+
+def validate_datadir(path, check_audio=True):
+    """Raise DataDirError listing every problem found; return the number of utterances."""
+    problems = []
+    tables = {}
+    for name in ("wav.scp", "text", "utt2spk", "spk2utt"):
+        f = os.path.join(path, name)
+        if not os.path.exists(f):
+            problems.append(f"{f}: missing")
+            continue
+        try:
+            tables[name] = read_table(f)
+        except DataDirError as e:
+            problems.append(str(e))
+    for name, rows in tables.items():
+        f = os.path.join(path, name)
+        keys = [k for k, _, _ in rows]
+        for (a, _, _), (b, _, n) in zip(rows, rows[1:]):
+            if b <= a:
+                problems.append(f"{f}:{n}: {'duplicate' if a == b else 'unsorted'} key {b} (export LC_ALL=C; sort)")
+                break
+        if name == "text":
+            for k, v, n in rows:
+                if not v:
+                    problems.append(f"{f}:{n}: empty transcript for {k}")
+        if name in ("wav.scp", "utt2spk", "spk2utt"):
+            for k, v, n in rows:
+                if not v:
+                    problems.append(f"{f}:{n}: no value for {k}")
+        del keys
+    if "wav.scp" in tables:
+        wav_ids = {k for k, _, _ in tables["wav.scp"]}
+        for name in ("text", "utt2spk"):
+            if name in tables:
+                f = os.path.join(path, name)
+                for k, _, n in tables[name]:
+                    if k not in wav_ids:
+                        problems.append(f"{f}:{n}: utterance {k} has no audio in wav.scp")
+                ids = {k for k, _, _ in tables[name]}
+                for k, _, n in tables["wav.scp"]:
+                    if k not in ids:
+                        problems.append(f"{path}/wav.scp:{n}: utterance {k} has no entry in {name}")
+        if check_audio:
+            for k, v, n in tables["wav.scp"]:
+                p = _audio_problem(v)
+                if p:
+                    problems.append(f"{path}/wav.scp:{n}: {k}: {p}")
+    if "utt2spk" in tables and "spk2utt" in tables:
+        u2s = {k: v for k, v, _ in tables["utt2spk"]}
+        from_spk = {}
+        for spk, utts, n in tables["spk2utt"]:
+            for u in utts.split():
+                from_spk[u] = spk
+        if from_spk != u2s:
+            problems.append(f"{path}/spk2utt: does not match utt2spk (regenerate it from utt2spk)")
+        for u, spk in u2s.items():
+            if not u.startswith(spk):
+                problems.append(f"{path}/utt2spk: utterance {u} is not prefixed by its speaker id {spk}")
+                break
+    if problems:
+        shown = problems[:20]
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise DataDirError(f"data dir {path} is invalid:\n  " + "\n  ".join(shown) + more)
+    return len(tables["wav.scp"])
