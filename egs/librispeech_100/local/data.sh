@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Prepare Kaldi data dirs for the LibriSpeech 100 h recipe:
+#   local/data.sh [--corpus DIR] [--datadir DIR]
+# writes <datadir>/{train_clean_100,dev_clean,dev_other,test_clean,test_other}.
+set -euo pipefail
+
+corpus="${LIBRISPEECH:-/data/LibriSpeech}"
+datadir=data
+sets=train-clean-100,dev-clean,dev-other,test-clean,test-other
+
+usage() { echo "usage: $0 [--corpus DIR (default \$LIBRISPEECH or /data/LibriSpeech)] [--datadir DIR (default data)]" >&2; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --corpus) [ $# -ge 2 ] || { usage; exit 1; }; corpus="$2"; shift 2 ;;
+        --corpus=*) corpus="${1#*=}"; shift ;;
+        --datadir) [ $# -ge 2 ] || { usage; exit 1; }; datadir="$2"; shift 2 ;;
+        --datadir=*) datadir="${1#*=}"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "$0: unknown option: $1" >&2; usage; exit 1 ;;
+    esac
+done
+
+if [ ! -d "${corpus}" ]; then
+    echo "$0: LibriSpeech corpus dir '${corpus}' not found; pass --corpus DIR or set LIBRISPEECH" >&2
+    echo "  (it must hold ${sets//,/ } as unpacked from openslr.org/12)" >&2
+    exit 1
+fi
+
+# mpq_plugins lives at the repository root, three levels up from this script
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+export PYTHONPATH="${repo_root}${PYTHONPATH:+:${PYTHONPATH}}"
+
+python -m mpq_plugins.bin.prep_librispeech --corpus "${corpus}" --sets "${sets}" --datadir "${datadir}"
