@@ -16,6 +16,7 @@ while [ $# -gt 0 ]; do
         --corpus=*) corpus="${1#*=}"; shift ;;
         --datadir) [ $# -ge 2 ] || { usage; exit 1; }; datadir="$2"; shift 2 ;;
         --datadir=*) datadir="${1#*=}"; shift ;;
+        --nj) [ $# -ge 2 ] || { usage; exit 1; }; shift 2 ;;  # accepted for run.sh; preparation is one process
         -h|--help) usage; exit 0 ;;
         *) echo "$0: unknown option: $1" >&2; usage; exit 1 ;;
     esac

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# mpq-asr recipe: synthesise the default corpus, train an FP32 ESPnet Conformer, decode, score.
+#   ./run.sh                          # everything
+#   ./run.sh --stage 5 --stop_stage 6 # decode and score again
+# Options are the variables below (--name value). egs/*/run.sh call this script with their own.
+set -euo pipefail
+
+stage=1               # first stage to run
+stop_stage=100        # last stage to run
+nj=2                  # parallel jobs: synthesis and decoding
+ngpu=0                # GPUs per node for training (ESPnet launcher)
+num_nodes=1           # nodes for training (Slurm: cmd_backend=slurm)
+datadir=data          # Kaldi data dirs
+expdir=exp            # models, decodes, scores
+local_data=""         # stage 1 script writing ${datadir}/{train,dev,...}; default: local/data.sh (synthetic corpus)
+local_data_opts=""    # extra options for it
+train_set=train
+valid_set=dev
+test_sets="dev test test_unseen_voice"
+token_type=bpe        # bpe | char | word
+nbpe=300
+asr_config=conf/train_asr_conformer.yaml
+inference_config=conf/decode_asr.yaml
+inference_model=valid.acc.ave.pth
+asr_tag=""            # experiment name; default: the config's file name
+asr_args=""           # extra options for espnet2.bin.asr_train
+inference_args=""     # extra options for decoding
+help_message="Usage: $0 [--stage N] [--stop_stage M] [--<variable> <value>] (see the top of $0)"
+
+# run.sh may be called from a recipe dir under egs/: data and exp are relative to the current dir,
+# the scripts are found next to this file, and a recipe's own cmd.sh wins over the top-level one.
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. ${root}/path.sh
+if [ -f cmd.sh ]; then . ./cmd.sh; else . ${root}/cmd.sh; fi
+. ${root}/utils/parse_options.sh
+[ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; exit 1; }
+[ -z "${local_data}" ] && local_data=${root}/local/data.sh
+
+[ -z "${asr_tag}" ] && asr_tag=$(basename "${asr_config}" .yaml)
+token_dir=${datadir}/token_list/${token_type}$([ "${token_type}" = bpe ] && echo "_unigram${nbpe}")
+stats_dir=${expdir}/asr_stats_${token_type}$([ "${token_type}" = bpe ] && echo "${nbpe}")
+asr_exp=${expdir}/asr_${asr_tag}
+log() { echo "$(date '+%H:%M:%S') [run.sh stage ${1}] ${*:2}"; }
+# the data options shared by collect-stats and training
+data_args() {
+    echo --token_type ${token_type} --token_list ${token_dir}/tokens.txt \
+        $([ "${token_type}" = bpe ] && echo --bpemodel ${token_dir}/bpe.model) \
+        --use_preprocessor true --cleaner none --g2p none --non_linguistic_symbols none \
+        --train_data_path_and_name_and_type ${datadir}/${train_set}/wav.scp,speech,sound \
+        --train_data_path_and_name_and_type ${datadir}/${train_set}/text,text,text \
+        --valid_data_path_and_name_and_type ${datadir}/${valid_set}/wav.scp,speech,sound \
+        --valid_data_path_and_name_and_type ${datadir}/${valid_set}/text,text,text
+}
+
+if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+    log 1 "data: ${local_data} -> ${datadir}/"
+    ${local_data} --datadir ${datadir} --nj ${nj} ${local_data_opts}
+    for d in ${train_set} ${valid_set} ${test_sets}; do
+        python -m mpq_plugins.bin.validate_data_dir ${datadir}/${d}
+    done
+fi
+
+if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
+    log 2 "tokens: ${token_type} from ${datadir}/${train_set}/text -> ${token_dir}/"
+    python -m mpq_plugins.bin.make_tokens --text ${datadir}/${train_set}/text \
+        --token_type ${token_type} --nbpe ${nbpe} --outdir ${token_dir}
+fi
+
+if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
+    log 3 "stats: ESPnet collect_stats -> ${stats_dir}/"
+    rm -rf ${stats_dir}.tmp
+    ${train_cmd} ${stats_dir}.tmp/stats.log python -m espnet2.bin.asr_train --collect_stats true \
+        --config ${asr_config} $(data_args) --output_dir ${stats_dir}.tmp \
+        --train_shape_file ${datadir}/${train_set}/wav.scp --valid_shape_file ${datadir}/${valid_set}/wav.scp \
+        --ngpu 0 --num_workers ${nj} ${asr_args}
+    for s in train valid; do   # text lengths in tokens, and the vocabulary size, as ESPnet's trainer expects
+        awk -v N=$(wc -l < ${token_dir}/tokens.txt) '{print $0 "," N}' ${stats_dir}.tmp/${s}/text_shape \
+            > ${stats_dir}.tmp/${s}/text_shape.${token_type}
+    done
+    rm -rf ${stats_dir} && mv ${stats_dir}.tmp ${stats_dir}
+fi
+
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+    log 4 "train: ESPnet asr_train (${asr_config}) -> ${asr_exp}/ (log: ${asr_exp}/train.log)"
+    mkdir -p ${asr_exp}
+    python -m espnet2.bin.launch --cmd "${cuda_cmd} --name train_${asr_tag}" --log ${asr_exp}/train.log \
+        --ngpu ${ngpu} --num_nodes ${num_nodes} --init_file_prefix ${asr_exp}/.dist_init_ \
+        --multiprocessing_distributed true -- \
+        python -m espnet2.bin.asr_train --config ${asr_config} $(data_args) --output_dir ${asr_exp} \
+        --train_shape_file ${stats_dir}/train/speech_shape --train_shape_file ${stats_dir}/train/text_shape.${token_type} \
+        --valid_shape_file ${stats_dir}/valid/speech_shape --valid_shape_file ${stats_dir}/valid/text_shape.${token_type} \
+        --normalize global_mvn --normalize_conf stats_file=${stats_dir}/train/feats_stats.npz \
+        --resume true --fold_length 80000 --fold_length 150 ${asr_args}
+    python -m mpq_plugins.bin.plot_training ${asr_exp}
+fi
+
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+    for d in ${test_sets}; do
+        log 5 "decode: ${d} with ${asr_exp}/${inference_model} in ${nj} jobs"
+        ${root}/local/decode.sh --nj ${nj} --config ${inference_config} --model ${asr_exp}/${inference_model} \
+            --asr_config ${asr_exp}/config.yaml --data ${datadir}/${d} --args "${inference_args}" \
+            --dir ${asr_exp}/decode_$(basename ${inference_config} .yaml | sed "s/^decode_//")_${inference_model%.pth}/${d}
+    done
+fi
+
+if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
+    log 6 "score: sclite per test set -> RESULTS.md"
+    for d in ${test_sets}; do
+        python -m mpq_plugins.bin.score --data ${datadir}/${d} \
+            --dir ${asr_exp}/decode_$(basename ${inference_config} .yaml | sed "s/^decode_//")_${inference_model%.pth}/${d}
+    done
+    python -m mpq_plugins.bin.results --expdir ${expdir} --out RESULTS.md
+fi
+log done "stages ${stage}-${stop_stage} finished"
