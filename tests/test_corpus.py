@@ -1,0 +1,91 @@
+"""The synthetic corpus: text normalisation, speaker design, synthesis and resume."""
+import os
+import shutil
+import subprocess
+import sys
+import wave
+
+import pytest
+
+from mpq_plugins.corpus import speakers as spk
+from mpq_plugins.corpus.text import normalise, sentence_pool
+from tests.conftest import ROOT
+
+HAVE_TTS = all(shutil.which(t) for t in ("espeak-ng", "flite", "festival", "sox"))
+
+
+def test_normalise():
+    assert normalise("The cat's hat -- isn't it RED?") == ["the", "cat's", "hat", "isn't", "it", "red"]
+    assert normalise("He was born in 1999.") is None          # digits are rejected
+    assert normalise("mail me @ home") is None                 # odd symbols are rejected
+    assert normalise("'quoted' words; and (brackets)") == ["quoted", "words", "and", "brackets"]
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/share/wordnet/data.noun"), reason="wordnet-base not installed")
+def test_sentence_pool_is_closed_vocabulary():
+    sentences, vocab = sentence_pool(vocab_size=3000)
+    vocab = set(vocab)
+    assert len(vocab) == 3000
+    assert len(sentences) > 5000
+    assert len(set(sentences)) == len(sentences)
+    for s in sentences:
+        words = s.split()
+        assert 5 <= len(words) <= 14
+        assert all(w in vocab for w in words)
+        assert s == s.lower() and not any(c.isdigit() for c in s)
+
+
+def test_speaker_design_keeps_test_speakers_unseen():
+    d = spk.design(seed=3)
+    assert d == spk.design(seed=3)                               # deterministic for a seed
+    train = {(s.engine, s.voice, s.rate, s.pitch) for s in d["train"]}
+    for name in ("dev", "test", "test_unseen_voice"):
+        for s in d[name]:
+            assert (s.engine, s.voice, s.rate, s.pitch) not in train
+    held = [(s.engine, s.voice, s.rate, s.pitch) for n in ("dev", "test") for s in d[n]]
+    assert len(held) == len(set(held))                           # dev and test share no speaker
+    train_voices = {s.voice for s in d["train"]}
+    train_espeak_accents = {s.voice.split("+")[0] for s in d["train"] if s.engine == "espeak"}
+    for s in d["test_unseen_voice"]:
+        assert s.voice not in train_voices
+        if s.engine == "espeak":
+            assert s.voice.split("+")[0] not in train_espeak_accents
+    ids = [s.spk_id for v in d.values() for s in v]
+    assert len(ids) == len(set(ids))
+
+
+def test_allocation_weights_engines():
+    d = spk.design(seed=1)
+    counts = spk.allocate(d["train"], 3000)
+    assert sum(counts) == 3000
+    per_engine = {}
+    for s, c in zip(d["train"], counts):
+        per_engine[s.engine] = per_engine.get(s.engine, 0) + c
+    assert per_engine["espeak"] < per_engine["flite"]
+    assert abs(per_engine["flite"] - 1200) <= 1 and abs(per_engine["espeak"] - 900) <= 1
+
+
+@pytest.mark.skipif(not HAVE_TTS, reason="Debian TTS tools not installed")
+def test_make_corpus_small_and_resume(tmp_path):
+    cmd = [sys.executable, "-m", "mpq_plugins.bin.make_corpus", "--datadir", str(tmp_path / "data"),
+           "--wavdir", str(tmp_path / "wav"), "--n_train", "20", "--n_dev", "8", "--n_test", "8",
+           "--n_unseen", "8", "--chunk", "5"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    texts = {}
+    for name in ("train", "dev", "test", "test_unseen_voice"):
+        with open(tmp_path / "data" / name / "text") as f:
+            texts[name] = {line.split(" ", 1)[1].strip() for line in f}
+    for name in ("dev", "test", "test_unseen_voice"):
+        assert not texts[name] & texts["train"]                  # held-out sentences never occur in train
+    with open(tmp_path / "data" / "train" / "wav.scp") as f:
+        first_wav = f.readline().split()[1]
+    with wave.open(first_wav) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+        assert w.getnframes() > 16000 * 0.5
+    # a killed run is resumed: only the missing audio is made again
+    os.remove(first_wav)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "(1 new)" in r.stdout
+    assert os.path.exists(first_wav)

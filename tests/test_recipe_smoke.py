@@ -1,0 +1,100 @@
+"""Every stage of run.sh on a tiny synthetic corpus with a tiny Conformer, and the outputs agree.
+
+This is the slow test (about two minutes): the real corpus synthesis, ESPnet collect-stats and
+training, ESPnet decoding in parallel jobs and sclite scoring.
+"""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from mpq_plugins.scoring import parse_sum_avg
+from tests.conftest import ROOT
+
+TOOLS = ("espeak-ng", "flite", "festival", "sox")
+pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in TOOLS) or not os.path.exists("/usr/lib/sctk/bin/sclite"),
+                                reason="Debian tools missing (run tools/setup.sh)")
+
+DECODE = "decode_tiny_valid.acc.ave"
+SETS = ("dev", "test", "test_unseen_voice")
+
+
+def run(cwd, *args):
+    cmd = [os.path.join(ROOT, "run.sh"), "--nbpe", "40",
+           "--local_data_opts", "--n_train 24 --n_dev 6 --n_test 6 --n_unseen 6",
+           "--asr_config", os.path.join(ROOT, "tests/conf/train_tiny.yaml"),
+           "--inference_config", os.path.join(ROOT, "tests/conf/decode_tiny.yaml"), *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    d = tmp_path_factory.mktemp("recipe")
+    r = run(d)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return d
+
+
+def words(path):
+    with open(path) as f:
+        return sum(len(line.split()) - 1 for line in f)
+
+
+def test_all_stages_agree(recipe):
+    exp = recipe / "exp" / "asr_train_tiny"
+    assert (exp / "valid.acc.ave.pth").exists()
+    assert (exp / "training_curve.png").stat().st_size > 1000
+    assert (recipe / "data" / "token_list" / "bpe_unigram40" / "bpe.model").exists()
+    for s in SETS:
+        dec = exp / DECODE / s
+        with open(recipe / "data" / s / "text") as f:
+            ref_ids = [line.split()[0] for line in f]
+        with open(dec / "text") as f:
+            hyp_ids = [line.split()[0] for line in f]
+        assert hyp_ids == ref_ids                                  # one hypothesis per utterance, all jobs merged
+        row = parse_sum_avg(str(dec / "score_wer" / "result.txt"))
+        assert row["Snt"] == len(ref_ids)
+        assert row["Wrd"] == words(recipe / "data" / s / "text")   # sclite saw exactly the reference words
+        assert row["Corr"] + row["Sub"] + row["Del"] == pytest.approx(100, abs=0.2)
+    results = (recipe / "RESULTS.md").read_text()
+    for s in SETS:
+        assert f"|{DECODE}/{s}|6|" in results
+    assert (recipe / "results" / "asr_train_tiny_training_curve.png").exists()
+
+
+def test_rerun_scoring_stage_is_stable(recipe):
+    before = (recipe / "exp" / "asr_train_tiny" / DECODE / "test" / "score_wer" / "result.txt").read_text()
+    r = run(recipe, "--stage", "6", "--stop_stage", "6")
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = (recipe / "exp" / "asr_train_tiny" / DECODE / "test" / "score_wer" / "result.txt").read_text()
+    assert parse_sum_avg_text(before) == parse_sum_avg_text(after)
+
+
+def parse_sum_avg_text(text):
+    return [line for line in text.splitlines() if "Sum/Avg" in line]
+
+
+def test_corrupt_audio_fails_cleanly(recipe):
+    results_before = (recipe / "RESULTS.md").read_text()
+    hyp_before = (recipe / "exp" / "asr_train_tiny" / DECODE / "dev" / "text").read_text()
+    with open(recipe / "data" / "dev" / "wav.scp") as f:
+        victim = f.readline().split()[1]
+    saved = open(victim, "rb").read()
+    try:
+        with open(victim, "wb") as f:
+            f.write(b"RIFF not really a wave file")
+        r = run(recipe, "--stage", "5", "--stop_stage", "6")
+        assert r.returncode != 0
+        assert victim in r.stderr and "not readable audio" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert (recipe / "RESULTS.md").read_text() == results_before      # earlier results untouched
+        assert (recipe / "exp" / "asr_train_tiny" / DECODE / "dev" / "text").read_text() == hyp_before
+    finally:
+        with open(victim, "wb") as f:
+            f.write(saved)
+
+
+def test_unknown_option_is_rejected(recipe):
+    r = run(recipe, "--stage", "6", "--no_such_option", "1")
+    assert r.returncode != 0 and "--no_such_option" in r.stderr

@@ -1,0 +1,60 @@
+"""sclite scoring on hand-made transcripts whose error counts are known."""
+import os
+import shutil
+
+import pytest
+
+from mpq_plugins.scoring import ScoringError, parse_sum_avg, score_dir, to_units
+
+pytestmark = pytest.mark.skipif(not (shutil.which("sclite") or os.path.exists("/usr/lib/sctk/bin/sclite")),
+                                reason="sctk not installed")
+
+
+def write(path, lines):
+    path.write_text("".join(f"{k} {v}\n" for k, v in lines))
+    return str(path)
+
+
+@pytest.fixture
+def data(tmp_path):
+    ref = write(tmp_path / "ref", [("a_1", "the cat sat on the mat"), ("a_2", "hello world"),
+                                   ("b_1", "one more word")])
+    u2s = write(tmp_path / "utt2spk", [("a_1", "a"), ("a_2", "a"), ("b_1", "b")])
+    return tmp_path, ref, u2s
+
+
+def test_counts_by_hand(data):
+    tmp, ref, u2s = data
+    # a_1: 1 substitution (sat->sit), 1 deletion (the); a_2: 1 insertion; b_1: correct
+    hyp = write(tmp / "hyp", [("a_1", "the cat sit on mat"), ("a_2", "hello big world"), ("b_1", "one more word")])
+    r = score_dir(ref, hyp, u2s, str(tmp / "out"))
+    w = r["wer"]
+    assert (w["Snt"], w["Wrd"]) == (3, 11)
+    assert w["Err"] == pytest.approx(100 * 3 / 11, abs=0.05)
+    assert w["Sub"] == pytest.approx(100 / 11, abs=0.05) and w["Del"] == pytest.approx(100 / 11, abs=0.05)
+    assert w["S.Err"] == pytest.approx(100 * 2 / 3, abs=0.05)
+    assert r["cer"]["Wrd"] == sum(len(s) for s in ["the cat sat on the mat", "hello world", "one more word"])
+    trn = (tmp / "out" / "score_wer" / "ref.trn").read_text().splitlines()
+    assert trn[0] == "the cat sat on the mat (a-a_1)"
+    assert (tmp / "out" / "score_wer" / "hyp.trn.sgml").exists()
+    assert parse_sum_avg(str(tmp / "out" / "score_wer" / "result.txt")) == w
+
+
+def test_missing_hypothesis_is_all_deletions(data):
+    tmp, ref, u2s = data
+    hyp = write(tmp / "hyp", [("a_1", "the cat sat on the mat"), ("b_1", "one more word")])
+    r = score_dir(ref, hyp, u2s, str(tmp / "out"))
+    assert r["missing"] == 1
+    assert r["wer"]["Del"] == pytest.approx(100 * 2 / 11, abs=0.05)
+
+
+def test_unknown_hypothesis_is_an_error(data):
+    tmp, ref, u2s = data
+    hyp = write(tmp / "hyp", [("a_1", "x"), ("zz_9", "who is this")])
+    with pytest.raises(ScoringError, match="not in .*ref"):
+        score_dir(ref, hyp, u2s, str(tmp / "out"))
+
+
+def test_char_units():
+    assert to_units(["ab", "c"], "char") == ["a", "b", "<space>", "c"]
+    assert to_units(["ab", "c"], "word") == ["ab", "c"]
