@@ -21,6 +21,10 @@ token_type=bpe        # bpe | char | word
 nbpe=300
 asr_config=conf/train_asr_conformer.yaml
 inference_config=conf/decode_asr.yaml
+use_lm=true           # train a language model on the corpus text and use it in decoding
+lm_config=conf/train_lm.yaml
+lm_train_text=""      # Kaldi text file for the LM; default: ${datadir}/local/corpus/lm_train.txt
+lm_args=""            # extra options for espnet2.bin.lm_train
 inference_model=valid.acc.ave.pth
 asr_tag=""            # experiment name; default: the config's file name
 asr_args=""           # extra options for espnet2.bin.asr_train
@@ -35,11 +39,13 @@ if [ -f cmd.sh ]; then . ./cmd.sh; else . ${root}/cmd.sh; fi
 . ${root}/utils/parse_options.sh
 [ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; exit 1; }
 [ -z "${local_data}" ] && local_data=${root}/local/data.sh
+[ -z "${lm_train_text}" ] && lm_train_text=${datadir}/local/corpus/lm_train.txt
 
 [ -z "${asr_tag}" ] && asr_tag=$(basename "${asr_config}" .yaml)
 token_dir=${datadir}/token_list/${token_type}$([ "${token_type}" = bpe ] && echo "_unigram${nbpe}")
 stats_dir=${expdir}/asr_stats_${token_type}$([ "${token_type}" = bpe ] && echo "${nbpe}")
 asr_exp=${expdir}/asr_${asr_tag}
+lm_exp=${expdir}/lm_$(basename "${lm_config}" .yaml)_${token_type}
 log() { echo "$(date '+%H:%M:%S') [run.sh stage ${1}] ${*:2}"; }
 # the data options shared by collect-stats and training
 data_args() {
@@ -80,8 +86,27 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     rm -rf ${stats_dir} && mv ${stats_dir}.tmp ${stats_dir}
 fi
 
-if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
-    log 4 "train: ESPnet asr_train (${asr_config}) -> ${asr_exp}/ (log: ${asr_exp}/train.log)"
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && [ "${use_lm}" = true ]; then
+    log 4 "LM: ESPnet lm_train (${lm_config}) on ${lm_train_text} -> ${lm_exp}/"
+    lm_data="--token_type ${token_type} --token_list ${token_dir}/tokens.txt --cleaner none --g2p none
+        $([ "${token_type}" = bpe ] && echo --bpemodel ${token_dir}/bpe.model) --non_linguistic_symbols none
+        --train_data_path_and_name_and_type ${lm_train_text},text,text
+        --valid_data_path_and_name_and_type ${datadir}/${valid_set}/text,text,text"
+    rm -rf ${lm_exp}/stats
+    ${train_cmd} ${lm_exp}/stats.log python -m espnet2.bin.lm_train --collect_stats true --config ${lm_config} \
+        ${lm_data} --train_shape_file ${lm_train_text} --valid_shape_file ${datadir}/${valid_set}/text \
+        --output_dir ${lm_exp}/stats.tmp --ngpu 0 ${lm_args}
+    mv ${lm_exp}/stats.tmp ${lm_exp}/stats
+    python -m espnet2.bin.launch --cmd "${cuda_cmd} --name lm_${asr_tag}" --log ${lm_exp}/train.log \
+        --ngpu ${ngpu} --num_nodes ${num_nodes} --init_file_prefix ${lm_exp}/.dist_init_ \
+        --multiprocessing_distributed true -- \
+        python -m espnet2.bin.lm_train --config ${lm_config} ${lm_data} --output_dir ${lm_exp} \
+        --train_shape_file ${lm_exp}/stats/train/text_shape --valid_shape_file ${lm_exp}/stats/valid/text_shape \
+        --fold_length 150 --resume true ${lm_args}
+fi
+
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+    log 5 "train: ESPnet asr_train (${asr_config}) -> ${asr_exp}/ (log: ${asr_exp}/train.log)"
     mkdir -p ${asr_exp}
     python -m espnet2.bin.launch --cmd "${cuda_cmd} --name train_${asr_tag}" --log ${asr_exp}/train.log \
         --ngpu ${ngpu} --num_nodes ${num_nodes} --init_file_prefix ${asr_exp}/.dist_init_ \
@@ -94,17 +119,18 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     python -m mpq_plugins.bin.plot_training ${asr_exp}
 fi
 
-if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     for d in ${test_sets}; do
-        log 5 "decode: ${d} with ${asr_exp}/${inference_model} in ${nj} jobs"
+        log 6 "decode: ${d} with ${asr_exp}/${inference_model} in ${nj} jobs"
         ${root}/local/decode.sh --nj ${nj} --config ${inference_config} --model ${asr_exp}/${inference_model} \
-            --asr_config ${asr_exp}/config.yaml --data ${datadir}/${d} --args "${inference_args}" \
+            --asr_config ${asr_exp}/config.yaml --data ${datadir}/${d} \
+            --args "$([ "${use_lm}" = true ] && echo --lm_train_config ${lm_exp}/config.yaml --lm_file ${lm_exp}/valid.loss.best.pth) ${inference_args}" \
             --dir ${asr_exp}/decode_$(basename ${inference_config} .yaml | sed "s/^decode_//")_${inference_model%.pth}/${d}
     done
 fi
 
-if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
-    log 6 "score: sclite per test set -> RESULTS.md"
+if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
+    log 7 "score: sclite per test set -> RESULTS.md"
     for d in ${test_sets}; do
         python -m mpq_plugins.bin.score --data ${datadir}/${d} \
             --dir ${asr_exp}/decode_$(basename ${inference_config} .yaml | sed "s/^decode_//")_${inference_model%.pth}/${d}

@@ -104,7 +104,7 @@ def main(argv=None):
     with open(os.path.join(local, "vocab.txt"), "w") as f:
         f.write("\n".join(vocab) + "\n")
     with open(os.path.join(local, "lm_train.txt"), "w") as f:
-        f.write("\n".join(lm_text) + "\n")
+        f.write("".join(f"lm_{i:06d} {t}\n" for i, t in enumerate(lm_text)))
     with open(os.path.join(local, "speakers.tsv"), "w") as f:
         f.write("spk_id\tengine\tvoice\trate\tpitch\tset\n")
         for name in SETS:
