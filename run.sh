@@ -34,6 +34,7 @@ help_message="Usage: $0 [--stage N] [--stop_stage M] [--<variable> <value>] (see
 # run.sh may be called from a recipe dir under egs/: data and exp are relative to the current dir,
 # the scripts are found next to this file, and a recipe's own cmd.sh wins over the top-level one.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+${root}/tools/setup.sh   # idempotent: installs only what is missing
 . ${root}/path.sh
 if [ -f cmd.sh ]; then . ./cmd.sh; else . ${root}/cmd.sh; fi
 . ${root}/utils/parse_options.sh

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Set up mpq-asr on this machine; idempotent, so every entry point may call it.
 #   tools/setup.sh          # Debian tools (when apt is there) + tools/venv with tools/requirements.txt
-# Prints what it does; a second run with nothing missing takes about a second.
+# Prints what it installs; a run with nothing missing is silent and takes a few seconds.
 set -euo pipefail
 tools=$(cd "$(dirname "$0")" && pwd)
 t0=$(date +%s)
+did=""   # what this run installed
 
 # 1. Debian packages: SCTK (sclite, sc_stats), sox, the TTS engines and voices, the text sources.
 debs="sctk sox espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts wordnet-base fortunes"
@@ -14,11 +15,11 @@ for p in ${debs}; do
 done
 if [ -n "${missing}" ]; then
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-        echo "setup: installing Debian packages:${missing}"
+        echo "setup: installing Debian packages:${missing}"; did="${did} debs"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing} >/dev/null
     elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then
-        echo "setup: installing Debian packages with sudo:${missing}"
+        echo "setup: installing Debian packages with sudo:${missing}"; did="${did} debs"
         sudo apt-get update -qq
         sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing} >/dev/null
     else
@@ -33,7 +34,7 @@ fi
 stamp=${tools}/venv/.requirements.sha256
 want=$(sha256sum ${tools}/requirements.txt | cut -d' ' -f1)
 if [ ! -x ${tools}/venv/bin/python ] || [ "$(cat ${stamp} 2>/dev/null)" != "${want}" ]; then
-    echo "setup: installing Python packages into ${tools}/venv (torch and espnet: a few minutes)"
+    echo "setup: installing Python packages into ${tools}/venv (torch and espnet: a few minutes)"; did="${did} venv"
     python3 -m venv ${tools}/venv
     if ! ${tools}/venv/bin/pip install -q --disable-pip-version-check -r ${tools}/requirements.txt \
             > ${tools}/pip-install.log 2>&1; then
@@ -49,4 +50,4 @@ ${tools}/venv/bin/python -c "import torch, torchaudio, espnet, sentencepiece, ka
 
 # 3. Offline: empty nltk archives so that ESPnet's g2p_en import does not try to download them.
 ${tools}/venv/bin/python ${tools}/make_nltk_placeholders.py ${tools}/nltk_data
-echo "setup: ready in $(( $(date +%s) - t0 )) s"
+[ -z "${did}" ] || echo "setup: installed${did} in $(( $(date +%s) - t0 )) s"
