@@ -10,6 +10,7 @@ for f in ${data}/wav.scp ${model} ${asr_config} ${config}; do
     [ -f "$f" ] || { echo "$0: missing file $f" >&2; exit 1; }
 done
 : ${decode_cmd:=run.pl}
+export OMP_NUM_THREADS=1   # one thread per job: nj jobs share the cores
 python -m mpq_plugins.bin.validate_data_dir ${data} >/dev/null
 n=$(wc -l < ${data}/wav.scp); [ ${nj} -gt ${n} ] && nj=${n}
 logdir=${dir}/logdir

@@ -21,10 +21,11 @@ SETS = ("dev", "test", "test_unseen_voice")
 
 
 def run(cwd, *args):
-    cmd = [os.path.join(ROOT, "run.sh"), "--nbpe", "40",
+    cmd = [os.path.join(ROOT, "run.sh"),
            "--local_data_opts", "--n_train 24 --n_dev 6 --n_test 6 --n_unseen 6",
            "--asr_config", os.path.join(ROOT, "tests/conf/train_tiny.yaml"),
-           "--inference_config", os.path.join(ROOT, "tests/conf/decode_tiny.yaml"), *args]
+           "--inference_config", os.path.join(ROOT, "tests/conf/decode_tiny.yaml"),
+           "--lm_config", os.path.join(ROOT, "tests/conf/train_lm_tiny.yaml"), "--lm_train_text", "data/train/text", *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
 
 
@@ -44,8 +45,11 @@ def words(path):
 def test_all_stages_agree(recipe):
     exp = recipe / "exp" / "asr_train_tiny"
     assert (exp / "valid.acc.ave.pth").exists()
+    assert (recipe / "exp" / "lm_train_lm_tiny_char" / "valid.loss.best.pth").exists()
+    with open(exp / DECODE / "test" / "logdir" / "asr_inference.1.log") as f:
+        assert "lm_file" in f.read()                                # decoding used the LM
     assert (exp / "training_curve.png").stat().st_size > 1000
-    assert (recipe / "data" / "token_list" / "bpe_unigram40" / "bpe.model").exists()
+    assert "<space>" in (recipe / "data" / "token_list" / "char" / "tokens.txt").read_text()
     for s in SETS:
         dec = exp / DECODE / s
         with open(recipe / "data" / s / "text") as f:
