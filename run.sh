@@ -43,15 +43,18 @@ if [ -f cmd.sh ]; then . ./cmd.sh; else . ${root}/cmd.sh; fi
 [ -z "${lm_train_text}" ] && lm_train_text=${datadir}/local/corpus/lm_train.txt
 
 [ -z "${asr_tag}" ] && asr_tag=$(basename "${asr_config}" .yaml)
-token_dir=${datadir}/token_list/${token_type}$([ "${token_type}" = bpe ] && echo "_unigram${nbpe}")
-stats_dir=${expdir}/asr_stats_${token_type}$([ "${token_type}" = bpe ] && echo "${nbpe}")
+token_name=${token_type}; bpe_opts=""
+if [ "${token_type}" = bpe ]; then token_name=bpe_unigram${nbpe}; fi
+token_dir=${datadir}/token_list/${token_name}
+[ "${token_type}" = bpe ] && bpe_opts="--bpemodel ${token_dir}/bpe.model"
+stats_dir=${expdir}/asr_stats_${token_name}
 asr_exp=${expdir}/asr_${asr_tag}
 lm_exp=${expdir}/lm_$(basename "${lm_config}" .yaml)_${token_type}
+trap 'echo "$0: failed (line ${LINENO}); see the messages above" >&2' ERR
 log() { echo "$(date '+%H:%M:%S') [run.sh stage ${1}] ${*:2}"; }
 # the data options shared by collect-stats and training
 data_args() {
-    echo --token_type ${token_type} --token_list ${token_dir}/tokens.txt \
-        $([ "${token_type}" = bpe ] && echo --bpemodel ${token_dir}/bpe.model) \
+    echo --token_type ${token_type} --token_list ${token_dir}/tokens.txt ${bpe_opts} \
         --use_preprocessor true --cleaner none --g2p none --non_linguistic_symbols none \
         --train_data_path_and_name_and_type ${datadir}/${train_set}/wav.scp,speech,sound \
         --train_data_path_and_name_and_type ${datadir}/${train_set}/text,text,text \
@@ -89,8 +92,8 @@ fi
 
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && [ "${use_lm}" = true ]; then
     log 4 "LM: ESPnet lm_train (${lm_config}) on ${lm_train_text} -> ${lm_exp}/"
-    lm_data="--token_type ${token_type} --token_list ${token_dir}/tokens.txt --cleaner none --g2p none
-        $([ "${token_type}" = bpe ] && echo --bpemodel ${token_dir}/bpe.model) --non_linguistic_symbols none
+    lm_data="--token_type ${token_type} --token_list ${token_dir}/tokens.txt ${bpe_opts} --cleaner none --g2p none
+        --non_linguistic_symbols none
         --train_data_path_and_name_and_type ${lm_train_text},text,text
         --valid_data_path_and_name_and_type ${datadir}/${valid_set}/text,text,text"
     rm -rf ${lm_exp}/stats
@@ -121,11 +124,13 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
 fi
 
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
+    lm_opts=""
+    [ "${use_lm}" = true ] && lm_opts="--lm_train_config ${lm_exp}/config.yaml --lm_file ${lm_exp}/valid.loss.best.pth"
     for d in ${test_sets}; do
         log 6 "decode: ${d} with ${asr_exp}/${inference_model} in ${nj} jobs"
         ${root}/local/decode.sh --nj ${nj} --config ${inference_config} --model ${asr_exp}/${inference_model} \
             --asr_config ${asr_exp}/config.yaml --data ${datadir}/${d} \
-            --args "$([ "${use_lm}" = true ] && echo --lm_train_config ${lm_exp}/config.yaml --lm_file ${lm_exp}/valid.loss.best.pth) ${inference_args}" \
+            --args "${lm_opts} ${inference_args}" \
             --dir ${asr_exp}/decode_$(basename ${inference_config} .yaml | sed "s/^decode_//")_${inference_model%.pth}/${d}
     done
 fi
