@@ -46,24 +46,18 @@
 use strict;
 use warnings;
 use File::Basename qw(dirname);
-use File::Path qw(make_path);
 use POSIX qw(WNOHANG);
+use FindBin;
+use lib "$FindBin::RealBin/lib";
+use MpqJobs;
 
 my $prog = "run.pl";
 
-sub usage_and_exit {
-  my ($code) = @_;
-  print STDERR "Usage: utils/run.pl [options] [JOB=1:N] <log-file> <command> [<args>...]\n"
-             . "  Options: --max-jobs-run N, --num-threads N, --gpu N, --mem X, --time X,\n"
-             . "           --name X, --config F, --num-nodes 1\n"
-             . "  e.g.: utils/run.pl JOB=1:4 exp/log/work.JOB.log python work.py --part JOB\n";
-  exit(defined $code ? $code : 1);
-}
-
-sub die_msg {
-  print STDERR "$prog: $_[0]\n";
-  exit 1;
-}
+setup($prog,
+      "Usage: utils/run.pl [options] [JOB=1:N] <log-file> <command> [<args>...]\n"
+    . "  Options: --max-jobs-run N, --num-threads N, --gpu N, --mem X, --time X,\n"
+    . "           --name X, --config F, --num-nodes 1\n"
+    . "  e.g.: utils/run.pl JOB=1:4 exp/log/work.JOB.log python work.py --part JOB\n");
 
 sub num_cpus {
   if (open(my $fh, '-|', 'nproc 2>/dev/null')) {
@@ -79,90 +73,15 @@ sub num_cpus {
   return 1;
 }
 
-usage_and_exit() if @ARGV == 0;
-
-# --- options and job range (they may be interleaved) ---------------------
-my %opt = (
-  gpu          => 0,
-  mem          => undef,
-  num_threads  => 1,
-  max_jobs_run => undef,
-  time         => undef,
-  name         => undef,
-  config       => undef,
-  num_nodes    => 1,
-);
-my %integer_opt = (gpu => 0, num_threads => 1, max_jobs_run => 1, num_nodes => 1);  # value = minimum
-
-my ($job_var, $job_start, $job_end);
-while (@ARGV) {
-  my $arg = $ARGV[0];
-  if ($arg =~ /^--([^=]+)(?:=(.*))?$/s) {
-    my ($raw, $val) = ($1, $2);
-    shift @ARGV;
-    usage_and_exit(0) if $raw eq 'help';
-    my $key = $raw;
-    $key =~ tr/-/_/;
-    die_msg("unknown option --$raw") unless exists $opt{$key};
-    if (!defined $val) {
-      die_msg("option --$raw needs a value") unless @ARGV;
-      $val = shift @ARGV;
-    }
-    if (exists $integer_opt{$key}) {
-      die_msg("option --$raw expects a whole number, got '$val'") unless $val =~ /^\d+$/;
-      die_msg("option --$raw must be at least $integer_opt{$key}, got $val")
-        if $val < $integer_opt{$key};
-    }
-    $opt{$key} = $val;
-  } elsif ($arg =~ /^([A-Za-z_]\w*)=(\d+)(?::(\d+))?$/) {
-    die_msg("more than one job range given ($job_var=... and $arg)") if defined $job_var;
-    ($job_var, $job_start, $job_end) = ($1, $2, defined $3 ? $3 : $2);
-    die_msg("bad job range $arg: end is before start") if $job_end < $job_start;
-    shift @ARGV;
-  } else {
-    last;
-  }
-}
-
-usage_and_exit() if @ARGV < 2;
+# --- options, job range, log file and command (see utils/lib/MpqJobs.pm) ------
+my ($opt_ref, $job_var, $job_start, $job_end, $log_pattern, @words) = parse_command_line(@ARGV);
+my %opt = %$opt_ref;
 die_msg("--num-nodes $opt{num_nodes} is not possible: run.pl only runs on this machine")
   if $opt{num_nodes} > 1;
 
-my $log_pattern = shift @ARGV;
-my @words = @ARGV;
-
 my $max_jobs = defined $opt{max_jobs_run} ? $opt{max_jobs_run} : num_cpus();
 
-my @job_ids;
-if (defined $job_var) {
-  @job_ids = ($job_start .. $job_end);
-  if (@job_ids > 1 && index($log_pattern, $job_var) < 0) {
-    die_msg("the log file name '$log_pattern' does not contain $job_var, "
-          . "but $job_var=$job_start:$job_end asks for " . scalar(@job_ids) . " jobs");
-  }
-} else {
-  @job_ids = (undef);
-}
-
-# --- build the command text ----------------------------------------------
-sub shell_quote_word {
-  my ($w) = @_;
-  $w =~ s/'/'\\''/g;
-  return "'$w'";
-}
-
-sub command_text {
-  my @w = @_;
-  return $w[0] if @w == 1;
-  return join(' ', map { ($_ eq '' || /\s/) ? shell_quote_word($_) : $_ } @w);
-}
-
-sub substitute {
-  my ($s, $id) = @_;
-  return $s unless defined $id;
-  $s =~ s/\Q$job_var\E/$id/g;
-  return $s;
-}
+my @job_ids = job_ids($log_pattern, $job_var, $job_start, $job_end);
 
 # --- run the jobs -------------------------------------------------------------
 $| = 1;
@@ -175,16 +94,10 @@ sub finish_job {
   my ($pid, $status) = @_;
   my $job = delete $running{$pid};
   return unless $job;
-  my $rc;
-  if ($status & 127) {
-    $rc = 128 + ($status & 127);
-  } else {
-    $rc = $status >> 8;
-  }
+  my $rc = exit_code($status);
   my $elapsed = time() - $job->{start};
   if (open(my $fh, '>>', $job->{log})) {
-    print $fh "# Accounting: time=$elapsed threads=$opt{num_threads}\n";
-    print $fh "# Ended (code $rc) at " . scalar(localtime()) . "\n";
+    print $fh log_footer($elapsed, $opt{num_threads}, $rc);
     close($fh);
   } else {
     print STDERR "$prog: could not append to log file $job->{log}: $!\n";
@@ -210,26 +123,21 @@ sub on_signal {
   print STDERR "$prog: interrupted by SIG$sig\n";
   exit 1;
 }
-$SIG{INT}  = \&on_signal;
-$SIG{TERM} = \&on_signal;
-$SIG{HUP}  = \&on_signal;
+set_signal_handlers(\&on_signal);
 
 my $single_job = (@job_ids == 1);
 for my $id (@job_ids) {
   while (scalar(keys %running) >= $max_jobs) {
     last unless reap_one();
   }
-  my $log = substitute($log_pattern, $id);
-  my $cmd = command_text(map { substitute($_, $id) } @words);
+  my $log = substitute($log_pattern, $job_var, $id);
+  my $cmd = command_text(map { substitute($_, $job_var, $id) } @words);
 
   my $dir = dirname($log);
-  if (!-d $dir) {
-    eval { make_path($dir) };
-    if (!-d $dir) {
-      print STDERR "$prog: cannot create log directory $dir\n";
-      $num_failed++;
-      next;
-    }
+  if (!ensure_dir($dir)) {
+    print STDERR "$prog: cannot create log directory $dir\n";
+    $num_failed++;
+    next;
   }
   my $fh;
   if (!open($fh, '>', $log)) {
@@ -237,8 +145,7 @@ for my $id (@job_ids) {
     $num_failed++;
     next;
   }
-  print $fh "# $cmd\n";
-  print $fh "# Started at " . scalar(localtime()) . "\n";
+  print $fh log_header($cmd);
   close($fh);
 
   my $start = time();
@@ -249,7 +156,7 @@ for my $id (@job_ids) {
     next;
   }
   if ($pid == 0) {
-    $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP);
+    set_signal_handlers('DEFAULT');
     if (!$single_job) {
       open(STDIN, '<', '/dev/null') or POSIX::_exit(127);
     }
@@ -265,8 +172,5 @@ for my $id (@job_ids) {
 
 while (%running) { last unless reap_one(); }
 
-if ($num_failed > 0) {
-  print STDERR "$prog: $num_failed / " . scalar(@job_ids) . " failed, log is in $log_pattern\n";
-  exit 1;
-}
+exit_with_failures($num_failed, scalar(@job_ids), $log_pattern) if $num_failed > 0;
 exit 0;

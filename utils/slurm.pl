@@ -68,80 +68,24 @@ use strict;
 use warnings;
 use Cwd qw(getcwd);
 use File::Basename qw(basename dirname);
-use File::Path qw(make_path);
 use File::Spec;
+use FindBin;
+use lib "$FindBin::RealBin/lib";
+use MpqJobs;
 
 my $prog = "slurm.pl";
 
-sub usage_and_exit {
-  my ($code) = @_;
-  print STDERR "Usage: utils/slurm.pl [options] [JOB=1:N] <log-file> <command> [<args>...]\n"
-             . "  Options: --gpu N, --mem X, --num-threads N, --num-nodes N, --time X,\n"
-             . "           --name X, --max-jobs-run N, --config F\n"
-             . "  Set SLURM_PL_DRYRUN=1 to print the sbatch command and job script only.\n";
-  exit(defined $code ? $code : 1);
-}
+setup($prog,
+      "Usage: utils/slurm.pl [options] [JOB=1:N] <log-file> <command> [<args>...]\n"
+    . "  Options: --gpu N, --mem X, --num-threads N, --num-nodes N, --time X,\n"
+    . "           --name X, --max-jobs-run N, --config F\n"
+    . "  Set SLURM_PL_DRYRUN=1 to print the sbatch command and job script only.\n");
 
-sub die_msg {
-  print STDERR "$prog: $_[0]\n";
-  exit 1;
-}
+# --- options, job range, log file and command (see utils/lib/MpqJobs.pm) ------
+my ($opt_ref, $job_var, $job_start, $job_end, $log_pattern, @words) = parse_command_line(@ARGV);
+my %opt = %$opt_ref;
 
-usage_and_exit() if @ARGV == 0;
-
-# --- options and job range (they may be interleaved) ---------------------
-my %opt = (
-  gpu          => 0,
-  mem          => undef,
-  num_threads  => 1,
-  num_nodes    => 1,
-  max_jobs_run => undef,
-  time         => undef,
-  name         => undef,
-  config       => undef,
-);
-my %integer_opt = (gpu => 0, num_threads => 1, max_jobs_run => 1, num_nodes => 1);  # value = minimum
-
-my ($job_var, $job_start, $job_end);
-while (@ARGV) {
-  my $arg = $ARGV[0];
-  if ($arg =~ /^--([^=]+)(?:=(.*))?$/s) {
-    my ($raw, $val) = ($1, $2);
-    shift @ARGV;
-    usage_and_exit(0) if $raw eq 'help';
-    my $key = $raw;
-    $key =~ tr/-/_/;
-    die_msg("unknown option --$raw") unless exists $opt{$key};
-    if (!defined $val) {
-      die_msg("option --$raw needs a value") unless @ARGV;
-      $val = shift @ARGV;
-    }
-    if (exists $integer_opt{$key}) {
-      die_msg("option --$raw expects a whole number, got '$val'") unless $val =~ /^\d+$/;
-      die_msg("option --$raw must be at least $integer_opt{$key}, got $val")
-        if $val < $integer_opt{$key};
-    }
-    $opt{$key} = $val;
-  } elsif ($arg =~ /^([A-Za-z_]\w*)=(\d+)(?::(\d+))?$/) {
-    die_msg("more than one job range given ($job_var=... and $arg)") if defined $job_var;
-    ($job_var, $job_start, $job_end) = ($1, $2, defined $3 ? $3 : $2);
-    die_msg("bad job range $arg: end is before start") if $job_end < $job_start;
-    shift @ARGV;
-  } else {
-    last;
-  }
-}
-
-usage_and_exit() if @ARGV < 2;
-
-my $log_pattern = shift @ARGV;
-my @words = @ARGV;
-
-my @task_ids = defined $job_var ? ($job_start .. $job_end) : (undef);
-if (@task_ids > 1 && index($log_pattern, $job_var) < 0) {
-  die_msg("the log file name '$log_pattern' does not contain $job_var, "
-        . "but $job_var=$job_start:$job_end asks for " . scalar(@task_ids) . " jobs");
-}
+my @task_ids = job_ids($log_pattern, $job_var, $job_start, $job_end);
 
 # --- config file -------------------------------------------------------------
 my %template = (
@@ -211,18 +155,6 @@ my $script = "$qdir/$base.sh";
 my $job_name = defined $opt{name} ? $opt{name} : $base;
 
 # --- the command text (same rules as utils/run.pl) ----------------------------
-sub shell_quote_word {
-  my ($w) = @_;
-  $w =~ s/'/'\\''/g;
-  return "'$w'";
-}
-
-sub command_text {
-  my @w = @_;
-  return $w[0] if @w == 1;
-  return join(' ', map { ($_ eq '' || /\s/) ? shell_quote_word($_) : $_ } @w);
-}
-
 # Quote for display only when needed.
 sub display_word {
   my ($w) = @_;
@@ -283,10 +215,7 @@ printf '# Ended (code %d) at %s\\n' "\$rc" "\$(date)" >> "\$log"
 exit "\$rc"
 EOS
 
-if (!-d $qdir) {
-  eval { make_path($qdir) };
-  die_msg("cannot create directory $qdir") unless -d $qdir;
-}
+ensure_dir($qdir) or die_msg("cannot create directory $qdir");
 open(my $sfh, '>', $script) or die_msg("cannot write job script $script: $!");
 print $sfh $js;
 close($sfh) or die_msg("cannot write job script $script: $!");
@@ -349,9 +278,7 @@ sub on_signal {
   }
   exit 1;
 }
-$SIG{INT}  = \&on_signal;
-$SIG{TERM} = \&on_signal;
-$SIG{HUP}  = \&on_signal;
+set_signal_handlers(\&on_signal);
 
 while (my $line = <$ph>) {
   if (!defined $job_id && $line =~ /^\s*(\d+)(?:;\S*)?\s*$/) {
@@ -363,28 +290,15 @@ while (my $line = <$ph>) {
 }
 close($ph);
 my $sbatch_status = $?;
-my $sbatch_rc = ($sbatch_status & 127) ? 128 + ($sbatch_status & 127) : ($sbatch_status >> 8);
-$SIG{$_} = 'DEFAULT' for qw(INT TERM HUP);
+my $sbatch_rc = exit_code($sbatch_status);
+set_signal_handlers('DEFAULT');
 
 if (!defined $job_id && $sbatch_rc != 0) {
   print STDERR "$prog: submission failed (exit status $sbatch_rc): $sbatch_display\n";
-  print STDERR "$prog: " . scalar(@task_ids) . " / " . scalar(@task_ids)
-             . " failed, log is in $log_pattern\n";
-  exit 1;
+  exit_with_failures(scalar(@task_ids), scalar(@task_ids), $log_pattern);
 }
 
 # --- collect the results from the log files --------------------------------------
-sub ended_code {
-  my ($log) = @_;
-  open(my $fh, '<', $log) or return undef;
-  my $code;
-  while (my $l = <$fh>) {
-    $code = $1 if $l =~ /^# Ended \(code (-?\d+)\)/;
-  }
-  close($fh);
-  return $code;
-}
-
 my %code;
 # Log files may show up late on network file systems; wait a little for them.
 my $patience = $sbatch_rc == 0 ? 30 : 3;
@@ -393,9 +307,7 @@ while (1) {
   for my $id (@task_ids) {
     my $key = defined $id ? $id : '';
     next if defined $code{$key};
-    my $log = $log_pattern;
-    $log =~ s/\Q$job_var\E/$id/g if defined $id;
-    $code{$key} = ended_code($log);
+    $code{$key} = ended_code(substitute($log_pattern, $job_var, $id));
   }
   last if !grep { !defined $code{defined $_ ? $_ : ''} } @task_ids;
   last if $waited >= $patience;
@@ -404,8 +316,5 @@ while (1) {
 }
 
 my $num_failed = grep { my $c = $code{defined $_ ? $_ : ''}; !defined $c || $c != 0 } @task_ids;
-if ($num_failed > 0) {
-  print STDERR "$prog: $num_failed / " . scalar(@task_ids) . " failed, log is in $log_pattern\n";
-  exit 1;
-}
+exit_with_failures($num_failed, scalar(@task_ids), $log_pattern) if $num_failed > 0;
 exit 0;
