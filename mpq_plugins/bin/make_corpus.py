@@ -30,7 +30,7 @@ def check_tools():
                  "festvox-us-slt-hts)")
 
 
-def plan(seed, sizes, vocab_size):
+def plan(seed, sizes, vocab_size, train_layout=None):
     sentences, vocab = sentence_pool(vocab_size=vocab_size)
     rng = random.Random(seed)
     order = list(range(len(sentences)))
@@ -38,7 +38,7 @@ def plan(seed, sizes, vocab_size):
     need = sum(sizes.values())
     if need > len(sentences):
         sys.exit(f"make_corpus: asked for {need} utterances but the pool holds {len(sentences)} sentences")
-    design = spk_mod.design(seed)
+    design = spk_mod.design(seed, train_layout)
     utts, start = {}, 0
     # held-out sets first, so their sentences stay the same whatever the training size
     for name in ("dev", "test", "test_unseen_voice", "train"):
@@ -63,12 +63,19 @@ def main(argv=None):
     p.add_argument("--n_test", type=int, default=500)
     p.add_argument("--n_unseen", type=int, default=300)
     p.add_argument("--vocab_size", type=int, default=3000)
+    p.add_argument("--train_speakers", default="10,3,3",
+                   help="training speakers: espeak-ng speakers, speakers per flite voice, per festival voice")
     p.add_argument("--nj", type=int, default=2)
     p.add_argument("--chunk", type=int, default=40, help="utterances per synthesis job")
     a = p.parse_args(argv)
     check_tools()
     sizes = {"train": a.n_train, "dev": a.n_dev, "test": a.n_test, "test_unseen_voice": a.n_unseen}
-    utts, vocab, lm_text, design = plan(a.seed, sizes, a.vocab_size)
+    try:
+        layout = tuple(int(x) for x in a.train_speakers.split(","))
+        assert len(layout) == 3
+        utts, vocab, lm_text, design = plan(a.seed, sizes, a.vocab_size, layout)
+    except (ValueError, AssertionError) as e:
+        sys.exit(f"make_corpus: bad --train_speakers {a.train_speakers!r}: {e or 'give three numbers, e.g. 10,3,3'}")
 
     wavdir = os.path.abspath(a.wavdir)
     jobs = []

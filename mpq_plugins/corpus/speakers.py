@@ -29,8 +29,21 @@ LAYOUT = {"train": (10, 3, 3), "dev": (3, 1, 1), "test": (4, 1, 1)}
 SET_PREFIX = {"train": "tr", "dev": "dv", "test": "ts", "test_unseen_voice": "uv"}
 
 
-def design(seed=1):
-    """Return {set_name: [Speaker]} for all four sets, deterministic for a seed."""
+def design(seed=1, train_layout=None):
+    """Return {set_name: [Speaker]} for all four sets, deterministic for a seed.
+
+    train_layout: (espeak speakers, speakers per flite voice, speakers per festival voice) of the
+    training set; default LAYOUT["train"].
+    """
+    layout = dict(LAYOUT)
+    if train_layout is not None:
+        n_esp, n_fl, n_fe = train_layout
+        n_shift = len(SHIFT_TEMPO["train"]) * len(SHIFT_CENTS["train"])
+        n_pairs = len(ESPEAK_ACCENTS) * len(ESPEAK_VARIANTS) - LAYOUT["dev"][0] - LAYOUT["test"][0]
+        if not (1 <= n_esp <= n_pairs and 1 <= n_fl <= n_shift and 1 <= n_fe <= n_shift):
+            raise ValueError(f"train speaker layout {train_layout} is outside 1..{n_pairs} espeak speakers and "
+                             f"1..{n_shift} speakers per flite/festival voice")
+        layout["train"] = (n_esp, n_fl, n_fe)
     rng = random.Random(seed)
     pairs = [f"{a}+{v}" for a, v in itertools.product(ESPEAK_ACCENTS, ESPEAK_VARIANTS)]
     rng.shuffle(pairs)
@@ -39,7 +52,7 @@ def design(seed=1):
     # each flite/festival voice gets its own queue of held-out settings, so dev and test never share one
     heldout = {v: rng.sample(heldout_shifts, len(heldout_shifts)) for v in FLITE_VOICES + FESTIVAL_VOICES}
     out = {}
-    for set_name, (n_esp, n_fl, n_fe) in LAYOUT.items():
+    for set_name, (n_esp, n_fl, n_fe) in layout.items():
         kind = "train" if set_name == "train" else "heldout"
         pre = SET_PREFIX[set_name]
         spks = []
