@@ -51,6 +51,7 @@ stats_dir=${expdir}/asr_stats_${token_name}
 asr_exp=${expdir}/asr_${asr_tag}
 lm_exp=${expdir}/lm_$(basename "${lm_config}" .yaml)_${token_type}
 trap 'echo "$0: failed (line ${LINENO}); see the messages above" >&2' ERR
+rotate_log() { local n=1; [ -f "$1" ] || return 0; while [ -f "$1.$n" ]; do n=$((n + 1)); done; mv "$1" "$1.$n"; }
 log() { echo "$(date '+%H:%M:%S') [run.sh stage ${1}] ${*:2}"; }
 # the data options shared by collect-stats and training
 data_args() {
@@ -65,7 +66,7 @@ data_args() {
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     log 1 "data: ${local_data} -> ${datadir}/"
     ${local_data} --datadir ${datadir} --nj ${nj} ${local_data_opts}
-    for d in ${train_set} ${valid_set} ${test_sets}; do
+    for d in $(echo ${train_set} ${valid_set} ${test_sets} | tr ' ' '\n' | sort -u); do
         python -m mpq_plugins.bin.validate_data_dir ${datadir}/${d}
     done
 fi
@@ -101,6 +102,7 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && [ "${use_lm}" = true ]; then
         ${lm_data} --train_shape_file ${lm_train_text} --valid_shape_file ${datadir}/${valid_set}/text \
         --output_dir ${lm_exp}/stats.tmp --ngpu 0 ${lm_args}
     mv ${lm_exp}/stats.tmp ${lm_exp}/stats
+    rotate_log ${lm_exp}/train.log
     python -m espnet2.bin.launch --cmd "${cuda_cmd} --name lm_${asr_tag}" --log ${lm_exp}/train.log \
         --ngpu ${ngpu} --num_nodes ${num_nodes} --init_file_prefix ${lm_exp}/.dist_init_ \
         --multiprocessing_distributed true -- \
@@ -112,6 +114,7 @@ fi
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
     log 5 "train: ESPnet asr_train (${asr_config}) -> ${asr_exp}/ (log: ${asr_exp}/train.log)"
     mkdir -p ${asr_exp}
+    rotate_log ${asr_exp}/train.log   # a resumed run keeps the log of the epochs before it
     python -m espnet2.bin.launch --cmd "${cuda_cmd} --name train_${asr_tag}" --log ${asr_exp}/train.log \
         --ngpu ${ngpu} --num_nodes ${num_nodes} --init_file_prefix ${asr_exp}/.dist_init_ \
         --multiprocessing_distributed true -- \

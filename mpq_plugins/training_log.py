@@ -16,28 +16,36 @@ def _metrics(part):
     return out
 
 
-def read_epochs(log_path):
-    """Return [{"epoch", "train": {...}, "valid": {...}, "end": datetime, "start": datetime}]."""
+def read_epochs(*log_paths):
+    """Return [{"epoch", "train": {...}, "valid": {...}, "end": datetime, "start": datetime}].
+
+    Several logs (a run and its resumptions, oldest first) are read as one.
+    """
     epochs, starts = [], {}
-    with open(log_path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = _START.match(line)
-            if m:
-                starts[int(m.group(2))] = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
-                continue
-            m = _EPOCH.match(line.rstrip("\n"))
-            if not m:
-                continue
-            body = m.group(3)
-            train = body.split("[valid]")[0]
-            valid = body.split("[valid]")[1] if "[valid]" in body else ""
-            ep = int(m.group(2))
-            epochs.append({"epoch": ep, "train": _metrics(train), "valid": _metrics(valid),
-                           "start": starts.get(ep),
-                           "end": datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")})
+    for line in _lines(log_paths):
+        m = _START.match(line)
+        if m:
+            starts[int(m.group(2))] = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+            continue
+        m = _EPOCH.match(line.rstrip("\n"))
+        if not m:
+            continue
+        body = m.group(3)
+        train = body.split("[valid]")[0]
+        valid = body.split("[valid]")[1] if "[valid]" in body else ""
+        ep = int(m.group(2))
+        epochs.append({"epoch": ep, "train": _metrics(train), "valid": _metrics(valid),
+                       "start": starts.get(ep),
+                       "end": datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")})
     # a resumed run repeats epochs: keep the last record of each
     by_epoch = {e["epoch"]: e for e in epochs}
     return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def _lines(paths):
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield from f
 
 
 def training_seconds(epochs):

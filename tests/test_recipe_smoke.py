@@ -69,7 +69,7 @@ def test_all_stages_agree(recipe):
 
 def test_rerun_scoring_stage_is_stable(recipe):
     before = (recipe / "exp" / "asr_train_tiny" / DECODE / "test" / "score_wer" / "result.txt").read_text()
-    r = run(recipe, "--stage", "6", "--stop_stage", "6")
+    r = run(recipe, "--stage", "7", "--stop_stage", "7")
     assert r.returncode == 0, r.stderr[-2000:]
     after = (recipe / "exp" / "asr_train_tiny" / DECODE / "test" / "score_wer" / "result.txt").read_text()
     assert parse_sum_avg_text(before) == parse_sum_avg_text(after)
@@ -88,7 +88,7 @@ def test_corrupt_audio_fails_cleanly(recipe):
     try:
         with open(victim, "wb") as f:
             f.write(b"RIFF not really a wave file")
-        r = run(recipe, "--stage", "5", "--stop_stage", "6")
+        r = run(recipe, "--stage", "6", "--stop_stage", "7")
         assert r.returncode != 0
         assert victim in r.stderr and "not readable audio" in r.stderr
         assert "Traceback" not in r.stderr
@@ -97,6 +97,16 @@ def test_corrupt_audio_fails_cleanly(recipe):
     finally:
         with open(victim, "wb") as f:
             f.write(saved)
+
+
+def test_rerun_training_resumes_and_keeps_the_curve(recipe):
+    exp = recipe / "exp" / "asr_train_tiny"
+    model_before = (exp / "valid.acc.ave.pth").read_bytes()
+    r = run(recipe, "--stage", "5", "--stop_stage", "5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (exp / "train.log.1").exists()                           # the first run's log is kept
+    assert '"epochs": 2' in (exp / "training_summary.json").read_text()
+    assert (exp / "valid.acc.ave.pth").read_bytes() == model_before  # nothing retrained: already at max_epoch
 
 
 def test_unknown_option_is_rejected(recipe):

@@ -21,3 +21,11 @@ def test_read_epochs(tmp_path):
     assert ep[0]["train"]["optim0_lr0"] == 8.52e-4
     assert ep[1]["valid"]["acc"] == 0.180                       # the resumed epoch replaces the first try
     assert training_seconds(ep) == 87 + 60
+
+
+def test_rotated_logs_are_read_in_order(tmp_path):
+    first, second = LOG.split("some other line\n")
+    (tmp_path / "train.log.1").write_text(first)
+    (tmp_path / "train.log").write_text(second)
+    ep = read_epochs(str(tmp_path / "train.log.1"), str(tmp_path / "train.log"))
+    assert [e["epoch"] for e in ep] == [1, 2] and ep[1]["valid"]["acc"] == 0.180

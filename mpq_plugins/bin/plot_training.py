@@ -2,10 +2,11 @@
 
     python -m mpq_plugins.bin.plot_training exp/asr_x
 
-Reads <exp>/train.log; writes <exp>/training_curve.png and <exp>/training_summary.json
+Reads <exp>/train.log and the logs of earlier, resumed runs (train.log.1, .2, ...); writes <exp>/training_curve.png and <exp>/training_summary.json
 (epochs, best validation accuracy and its epoch, training wall-clock seconds).
 """
 import argparse
+import glob
 import json
 import os
 import sys
@@ -20,7 +21,9 @@ def main(argv=None):
     log = os.path.join(a.expdir, "train.log")
     if not os.path.exists(log):
         sys.exit(f"plot_training: {log} does not exist")
-    epochs = read_epochs(log)
+    # run.sh moves the log of an earlier run to train.log.1, .2, ... before resuming
+    n_rotated = len(glob.glob(log + ".[0-9]*"))
+    epochs = read_epochs(*[f"{log}.{i}" for i in range(1, n_rotated + 1) if os.path.exists(f"{log}.{i}")], log)
     if not epochs:
         sys.exit(f"plot_training: {log} holds no finished epoch")
     import matplotlib
