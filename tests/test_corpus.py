@@ -89,3 +89,19 @@ def test_make_corpus_small_and_resume(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "(1 new)" in r.stdout
     assert os.path.exists(first_wav)
+
+
+def test_other_training_layouts_keep_the_held_out_speakers():
+    base = spk.design(seed=1)
+    big = spk.design(seed=1, train_layout=(20, 5, 5))
+    small = spk.design(seed=1, train_layout=(4, 1, 1))
+    for name in ("dev", "test", "test_unseen_voice"):
+        assert big[name] == base[name] == small[name]
+    assert big["train"][:len(base["train"])] == base["train"]       # the default speakers, then new ones
+    assert len(big["train"]) == 45 and len(small["train"]) == 10
+    settings = [(s.engine, s.voice, s.rate, s.pitch) for s in big["train"]]
+    assert len(set(settings)) == len(settings)
+    held = {(s.engine, s.voice, s.rate, s.pitch) for n in ("dev", "test") for s in big[n]}
+    assert not held & set(settings)
+    with pytest.raises(ValueError, match="outside"):
+        spk.design(seed=1, train_layout=(0, 1, 1))

@@ -35,15 +35,12 @@ def design(seed=1, train_layout=None):
     train_layout: (espeak speakers, speakers per flite voice, speakers per festival voice) of the
     training set; default LAYOUT["train"].
     """
-    layout = dict(LAYOUT)
-    if train_layout is not None:
-        n_esp, n_fl, n_fe = train_layout
-        n_shift = len(SHIFT_TEMPO["train"]) * len(SHIFT_CENTS["train"])
-        n_pairs = len(ESPEAK_ACCENTS) * len(ESPEAK_VARIANTS) - LAYOUT["dev"][0] - LAYOUT["test"][0]
-        if not (1 <= n_esp <= n_pairs and 1 <= n_fl <= n_shift and 1 <= n_fe <= n_shift):
-            raise ValueError(f"train speaker layout {train_layout} is outside 1..{n_pairs} espeak speakers and "
-                             f"1..{n_shift} speakers per flite/festival voice")
-        layout["train"] = (n_esp, n_fl, n_fe)
+    n_shift = len(SHIFT_TEMPO["train"]) * len(SHIFT_CENTS["train"])
+    n_pairs = len(ESPEAK_ACCENTS) * len(ESPEAK_VARIANTS) - LAYOUT["dev"][0] - LAYOUT["test"][0]
+    want = LAYOUT["train"] if train_layout is None else tuple(train_layout)
+    if not (1 <= want[0] <= n_pairs and 1 <= want[1] <= n_shift and 1 <= want[2] <= n_shift):
+        raise ValueError(f"train speaker layout {want} is outside 1..{n_pairs} espeak speakers and "
+                         f"1..{n_shift} speakers per flite/festival voice")
     rng = random.Random(seed)
     pairs = [f"{a}+{v}" for a, v in itertools.product(ESPEAK_ACCENTS, ESPEAK_VARIANTS)]
     rng.shuffle(pairs)
@@ -52,7 +49,7 @@ def design(seed=1, train_layout=None):
     # each flite/festival voice gets its own queue of held-out settings, so dev and test never share one
     heldout = {v: rng.sample(heldout_shifts, len(heldout_shifts)) for v in FLITE_VOICES + FESTIVAL_VOICES}
     out = {}
-    for set_name, (n_esp, n_fl, n_fe) in layout.items():
+    for set_name, (n_esp, n_fl, n_fe) in LAYOUT.items():
         kind = "train" if set_name == "train" else "heldout"
         pre = SET_PREFIX[set_name]
         spks = []
@@ -74,7 +71,35 @@ def design(seed=1, train_layout=None):
             tag = "flit" if engine == "flite" else "fest"
             unseen.append(Speaker(f"uv_{tag}{i:02d}", engine, voice, 1.0, 0))
     out["test_unseen_voice"] = unseen
+    # Another training layout changes only the training speakers: the default ones are drawn as
+    # above (so dev and test stay the same), then some are dropped or more are drawn from what is left.
+    out["train"] = _resize_train(out["train"], want, pairs, train_shifts, random.Random(seed + 7919))
     return out
+
+
+def _resize_train(spks, want, pairs, train_shifts, rng):
+    n_esp, n_fl, n_fe = want
+    keep = []
+    per_voice = {}
+    for s in spks:
+        per_voice.setdefault(s.voice if s.engine != "espeak" else "espeak", []).append(s)
+    keep += per_voice["espeak"][:n_esp]
+    for v in FLITE_VOICES + FESTIVAL_VOICES:
+        keep += per_voice[v][:n_fl if v in FLITE_VOICES else n_fe]
+    used = {(s.voice, s.rate, s.pitch) for s in spks}
+    extra = []
+    for _ in range(n_esp - len(per_voice["espeak"])):
+        extra.append(("espeak", pairs.pop(), rng.choice(ESPEAK_RATE["train"]), rng.choice(ESPEAK_PITCH["train"])))
+    for v in FLITE_VOICES + FESTIVAL_VOICES:
+        n = (n_fl if v in FLITE_VOICES else n_fe) - len(per_voice[v])
+        free = [t for t in train_shifts if (v, t[0], t[1]) not in used]
+        for tempo, cents in rng.sample(free, max(n, 0)):
+            extra.append(("flite" if v in FLITE_VOICES else "festival", v, tempo, cents))
+    start = len(spks)
+    for i, (engine, voice, rate, pitch) in enumerate(extra):
+        tag = {"espeak": "espk", "flite": "flit", "festival": "fest"}[engine]
+        keep.append(Speaker(f"tr_{tag}{start + i:02d}", engine, voice, rate, pitch))
+    return keep
 
 
 def allocate(speakers, n_utts):
