@@ -40,6 +40,11 @@ if [ -f cmd.sh ]; then . ./cmd.sh; else . ${root}/cmd.sh; fi
 . ${root}/utils/parse_options.sh
 [ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; exit 1; }
 [ -z "${local_data}" ] && local_data=${root}/local/data.sh
+# a config that is not found from the current dir is taken from the top-level conf/
+for v in asr_config inference_config lm_config; do
+    [ -f "${!v}" ] || [ ! -f "${root}/${!v}" ] || printf -v "${v}" '%s' "${root}/${!v}"
+    [ -f "${!v}" ] || { echo "$0: --${v} ${!v}: no such file" >&2; exit 1; }
+done
 [ -z "${lm_train_text}" ] && lm_train_text=${datadir}/local/corpus/lm_train.txt
 
 [ -z "${asr_tag}" ] && asr_tag=$(basename "${asr_config}" .yaml)
