@@ -105,3 +105,11 @@ def test_other_training_layouts_keep_the_held_out_speakers():
     assert not held & set(settings)
     with pytest.raises(ValueError, match="outside"):
         spk.design(seed=1, train_layout=(0, 1, 1))
+
+
+def test_missing_tts_tool_is_one_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mpq_plugins.bin.make_corpus", "--datadir", str(tmp_path / "d")],
+                       cwd=ROOT, capture_output=True, text=True, env={"PATH": str(tmp_path), "PYTHONPATH": ROOT})
+    assert r.returncode != 0
+    assert "missing Debian tools: espeak-ng flite festival sox" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "d").exists()

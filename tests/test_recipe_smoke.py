@@ -112,3 +112,11 @@ def test_rerun_training_resumes_and_keeps_the_curve(recipe):
 def test_unknown_option_is_rejected(recipe):
     r = run(recipe, "--stage", "6", "--no_such_option", "1")
     assert r.returncode != 0 and "--no_such_option" in r.stderr
+
+
+def test_missing_config_is_one_clear_error(tmp_path):
+    r = subprocess.run([os.path.join(ROOT, "run.sh"), "--asr_config", "no/such.yaml"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "--asr_config no/such.yaml: no such file" in r.stderr
+    assert not (tmp_path / "data").exists()                          # nothing was started
