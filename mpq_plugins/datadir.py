@@ -79,7 +79,6 @@ def validate_datadir(path, check_audio=True):
             problems.append(str(e))
     for name, rows in tables.items():
         f = os.path.join(path, name)
-        keys = [k for k, _, _ in rows]
         for (a, _, _), (b, _, n) in zip(rows, rows[1:]):
             if b <= a:
                 problems.append(f"{f}:{n}: {'duplicate' if a == b else 'unsorted'} key {b} (export LC_ALL=C; sort)")
@@ -92,7 +91,6 @@ def validate_datadir(path, check_audio=True):
             for k, v, n in rows:
                 if not v:
                     problems.append(f"{f}:{n}: no value for {k}")
-        del keys
     if "wav.scp" in tables:
         wav_ids = {k for k, _, _ in tables["wav.scp"]}
         for name in ("text", "utt2spk"):

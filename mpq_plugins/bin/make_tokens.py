@@ -9,6 +9,7 @@ tokens.txt is ESPnet's token list: <blank>, <unk>, the tokens, <sos/eos>.
 import argparse
 import collections
 import os
+import shutil
 import sys
 
 
@@ -56,7 +57,6 @@ def main(argv=None):
     with open(os.path.join(tmp, "tokens.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(["<blank>", "<unk>"] + tokens + ["<sos/eos>"]) + "\n")
     if os.path.isdir(a.outdir):
-        import shutil
         shutil.rmtree(a.outdir)
     os.replace(tmp, a.outdir)
     print(f"make_tokens: {len(tokens) + 3} tokens in {a.outdir}/tokens.txt")
