@@ -21,7 +21,10 @@ token_type=char       # char | bpe | word
 nbpe=300
 asr_config=conf/train_asr_conformer.yaml
 inference_config=conf/decode_asr.yaml
-use_lm=true           # train a language model on the corpus text and use it in decoding
+lm=ngram              # LM trained on the corpus text for decoding: ngram (word n-gram, also the lexicon:
+                      # char tokens only), rnn (ESPnet LM of lm_config) or none
+ngram_order=3
+lm_vocab=""           # word list of the n-gram LM; default: ${datadir}/local/corpus/vocab.txt when it exists
 lm_config=conf/train_lm.yaml
 lm_train_text=""      # Kaldi text file for the LM; default: ${datadir}/local/corpus/lm_train.txt
 lm_args=""            # extra options for espnet2.bin.lm_train
@@ -46,6 +49,8 @@ for v in asr_config inference_config lm_config; do
     [ -f "${!v}" ] || { echo "$0: --${v} ${!v}: no such file" >&2; exit 1; }
 done
 [ -z "${lm_train_text}" ] && lm_train_text=${datadir}/local/corpus/lm_train.txt
+if [ -z "${lm_vocab}" ] && [ -f ${datadir}/local/corpus/vocab.txt ]; then lm_vocab=${datadir}/local/corpus/vocab.txt; fi
+case "${lm}" in ngram|rnn|none) ;; *) echo "$0: --lm ${lm}: expected ngram, rnn or none" >&2; exit 1;; esac
 
 [ -z "${asr_tag}" ] && asr_tag=$(basename "${asr_config}" .yaml)
 token_name=${token_type}; bpe_opts=""
@@ -55,6 +60,7 @@ token_dir=${datadir}/token_list/${token_name}
 stats_dir=${expdir}/asr_stats_${token_name}
 asr_exp=${expdir}/asr_${asr_tag}
 lm_exp=${expdir}/lm_$(basename "${lm_config}" .yaml)_${token_type}
+if [ "${lm}" = ngram ]; then lm_exp=${expdir}/lm_word_${ngram_order}gram; fi
 trap 'echo "$0: failed (line ${LINENO}); see the messages above" >&2' ERR
 rotate_log() { local n=1; [ -f "$1" ] || return 0; while [ -f "$1.$n" ]; do n=$((n + 1)); done; mv "$1" "$1.$n"; }
 log() { echo "$(date '+%H:%M:%S') [run.sh stage ${1}] ${*:2}"; }
@@ -96,7 +102,13 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     rm -rf ${stats_dir} && mv ${stats_dir}.tmp ${stats_dir}
 fi
 
-if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && [ "${use_lm}" = true ]; then
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && [ "${lm}" = ngram ]; then
+    log 4 "LM: word ${ngram_order}-gram on ${lm_train_text} -> ${lm_exp}/"
+    python -m mpq_plugins.bin.train_word_lm --text ${lm_train_text} --valid ${datadir}/${valid_set}/text \
+        --order ${ngram_order} ${lm_vocab:+--vocab ${lm_vocab}} --out ${lm_exp}/lm.json
+fi
+
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && [ "${lm}" = rnn ]; then
     log 4 "LM: ESPnet lm_train (${lm_config}) on ${lm_train_text} -> ${lm_exp}/"
     lm_data="--token_type ${token_type} --token_list ${token_dir}/tokens.txt ${bpe_opts} --cleaner none --g2p none
         --non_linguistic_symbols none
@@ -132,8 +144,11 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
 fi
 
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
-    lm_opts=""
-    [ "${use_lm}" = true ] && lm_opts="--lm_train_config ${lm_exp}/config.yaml --lm_file ${lm_exp}/valid.loss.best.pth"
+    case "${lm}" in
+        rnn) lm_opts="--lm_train_config ${lm_exp}/config.yaml --lm_file ${lm_exp}/valid.loss.best.pth";;
+        ngram) lm_opts="--word_lm_file ${lm_exp}/lm.json";;
+        none) lm_opts="";;
+    esac
     for d in ${test_sets}; do
         log 6 "decode: ${d} with ${asr_exp}/${inference_model} in ${nj} jobs"
         ${root}/local/decode.sh --nj ${nj} --config ${inference_config} --model ${asr_exp}/${inference_model} \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Decode one data dir with ESPnet's Speech2Text in nj parallel jobs through ${decode_cmd}.
+# Decode one data dir with ESPnet's Speech2Text (mpq_plugins.bin.asr_inference) in nj parallel jobs
+# through ${decode_cmd}.
 #   local/decode.sh --data data/test --dir exp/asr/decode/test --model M.pth --asr_config config.yaml \
-#       --config conf/decode_asr.yaml [--nj 2] [--args "extra asr_inference options"]
+#       --config conf/decode_asr.yaml [--nj 2] [--args "extra options, e.g. --word_lm_file F"]
 # Writes <dir>/text (utt-id hypothesis), <dir>/logdir/ (per-job logs).
 set -euo pipefail
 data=""; dir=""; model=""; asr_config=""; config=""; nj=2; args=""
@@ -18,7 +19,7 @@ rm -rf ${logdir} ${dir}/text && mkdir -p ${logdir}
 # contiguous split of the utterance ids into nj key files
 awk -v nj=${nj} -v n=${n} -v d=${logdir} '{ j = int((NR - 1) * nj / n) + 1; print $1 > (d "/keys." j ".scp") }' ${data}/wav.scp
 ${decode_cmd} JOB=1:${nj} ${logdir}/asr_inference.JOB.log \
-    python -m espnet2.bin.asr_inference --ngpu 0 --batch_size 1 \
+    python -m mpq_plugins.bin.asr_inference --ngpu 0 \
         --data_path_and_name_and_type ${data}/wav.scp,speech,sound --key_file ${logdir}/keys.JOB.scp \
         --asr_train_config ${asr_config} --asr_model_file ${model} \
         --config ${config} --output_dir ${logdir}/output.JOB ${args}

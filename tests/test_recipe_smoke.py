@@ -45,9 +45,9 @@ def words(path):
 def test_all_stages_agree(recipe):
     exp = recipe / "exp" / "asr_train_tiny"
     assert (exp / "valid.acc.ave.pth").exists()
-    assert (recipe / "exp" / "lm_train_lm_tiny_char" / "valid.loss.best.pth").exists()
+    assert (recipe / "exp" / "lm_word_3gram" / "lm.json").exists()
     with open(exp / DECODE / "test" / "logdir" / "asr_inference.1.log") as f:
-        assert "lm_file" in f.read()                                # decoding used the LM
+        assert "--word_lm_file" in f.read()                          # decoding used the word LM
     assert (exp / "training_curve.png").stat().st_size > 1000
     assert "<space>" in (recipe / "data" / "token_list" / "char" / "tokens.txt").read_text()
     for s in SETS:
@@ -120,3 +120,17 @@ def test_missing_config_is_one_clear_error(tmp_path):
     assert r.returncode != 0
     assert "--asr_config no/such.yaml: no such file" in r.stderr
     assert not (tmp_path / "data").exists()                          # nothing was started
+
+
+def test_unknown_lm_kind_is_rejected(recipe):
+    r = run(recipe, "--stage", "6", "--lm", "kenlm")
+    assert r.returncode != 0 and "--lm kenlm: expected ngram, rnn or none" in r.stderr
+
+
+def test_espnet_rnn_lm_still_works(recipe):
+    # last in this file: it decodes dev again, with ESPnet's character LSTM LM instead of the word LM
+    r = run(recipe, "--stage", "4", "--stop_stage", "6", "--lm", "rnn", "--test_sets", "dev")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (recipe / "exp" / "lm_train_lm_tiny_char" / "valid.loss.best.pth").exists()
+    log = (recipe / "exp" / "asr_train_tiny" / DECODE / "dev" / "logdir" / "asr_inference.1.log").read_text()
+    assert "--lm_file" in log and "--word_lm_file" not in log

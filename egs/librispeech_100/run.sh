@@ -10,4 +10,4 @@ exec ../../run.sh \
     --test_sets "dev_clean dev_other test_clean test_other" \
     --token_type bpe --nbpe 5000 \
     --asr_config conf/train_asr_conformer.yaml --inference_config conf/decode_asr.yaml \
-    --use_lm false --nj 16 "$@"
+    --lm none --nj 16 "$@"
