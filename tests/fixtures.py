@@ -50,3 +50,19 @@ def make_librispeech(root, sets=("train-clean-100", "dev-clean"), n_spk=2, n_cha
                 with open(os.path.join(d, f"{spk}-{chap}.trans.txt"), "w") as f:
                     f.writelines(lines)
     return corpus
+
+
+TINY_TOKENS = ["<blank>", "<unk>", "<space>", "a", "b", "c", "d", "e", "f", "g", "<sos/eos>"]
+
+
+def tiny_asr_model(config=None, seed=0):
+    """A real ESPnet ASR model (Conformer encoder, Transformer decoder, CTC) from tests/conf/train_tiny.yaml."""
+    import torch
+    from espnet2.tasks.asr import ASRTask
+    torch.manual_seed(seed)
+    root = os.path.dirname(os.path.abspath(__file__))
+    args = ASRTask.get_parser().parse_args(
+        ["--config", config or os.path.join(root, "conf", "train_tiny.yaml"), "--output_dir", "unused",
+         "--token_type", "char", "--token_list", "unused"])
+    args.token_list = list(TINY_TOKENS)
+    return ASRTask.build_model(args)

@@ -1,0 +1,147 @@
+"""Quantizer numerics, usable without ESPnet.
+
+Weights: signed symmetric integers with zero preserved, levels -Q..Q with Q = 2^(b-1) - 1
+(4 bits: -7..7, as AQT does; 2 bits: ternary -1, 0, 1), one step per output channel (or one
+per tensor). The step is learnt (LSQ: Esser et al. 2020) with the gradient scale
+1/sqrt(N * Q), N the number of values that share the step; rounding passes gradients straight
+through. The first step is the MSE-optimal clipping of the weight it quantizes.
+
+Activations (optional): signed symmetric, one step per tensor, at 8 or 4 bits, either learnt
+(LSQ) or from a moving average of the largest magnitude.
+
+A step of 0 means "not initialised yet": quantizers initialise it from the first tensor they
+see, so that a model can be built first and its float weights loaded afterwards (ESPnet's
+--init_param) before any step is chosen.
+"""
+import torch
+
+MIN_BITS, MAX_BITS = 2, 8
+EPS = 1e-8
+
+
+def check_bits(bits, what="bit-width"):
+    if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"{what} {bits!r} is outside {MIN_BITS}..{MAX_BITS}")
+    return bits
+
+
+def qmax(bits):
+    """Largest integer level of a signed symmetric b-bit quantizer with zero preserved."""
+    return 2 ** (bits - 1) - 1
+
+
+def round_ste(x):
+    """Round to the nearest integer; the gradient passes straight through."""
+    return (x.round() - x).detach() + x
+
+
+def scale_grad(x, g):
+    """x in the forward pass; its gradient multiplied by g in the backward pass."""
+    return (x - x * g).detach() + x * g
+
+
+def fake_quant(x, step, bits):
+    """Quantize-dequantize: round(clamp(x / step, -Q, Q)) * step, with STE and LSQ gradients."""
+    q = qmax(bits)
+    return round_ste(torch.clamp(x / step, -q, q)) * step
+
+
+def to_int(x, step, bits):
+    """The integer levels of x (int8 tensor; every b <= 8 fits)."""
+    q = qmax(bits)
+    return torch.clamp(torch.round(x / step), -q, q).to(torch.int8)
+
+
+def _channel_view(w, per_channel):
+    """w as (channels, values per channel)."""
+    return w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+
+
+def mse_step(w, bits, per_channel=True, grid=40):
+    """The step that minimises the squared quantization error, searched over clipping ratios
+    0.2..1 of the largest magnitude (per channel, or per tensor); shape broadcasts against w."""
+    v = _channel_view(w.detach().float(), per_channel)
+    peak = v.abs().amax(dim=1, keepdim=True).clamp_min(EPS)
+    best_err = torch.full_like(peak, float("inf"))
+    best = peak / qmax(bits)
+    for r in torch.linspace(0.2, 1.0, grid):
+        s = peak * r / qmax(bits)
+        err = ((fake_quant(v, s, bits) - v) ** 2).sum(dim=1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, s, best)
+    shape = (w.shape[0],) + (1,) * (w.dim() - 1) if per_channel else (1,) * w.dim()
+    return best.reshape(shape)
+
+
+class WeightQuantizer(torch.nn.Module):
+    """LSQ weight quantizer. The bit-width is a plain attribute (it comes from the config), never
+    a tensor: ESPnet's checkpoint averaging would sum integer tensors."""
+
+    def __init__(self, weight_shape, bits, per_channel=True):
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.per_channel = per_channel
+        shape = (weight_shape[0],) + (1,) * (len(weight_shape) - 1) if per_channel else (1,) * len(weight_shape)
+        self.step = torch.nn.Parameter(torch.zeros(shape))
+        n = 1
+        for d in (weight_shape[1:] if per_channel else weight_shape):
+            n *= d
+        self.values_per_step = n
+
+    def initialised(self):
+        return bool((self.step > 0).all())
+
+    def init_from(self, w):
+        with torch.no_grad():
+            self.step.copy_(mse_step(w, self.bits, self.per_channel))
+
+    def forward(self, w):
+        if not self.initialised():
+            self.init_from(w)
+        g = 1.0 / (self.values_per_step * qmax(self.bits)) ** 0.5
+        return fake_quant(w, scale_grad(self.step, g).clamp_min(EPS), self.bits)
+
+    def int_weight(self, w):
+        """(int8 levels, float32 step) of w as this quantizer stores them."""
+        if not self.initialised():
+            self.init_from(w)
+        step = self.step.detach().clamp_min(EPS)
+        return to_int(w.detach(), step, self.bits), step
+
+    def extra_repr(self):
+        return f"bits={self.bits}, per_channel={self.per_channel}"
+
+
+class ActQuantizer(torch.nn.Module):
+    """Per-tensor activation quantizer: mode 'lsq' (learnt step) or 'minmax' (moving average of
+    the largest magnitude, momentum 0.9, updated in training)."""
+
+    def __init__(self, bits, mode="lsq", momentum=0.9):
+        super().__init__()
+        self.bits = check_bits(bits, "activation bit-width")
+        if mode not in ("lsq", "minmax"):
+            raise ValueError(f"activation quantizer mode {mode!r} is not lsq or minmax")
+        self.mode, self.momentum = mode, momentum
+        if mode == "lsq":
+            self.step = torch.nn.Parameter(torch.zeros(()))
+        else:
+            self.register_buffer("step", torch.zeros(()))
+
+    def forward(self, x):
+        q = qmax(self.bits)
+        if self.step.item() <= 0:
+            with torch.no_grad():
+                init = (2 * x.detach().abs().mean() / q ** 0.5 if self.mode == "lsq"
+                        else x.detach().abs().max() / q)
+                self.step.copy_(init.clamp_min(EPS))
+        elif self.mode == "minmax" and self.training:
+            with torch.no_grad():
+                self.step.mul_(self.momentum).add_((1 - self.momentum) * x.detach().abs().max().clamp_min(EPS) / q)
+        step = self.step
+        if self.mode == "lsq":
+            step = scale_grad(step, 1.0 / (x.numel() * q) ** 0.5)
+        return fake_quant(x, step.clamp_min(EPS), self.bits)
+
+    def extra_repr(self):
+        return f"bits={self.bits}, mode={self.mode}"

@@ -1,0 +1,84 @@
+"""Quantizer numerics against hand-computed values: levels, rounding, clipping, STE and LSQ gradients."""
+import pytest
+import torch
+
+from mpq_plugins.quant.numerics import (ActQuantizer, WeightQuantizer, check_bits, fake_quant, mse_step, qmax,
+                                        to_int)
+
+
+def test_levels():
+    assert [qmax(b) for b in range(2, 9)] == [1, 3, 7, 15, 31, 63, 127]
+
+
+@pytest.mark.parametrize("bad", [1, 9, 0, 32, 4.0, "4", None, True])
+def test_bit_width_outside_2_8_is_rejected(bad):
+    with pytest.raises(ValueError, match="outside 2..8"):
+        check_bits(bad)
+
+
+def test_rounding_and_clipping_by_hand():
+    x = torch.tensor([-1.0, -0.26, -0.24, 0.0, 0.1, 0.25, 0.74, 0.76, 3.0])
+    # 3 bits: levels -3..3, step 0.5 -> values -1.5..1.5; 0.25 / 0.5 = 0.5 rounds half to even (0)
+    y = fake_quant(x, torch.tensor(0.5), 3)
+    assert y.tolist() == [-1.0, -0.5, -0.0, 0.0, 0.0, 0.0, 0.5, 1.0, 1.5]
+    assert to_int(x, torch.tensor(0.5), 3).tolist() == [-2, -1, 0, 0, 0, 0, 1, 2, 3]
+    # 2 bits: ternary
+    assert fake_quant(x, torch.tensor(0.5), 2).tolist() == [-0.5, -0.5, -0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5]
+
+
+def test_ste_and_lsq_gradients_by_hand():
+    x = torch.tensor([0.3, -0.7, 2.0, -5.0], requires_grad=True)
+    s = torch.tensor(0.5, requires_grad=True)
+    fake_quant(x, s, 3).sum().backward()
+    # STE: gradient 1 inside the clipping range (|x/s| <= 3), 0 outside
+    assert x.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
+    # LSQ: d/ds = round(x/s) - x/s inside, +-Q outside
+    want = (1 - 0.6) + (-1 - (-1.4)) + 3 + (-3)
+    assert s.grad.item() == pytest.approx(want)
+
+
+def test_weight_quantizer_gradient_scale():
+    w = torch.tensor([[0.3, -0.7, 0.1, 0.2], [1.0, 0.5, -0.25, 0.0]])
+    wq = WeightQuantizer(w.shape, 3)
+    wq.step.data = torch.tensor([[0.5], [0.25]])
+    wq(w).sum().backward()
+    g = 1 / (4 * 3) ** 0.5       # 4 values share each step, Q = 3
+    row0 = (1 - 0.6) + (-1 + 1.4) + (0 - 0.2) + (0 - 0.4)
+    row1 = 3 + (2 - 2) + (-1 + 1) + 0          # 1.0 / 0.25 = 4 > 3: clipped, contributes Q
+    assert wq.step.grad[:, 0].tolist() == pytest.approx([row0 * g, row1 * g])
+
+
+def test_mse_step_clips_outliers_and_is_per_channel():
+    torch.manual_seed(0)
+    w = torch.randn(3, 1000)
+    w[0, 0] = 40.0                              # one outlier: the MSE step clips it
+    s = mse_step(w, 4)
+    assert s.shape == (3, 1)
+    assert s[0, 0] < 40.0 / 7 * 0.9 and s[1, 0] < w[1].abs().max() / 7 * 0.9
+    for r in range(3):                          # no grid ratio is better than the chosen one
+        err = ((fake_quant(w[r], s[r], 4) - w[r]) ** 2).sum()
+        assert err <= ((fake_quant(w[r], w[r].abs().max() / 7, 4) - w[r]) ** 2).sum() + 1e-6
+    assert mse_step(w, 4, per_channel=False).shape == (1, 1)
+
+
+def test_step_is_initialised_lazily_from_the_weight_it_sees():
+    wq = WeightQuantizer((2, 3), 8)
+    assert not wq.initialised()
+    w = torch.tensor([[1.0, -2.0, 0.5], [0.1, 0.2, -0.3]])
+    out = wq(w)
+    assert wq.initialised()
+    assert torch.allclose(out, w, atol=2.0 / 127)
+    q, step = wq.int_weight(w)
+    assert q.dtype == torch.int8 and torch.equal(q.float() * step, wq(w).detach())
+
+
+@pytest.mark.parametrize("mode", ["lsq", "minmax"])
+def test_activation_quantizer(mode):
+    aq = ActQuantizer(8, mode)
+    x = torch.linspace(-2, 2, 101)
+    y = aq(x)
+    assert aq.step.item() > 0
+    assert (y - x).abs().max() <= (aq.step.item() / 2 if mode == "minmax" else 2.0)
+    assert len(torch.unique(y)) <= 255
+    with pytest.raises(ValueError, match="mode"):
+        ActQuantizer(8, "ema")
