@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# mpq-asr recipe: synthesise the default corpus, train an FP32 ESPnet Conformer, decode, score.
+# mpq-asr recipe: synthesise the default corpus, train an FP32 ESPnet Conformer, quantize it (QAT
+# from the FP32 checkpoint, bit-packed files), decode every system from its packed file, score.
 #   ./run.sh                          # everything
-#   ./run.sh --stage 5 --stop_stage 6 # decode and score again
+#   ./run.sh --stage 7 --stop_stage 8 # decode and score again
 # Options are the variables below (--name value). egs/*/run.sh call this script with their own.
 set -euo pipefail
 
@@ -28,7 +29,9 @@ lm_vocab=""           # word list of the n-gram LM; default: ${datadir}/local/co
 lm_config=conf/train_lm.yaml
 lm_train_text=""      # Kaldi text file for the LM; default: ${datadir}/local/corpus/lm_train.txt
 lm_args=""            # extra options for espnet2.bin.lm_train
-inference_model=valid.acc.ave.pth
+inference_model=valid.acc.ave.pth   # the checkpoint of each system that is packed and decoded
+finetune_config=conf/finetune.yaml  # fine-tuning options shared by every quant conf (and the float control)
+quant_confs="conf/quant/w8.yaml conf/quant/w4.yaml conf/quant/fp32_cont.yaml"  # systems of the quantize stage
 asr_tag=""            # experiment name; default: the config's file name
 asr_args=""           # extra options for espnet2.bin.asr_train
 inference_args=""     # extra options for decoding
@@ -44,12 +47,17 @@ if [ -f cmd.sh ]; then . ./cmd.sh; else . ${root}/cmd.sh; fi
 [ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; exit 1; }
 [ -z "${local_data}" ] && local_data=${root}/local/data.sh
 # a config that is not found from the current dir is taken from the top-level conf/
-for v in asr_config inference_config lm_config; do
+for v in asr_config inference_config lm_config finetune_config; do
     [ -f "${!v}" ] || [ ! -f "${root}/${!v}" ] || printf -v "${v}" '%s' "${root}/${!v}"
     [ -f "${!v}" ] || { echo "$0: --${v} ${!v}: no such file" >&2; exit 1; }
 done
 [ -z "${lm_train_text}" ] && lm_train_text=${datadir}/local/corpus/lm_train.txt
-if [ -z "${lm_vocab}" ] && [ -f ${datadir}/local/corpus/vocab.txt ]; then lm_vocab=${datadir}/local/corpus/vocab.txt; fi
+qconfs=""
+for qc in ${quant_confs}; do
+    [ -f "${qc}" ] || [ ! -f "${root}/${qc}" ] || qc=${root}/${qc}
+    [ -f "${qc}" ] || { echo "$0: --quant_confs: ${qc}: no such file" >&2; exit 1; }
+    qconfs="${qconfs} ${qc}"
+done
 case "${lm}" in ngram|rnn|none) ;; *) echo "$0: --lm ${lm}: expected ngram, rnn or none" >&2; exit 1;; esac
 
 [ -z "${asr_tag}" ] && asr_tag=$(basename "${asr_config}" .yaml)
@@ -104,6 +112,7 @@ fi
 
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && [ "${lm}" = ngram ]; then
     log 4 "LM: word ${ngram_order}-gram on ${lm_train_text} -> ${lm_exp}/"
+    if [ -z "${lm_vocab}" ] && [ -f ${datadir}/local/corpus/vocab.txt ]; then lm_vocab=${datadir}/local/corpus/vocab.txt; fi
     python -m mpq_plugins.bin.train_word_lm --text ${lm_train_text} --valid ${datadir}/${valid_set}/text \
         --order ${ngram_order} ${lm_vocab:+--vocab ${lm_vocab}} --out ${lm_exp}/lm.json
 fi
@@ -128,41 +137,73 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && [ "${lm}" = rnn ]; then
         --fold_length 150 --resume true ${lm_args}
 fi
 
-if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
-    log 5 "train: ESPnet asr_train (${asr_config}) -> ${asr_exp}/ (log: ${asr_exp}/train.log)"
-    mkdir -p ${asr_exp}
-    rotate_log ${asr_exp}/train.log   # a resumed run keeps the log of the epochs before it
-    python -m espnet2.bin.launch --cmd "${cuda_cmd} --name train_${asr_tag}" --log ${asr_exp}/train.log \
-        --ngpu ${ngpu} --num_nodes ${num_nodes} --init_file_prefix ${asr_exp}/.dist_init_ \
+# train_asr <entry point> <config> <outdir> [options]: ESPnet training through ESPnet's launcher
+# (${timer}, when set, is a command prefix that times it)
+train_asr() {
+    local module=$1 config=$2 dir=$3; shift 3
+    mkdir -p ${dir}
+    rotate_log ${dir}/train.log   # a resumed run keeps the log of the epochs before it
+    ${timer:-} python -m espnet2.bin.launch --cmd "${cuda_cmd} --name train_$(basename ${dir})" --log ${dir}/train.log \
+        --ngpu ${ngpu} --num_nodes ${num_nodes} --init_file_prefix ${dir}/.dist_init_ \
         --multiprocessing_distributed true -- \
-        python -m espnet2.bin.asr_train --config ${asr_config} $(data_args) --output_dir ${asr_exp} \
+        python -m ${module} --config ${config} $(data_args) --output_dir ${dir} \
         --train_shape_file ${stats_dir}/train/speech_shape --train_shape_file ${stats_dir}/train/text_shape.${token_type} \
         --valid_shape_file ${stats_dir}/valid/speech_shape --valid_shape_file ${stats_dir}/valid/text_shape.${token_type} \
         --normalize global_mvn --normalize_conf stats_file=${stats_dir}/train/feats_stats.npz \
-        --resume true --fold_length 80000 --fold_length 150 ${asr_args}
-    python -m mpq_plugins.bin.plot_training ${asr_exp}
+        --resume true --fold_length 80000 --fold_length 150 ${asr_args} "$@"
+    python -m mpq_plugins.bin.plot_training ${dir}
+}
+
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+    log 5 "train: ESPnet asr_train (${asr_config}) -> ${asr_exp}/ (log: ${asr_exp}/train.log)"
+    train_asr espnet2.bin.asr_train ${asr_config} ${asr_exp}
 fi
 
+# the systems: the float model, then one per quant conf (exp/asr_<tag>_<conf name>)
+systems=${asr_exp}
+for qc in ${qconfs}; do systems="${systems} ${asr_exp}_$(basename ${qc} .yaml)"; done
+
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
+    log 6 "quantize: pack ${asr_exp}; fine-tune from it and pack:${qconfs:- (no --quant_confs)}"
+    python -m mpq_plugins.bin.pack --asr_train_config ${asr_exp}/config.yaml \
+        --asr_model_file ${asr_exp}/${inference_model} --out ${asr_exp}/packed.safetensors
+    for qc in ${qconfs}; do
+        qexp=${asr_exp}_$(basename ${qc} .yaml)
+        log 6 "quantize: ${qc} -> ${qexp}/ (log: ${qexp}/train.log)"
+        python -m mpq_plugins.bin.quant_config --base ${asr_config} --conf ${finetune_config} --conf ${qc} \
+            --token_list ${token_dir}/tokens.txt --out ${qexp}/train_config.yaml
+        # compression time: from the float checkpoint to the packed file, every try counted
+        timer="python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what train --" \
+            train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} --init_param ${asr_exp}/${inference_model}
+        python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what pack -- \
+            python -m mpq_plugins.bin.pack --asr_train_config ${qexp}/config.yaml \
+            --asr_model_file ${qexp}/${inference_model} --out ${qexp}/packed.safetensors
+    done
+fi
+
+decode_name=decode_$(basename ${inference_config} .yaml | sed "s/^decode_//")_packed
+if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
     case "${lm}" in
         rnn) lm_opts="--lm_train_config ${lm_exp}/config.yaml --lm_file ${lm_exp}/valid.loss.best.pth";;
         ngram) lm_opts="--word_lm_file ${lm_exp}/lm.json";;
         none) lm_opts="";;
     esac
-    for d in ${test_sets}; do
-        log 6 "decode: ${d} with ${asr_exp}/${inference_model} in ${nj} jobs"
-        ${root}/local/decode.sh --nj ${nj} --config ${inference_config} --model ${asr_exp}/${inference_model} \
-            --asr_config ${asr_exp}/config.yaml --data ${datadir}/${d} \
-            --args "${lm_opts} ${inference_args}" \
-            --dir ${asr_exp}/decode_$(basename ${inference_config} .yaml | sed "s/^decode_//")_${inference_model%.pth}/${d}
+    for sys in ${systems}; do
+        for d in ${test_sets}; do
+            log 7 "decode: ${d} with ${sys}/packed.safetensors in ${nj} jobs"
+            ${root}/local/decode.sh --nj ${nj} --config ${inference_config} --model ${sys}/packed.safetensors \
+                --asr_config ${sys}/config.yaml --data ${datadir}/${d} \
+                --args "${lm_opts} ${inference_args}" --dir ${sys}/${decode_name}/${d}
+        done
     done
 fi
 
-if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
-    log 7 "score: sclite per test set -> RESULTS.md"
-    for d in ${test_sets}; do
-        python -m mpq_plugins.bin.score --data ${datadir}/${d} \
-            --dir ${asr_exp}/decode_$(basename ${inference_config} .yaml | sed "s/^decode_//")_${inference_model%.pth}/${d}
+if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
+    log 8 "score: sclite per system and test set -> RESULTS.md"
+    for sys in ${systems}; do
+        for d in ${test_sets}; do
+            python -m mpq_plugins.bin.score --data ${datadir}/${d} --dir ${sys}/${decode_name}/${d}
+        done
     done
     python -m mpq_plugins.bin.results --expdir ${expdir} --out RESULTS.md
 fi

@@ -84,3 +84,50 @@ class WordLMScorer(BatchScorerInterface):
     def batch_score(self, ys, states, xs):
         out = [self.score(y, s, None) for y, s in zip(ys, states)]
         return torch.stack([o[0] for o in out]).to(xs.dtype), [o[1] for o in out]
+
+
+class Recognizer:
+    """Joint CTC/attention beam search (ESPnet's BatchBeamSearch and scorers) over a model we built
+    and loaded ourselves (float, quantized or packed: mpq_plugins.espnet_task.load_asr_model).
+
+    opts: the decoding options of mpq_plugins.bin.asr_inference (beam_size, ctc_weight, ...).
+    word_lm: an NgramLM (char tokens); rnn_lm: an ESPnet LM module (its .lm scorer is used).
+    """
+
+    def __init__(self, model, conf, opts, word_lm=None, rnn_lm=None, device="cpu"):
+        from espnet.nets.batch_beam_search import BatchBeamSearch
+        from espnet.nets.scorers.ctc import CTCPrefixScorer
+        from espnet.nets.scorers.length_bonus import LengthBonus
+        from espnet2.text.build_tokenizer import build_tokenizer
+        from espnet2.text.token_id_converter import TokenIDConverter
+
+        self.model, self.opts, self.device = model, opts, device
+        tokens = list(model.token_list)
+        scorers = {"decoder": model.decoder, "ctc": CTCPrefixScorer(ctc=model.ctc, eos=model.eos),
+                   "length_bonus": LengthBonus(len(tokens))}
+        weights = {"decoder": 1.0 - opts["ctc_weight"], "ctc": opts["ctc_weight"], "length_bonus": opts["penalty"]}
+        if rnn_lm is not None:
+            scorers["lm"], weights["lm"] = rnn_lm.lm, opts["lm_weight"]
+        if word_lm is not None:
+            scorers["wordlm"], weights["wordlm"] = WordLMScorer(word_lm, tokens, model.eos), opts["word_lm_weight"]
+        self.beam_search = BatchBeamSearch(
+            scorers=scorers, weights=weights, beam_size=opts["beam_size"], vocab_size=len(tokens),
+            sos=model.sos, eos=model.eos, token_list=tokens,
+            pre_beam_score_key=None if opts["ctc_weight"] == 1.0 else "full",
+            normalize_length=opts["normalize_length"]).to(device).eval()
+        self.converter = TokenIDConverter(token_list=tokens)
+        self.tokenizer = build_tokenizer(token_type=conf.get("token_type", "char"), bpemodel=conf.get("bpemodel"))
+
+    @torch.no_grad()
+    def __call__(self, speech):
+        """n-best list of (text, tokens, hypothesis) for one utterance (1-D float waveform)."""
+        speech = torch.as_tensor(speech, dtype=torch.float32).unsqueeze(0).to(self.device)
+        lengths = torch.tensor([speech.size(1)], device=self.device)
+        enc, _ = self.model.encode(speech, lengths)
+        hyps = self.beam_search(x=enc[0], maxlenratio=self.opts["maxlenratio"], minlenratio=self.opts["minlenratio"])
+        out = []
+        for hyp in hyps[: self.opts["nbest"]]:
+            ids = [int(t) for t in hyp.yseq[1:-1].tolist() if int(t) != 0]
+            toks = self.converter.ids2tokens(ids)
+            out.append((self.tokenizer.tokens2text(toks), toks, hyp))
+        return out

@@ -55,14 +55,22 @@ def make_librispeech(root, sets=("train-clean-100", "dev-clean"), n_spk=2, n_cha
 TINY_TOKENS = ["<blank>", "<unk>", "<space>", "a", "b", "c", "d", "e", "f", "g", "<sos/eos>"]
 
 
-def tiny_asr_model(config=None, seed=0):
-    """A real ESPnet ASR model (Conformer encoder, Transformer decoder, CTC) from tests/conf/train_tiny.yaml."""
-    import torch
+def tiny_asr_conf(config=None):
+    """The full ESPnet config (dict) of tests/conf/train_tiny.yaml with a tiny char token list."""
     from espnet2.tasks.asr import ASRTask
-    torch.manual_seed(seed)
     root = os.path.dirname(os.path.abspath(__file__))
     args = ASRTask.get_parser().parse_args(
         ["--config", config or os.path.join(root, "conf", "train_tiny.yaml"), "--output_dir", "unused",
          "--token_type", "char", "--token_list", "unused"])
     args.token_list = list(TINY_TOKENS)
-    return ASRTask.build_model(args)
+    return vars(args)
+
+
+def tiny_asr_model(config=None, seed=0):
+    """A real ESPnet ASR model (Conformer encoder, Transformer decoder, CTC) from tests/conf/train_tiny.yaml."""
+    import argparse
+
+    import torch
+    from espnet2.tasks.asr import ASRTask
+    torch.manual_seed(seed)
+    return ASRTask.build_model(argparse.Namespace(**tiny_asr_conf(config)))

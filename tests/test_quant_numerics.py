@@ -69,7 +69,7 @@ def test_step_is_initialised_lazily_from_the_weight_it_sees():
     assert wq.initialised()
     assert torch.allclose(out, w, atol=2.0 / 127)
     q, step = wq.int_weight(w)
-    assert q.dtype == torch.int8 and torch.equal(q.float() * step, wq(w).detach())
+    assert q.dtype == torch.int8 and torch.equal(q.float() * wq.effective_step().detach(), wq(w).detach())
 
 
 @pytest.mark.parametrize("mode", ["lsq", "minmax"])

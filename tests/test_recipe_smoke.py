@@ -3,6 +3,7 @@
 This is the slow test (about two minutes): the real corpus synthesis, ESPnet collect-stats and
 training, ESPnet decoding in parallel jobs and sclite scoring.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -16,8 +17,10 @@ TOOLS = ("espeak-ng", "flite", "festival", "sox")
 pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in TOOLS) or not os.path.exists("/usr/lib/sctk/bin/sclite"),
                                 reason="Debian tools missing (run tools/setup.sh)")
 
-DECODE = "decode_tiny_valid.acc.ave"
+DECODE = "decode_tiny_packed"
 SETS = ("dev", "test", "test_unseen_voice")
+SYSTEMS = ("asr_train_tiny", "asr_train_tiny_w4", "asr_train_tiny_fp32_cont")
+QUANT_CONFS = f"{ROOT}/conf/quant/w4.yaml {ROOT}/conf/quant/fp32_cont.yaml"
 
 
 def run(cwd, *args):
@@ -25,7 +28,8 @@ def run(cwd, *args):
            "--local_data_opts", "--n_train 24 --n_dev 6 --n_test 6 --n_unseen 6",
            "--asr_config", os.path.join(ROOT, "tests/conf/train_tiny.yaml"),
            "--inference_config", os.path.join(ROOT, "tests/conf/decode_tiny.yaml"),
-           "--lm_config", os.path.join(ROOT, "tests/conf/train_lm_tiny.yaml"), "--lm_train_text", "data/train/text", *args]
+           "--lm_config", os.path.join(ROOT, "tests/conf/train_lm_tiny.yaml"), "--lm_train_text", "data/train/text",
+           "--finetune_config", os.path.join(ROOT, "tests/conf/finetune_tiny.yaml"), "--quant_confs", QUANT_CONFS, *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
 
 
@@ -50,26 +54,61 @@ def test_all_stages_agree(recipe):
         assert "--word_lm_file" in f.read()                          # decoding used the word LM
     assert (exp / "training_curve.png").stat().st_size > 1000
     assert "<space>" in (recipe / "data" / "token_list" / "char" / "tokens.txt").read_text()
-    for s in SETS:
-        dec = exp / DECODE / s
-        with open(recipe / "data" / s / "text") as f:
-            ref_ids = [line.split()[0] for line in f]
-        with open(dec / "text") as f:
-            hyp_ids = [line.split()[0] for line in f]
-        assert hyp_ids == ref_ids                                  # one hypothesis per utterance, all jobs merged
-        row = parse_sum_avg(str(dec / "score_wer" / "result.txt"))
-        assert row["Snt"] == len(ref_ids)
-        assert row["Wrd"] == words(recipe / "data" / s / "text")   # sclite saw exactly the reference words
-        assert row["Corr"] + row["Sub"] + row["Del"] == pytest.approx(100, abs=0.2)
     results = (recipe / "RESULTS.md").read_text()
-    for s in SETS:
-        assert f"|{DECODE}/{s}|6|" in results
+    for system in SYSTEMS:
+        for s in SETS:
+            dec = recipe / "exp" / system / DECODE / s
+            with open(recipe / "data" / s / "text") as f:
+                ref_ids = [line.split()[0] for line in f]
+            with open(dec / "text") as f:
+                hyp_ids = [line.split()[0] for line in f]
+            assert hyp_ids == ref_ids                              # one hypothesis per utterance, all jobs merged
+            row = parse_sum_avg(str(dec / "score_wer" / "result.txt"))
+            assert row["Snt"] == len(ref_ids)
+            assert row["Wrd"] == words(recipe / "data" / s / "text")   # sclite saw exactly the reference words
+            assert row["Corr"] + row["Sub"] + row["Del"] == pytest.approx(100, abs=0.2)
+            assert f"|{DECODE}/{s}|6|" in results
+        size = json.loads((recipe / "exp" / system / "packed.size.json").read_text())
+        assert size["disk_bytes"] == (recipe / "exp" / system / "packed.safetensors").stat().st_size
+        assert f"|{system}|" in results
     assert (recipe / "results" / "asr_train_tiny_training_curve.png").exists()
+
+
+def test_quantized_systems(recipe):
+    sizes = {s: json.loads((recipe / "exp" / s / "packed.size.json").read_text()) for s in SYSTEMS}
+    assert sizes["asr_train_tiny_w4"]["avg_weight_bits"] == 4
+    assert sizes["asr_train_tiny_w4"]["disk_bytes"] < sizes["asr_train_tiny"]["disk_bytes"] / 2.5
+    assert sizes["asr_train_tiny_fp32_cont"]["quantized_fraction"] == 0
+    for s in SYSTEMS[1:]:
+        log = json.loads((recipe / "exp" / s / "compression_time.json").read_text())
+        assert [e["what"] for e in log] == ["train", "pack"] and all(e["rc"] == 0 for e in log)
+        assert "init_param" in (recipe / "exp" / s / "train.log").read_text()
+
+
+def test_stock_espnet_loader_drops_the_quantizers_ours_does_not(recipe):
+    import torch
+    from espnet2.tasks.asr import ASRTask
+
+    from mpq_plugins.espnet_task import load_asr_model
+    from mpq_plugins.quant.layers import QUANT_LAYERS
+    exp = recipe / "exp" / "asr_train_tiny_w4"
+    stock, _ = ASRTask.build_model_from_file(exp / "config.yaml", exp / "valid.acc.ave.pth", "cpu")
+    ours, _ = load_asr_model(exp / "config.yaml", exp / "valid.acc.ave.pth")
+    packed, _ = load_asr_model(exp / "config.yaml", exp / "packed.safetensors")
+    assert not any(isinstance(m, QUANT_LAYERS) for m in stock.modules())   # silently a float model
+    assert sum(isinstance(m, QUANT_LAYERS) for m in ours.modules()) > 20
+    speech, lengths = torch.randn(1, 16000), torch.tensor([16000])
+    with torch.no_grad():
+        e_stock = stock.eval().encode(speech, lengths)[0]
+        e_ours = ours.encode(speech, lengths)[0]
+        e_packed = packed.encode(speech, lengths)[0]
+    assert torch.equal(e_ours, e_packed)             # the packed file is the fake-quantized model
+    assert not torch.allclose(e_stock, e_ours)
 
 
 def test_rerun_scoring_stage_is_stable(recipe):
     before = (recipe / "exp" / "asr_train_tiny" / DECODE / "test" / "score_wer" / "result.txt").read_text()
-    r = run(recipe, "--stage", "7", "--stop_stage", "7")
+    r = run(recipe, "--stage", "8", "--stop_stage", "8")
     assert r.returncode == 0, r.stderr[-2000:]
     after = (recipe / "exp" / "asr_train_tiny" / DECODE / "test" / "score_wer" / "result.txt").read_text()
     assert parse_sum_avg_text(before) == parse_sum_avg_text(after)
@@ -88,7 +127,7 @@ def test_corrupt_audio_fails_cleanly(recipe):
     try:
         with open(victim, "wb") as f:
             f.write(b"RIFF not really a wave file")
-        r = run(recipe, "--stage", "6", "--stop_stage", "7")
+        r = run(recipe, "--stage", "7", "--stop_stage", "8")
         assert r.returncode != 0
         assert victim in r.stderr and "not readable audio" in r.stderr
         assert "Traceback" not in r.stderr
@@ -110,7 +149,7 @@ def test_rerun_training_resumes_and_keeps_the_curve(recipe):
 
 
 def test_unknown_option_is_rejected(recipe):
-    r = run(recipe, "--stage", "6", "--no_such_option", "1")
+    r = run(recipe, "--stage", "7", "--no_such_option", "1")
     assert r.returncode != 0 and "--no_such_option" in r.stderr
 
 
@@ -123,14 +162,23 @@ def test_missing_config_is_one_clear_error(tmp_path):
 
 
 def test_unknown_lm_kind_is_rejected(recipe):
-    r = run(recipe, "--stage", "6", "--lm", "kenlm")
+    r = run(recipe, "--stage", "7", "--lm", "kenlm")
     assert r.returncode != 0 and "--lm kenlm: expected ngram, rnn or none" in r.stderr
 
 
 def test_espnet_rnn_lm_still_works(recipe):
     # last in this file: it decodes dev again, with ESPnet's character LSTM LM instead of the word LM
-    r = run(recipe, "--stage", "4", "--stop_stage", "6", "--lm", "rnn", "--test_sets", "dev")
+    r = run(recipe, "--stage", "4", "--stop_stage", "7", "--lm", "rnn", "--test_sets", "dev", "--quant_confs", "")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (recipe / "exp" / "lm_train_lm_tiny_char" / "valid.loss.best.pth").exists()
     log = (recipe / "exp" / "asr_train_tiny" / DECODE / "dev" / "logdir" / "asr_inference.1.log").read_text()
     assert "--lm_file" in log and "--word_lm_file" not in log
+
+
+def test_bad_quant_conf_fails_before_training(recipe, tmp_path):
+    bad = tmp_path / "w9.yaml"
+    bad.write_text("quantization:\n    weight_bits: 9\n")
+    r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(bad))
+    assert r.returncode != 0
+    assert "w9.yaml: quantization: weight_bits 9 is outside 2..8" in r.stderr and "Traceback" not in r.stderr
+    assert not (recipe / "exp" / "asr_train_tiny_w9").exists()

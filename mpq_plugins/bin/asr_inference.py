@@ -1,4 +1,4 @@
-"""Decode a Kaldi data dir with ESPnet's Speech2Text, optionally with our word n-gram LM.
+"""Decode a Kaldi data dir: ESPnet's beam search over a model loaded strictly (float, quantized or packed).
 
     python -m mpq_plugins.bin.asr_inference --data_path_and_name_and_type data/test/wav.scp,speech,sound \
         --key_file keys.1.scp --asr_train_config exp/asr/config.yaml --asr_model_file exp/asr/valid.acc.ave.pth \
@@ -44,35 +44,17 @@ def read_decode_config(path):
     return out
 
 
-def build_speech2text(asr_train_config, asr_model_file, opts, lm_train_config=None, lm_file=None,
-                      word_lm_file=None, device="cpu"):
-    """ESPnet's Speech2Text, with our word LM added to its beam search when word_lm_file is given."""
-    from espnet.nets.batch_beam_search import BatchBeamSearch
-    from espnet2.bin.asr_inference import Speech2Text
-
-    from mpq_plugins.decoding import WordLMScorer
+def build_recognizer(asr_train_config, asr_model_file, opts, lm_train_config=None, lm_file=None,
+                     word_lm_file=None, device="cpu"):
+    """Our model loader (strict, weights_only; float, quantized or packed) + ESPnet's beam search."""
+    from mpq_plugins.decoding import Recognizer
+    from mpq_plugins.espnet_task import load_asr_model, load_lm
     from mpq_plugins.wordlm import NgramLM
 
-    s2t = Speech2Text(asr_train_config=asr_train_config, asr_model_file=asr_model_file,
-                      lm_train_config=lm_train_config, lm_file=lm_file, device=device,
-                      beam_size=opts["beam_size"], ctc_weight=opts["ctc_weight"], lm_weight=opts["lm_weight"],
-                      penalty=opts["penalty"], nbest=opts["nbest"], maxlenratio=opts["maxlenratio"],
-                      minlenratio=opts["minlenratio"], normalize_length=opts["normalize_length"])
-    if word_lm_file:
-        try:
-            lm = NgramLM.load(word_lm_file)
-        except ValueError as e:
-            raise SystemExit(f"asr_inference: {e}")
-        bs, model = s2t.beam_search, s2t.asr_model
-        scorers = {**bs.full_scorers, **bs.part_scorers,
-                   "wordlm": WordLMScorer(lm, model.token_list, model.eos)}
-        weights = {**bs.weights, "wordlm": opts["word_lm_weight"]}
-        s2t.beam_search = BatchBeamSearch(
-            scorers=scorers, weights=weights, beam_size=opts["beam_size"], vocab_size=len(model.token_list),
-            sos=model.sos, eos=model.eos, token_list=model.token_list,
-            pre_beam_score_key=None if opts["ctc_weight"] == 1.0 else "full",
-            normalize_length=opts["normalize_length"]).to(device).eval()
-    return s2t
+    model, conf = load_asr_model(asr_train_config, asr_model_file, device)
+    word_lm = NgramLM.load(word_lm_file) if word_lm_file else None
+    rnn_lm = load_lm(lm_train_config, lm_file, device) if lm_train_config else None
+    return Recognizer(model, conf, opts, word_lm=word_lm, rnn_lm=rnn_lm, device=device)
 
 
 def main(argv=None):
@@ -94,25 +76,29 @@ def main(argv=None):
 
     from espnet2.fileio.datadir_writer import DatadirWriter
     from espnet2.tasks.asr import ASRTask
+    from espnet2.train.collate_fn import CommonCollateFn
+
+    from mpq_plugins.quant import QuantConfigError
 
     device = "cuda" if a.ngpu > 0 else "cpu"
-    s2t = build_speech2text(a.asr_train_config, a.asr_model_file, opts, a.lm_train_config, a.lm_file,
-                            a.word_lm_file, device)
+    try:
+        rec = build_recognizer(a.asr_train_config, a.asr_model_file, opts, a.lm_train_config, a.lm_file,
+                               a.word_lm_file, device)
+    except (ValueError, QuantConfigError) as e:
+        raise SystemExit(f"asr_inference: {e}")
     path, name, typ = a.data_path_and_name_and_type.split(",")
+    # speech only: ESPnet's training preprocessor leaves the waveform as it is read
     loader = ASRTask.build_streaming_iterator(
         [(path, name, typ)], dtype="float32", batch_size=1, key_file=a.key_file, num_workers=0,
-        preprocess_fn=ASRTask.build_preprocess_fn(s2t.asr_train_args, False),
-        collate_fn=ASRTask.build_collate_fn(s2t.asr_train_args, False), inference=True)
+        preprocess_fn=None, collate_fn=CommonCollateFn(float_pad_value=0.0, int_pad_value=-1), inference=True)
     t0, n = time.time(), 0
     with DatadirWriter(a.output_dir) as writer:
         for keys, batch in loader:
-            speech = batch["speech"][0]
-            results = s2t(speech)
-            for i, (text, token, _, hyp) in enumerate(results[:opts["nbest"]], 1):
+            for i, (text, tokens, hyp) in enumerate(rec(batch[name][0]), 1):
                 w = writer[f"{i}best_recog"]
-                w["text"][keys[0]] = text if text is not None else ""
-                w["token"][keys[0]] = " ".join(token)
-                w["score"][keys[0]] = str(float(hyp.score))
+                w["text"][keys[0]] = text
+                w["token"][keys[0]] = " ".join(tokens)
+                w["score"][keys[0]] = f"{float(hyp.score):.4f}"
             n += 1
             if n % 20 == 0:
                 print(f"asr_inference: {n} utterances in {time.time() - t0:.0f}s", flush=True)

@@ -2,7 +2,9 @@
 
     python -m mpq_plugins.bin.results --expdir exp --out RESULTS.md
 
-For every exp/asr_*/ with scored decodes: the environment, the training summary and curve, and
+First a table of every system (exp/asr_*/ with a packed model and scored decodes): average bits
+of its quantized weights, size of its packed file on disk, compression ratio against float32, WER
+per test set and compression time. Then, per system: the training summary and curve, and
 ESPnet-style sclite tables (WER and CER) per decode dir. Plots are copied next to RESULTS.md under
 results/ so that they can be committed with it.
 """
@@ -41,6 +43,52 @@ def table(rows):
     return lines
 
 
+def compression_time(asr_exp):
+    path = os.path.join(asr_exp, "compression_time.json")
+    if not os.path.exists(path):
+        return "", ""
+    with open(path) as f:
+        log = json.load(f)
+    wall = sum(e["wall_s"] for e in log)
+    cpu = sum(e["cpu_s"] for e in log)
+    return f"{wall / 60:.1f}", f"{cpu / 60:.1f}"
+
+
+def systems_table(exps):
+    """One row per system with a packed file: bits, bytes, ratio, WER per test set, compression time."""
+    rows = []
+    sets = []
+    for asr_exp in exps:
+        size = os.path.join(asr_exp, "packed.size.json")
+        if not os.path.exists(size):
+            continue
+        with open(size) as f:
+            r = json.load(f)
+        wer = {}
+        for res in sorted(glob.glob(os.path.join(asr_exp, "decode_*_packed", "*", "score_wer", "result.txt"))):
+            d = os.path.basename(os.path.dirname(os.path.dirname(res)))
+            wer[d] = parse_sum_avg(res)["Err"]
+            if d not in sets:
+                sets.append(d)
+        rows.append((os.path.basename(asr_exp), r, wer, compression_time(asr_exp)))
+    if not rows:
+        return []
+    lines = ["## Systems", "",
+             "Every system is decoded from its packed file (`packed.safetensors`: quantized weights bit-packed at "
+             "their bit-widths, their steps, float tensors as they are; `packed.size.json` has the byte counts). "
+             "Ratio = bytes of the float32 model / bytes of the packed file on disk. Compression time: from the "
+             "float checkpoint to the packed file (`compression_time.json`: QAT fine-tuning and packing).", "",
+             "|system|weight bits|quantized params|size on disk (bytes)|ratio|" + "|".join(f"{d} WER" for d in sets)
+             + "|compression time, wall (min)|CPU (min)|",
+             "|---|---|---|---|---|" + "|".join("---" for _ in sets) + "|---|---|"]
+    for name, r, wer, (wall, cpu) in rows:
+        bits = f"{r['avg_weight_bits']:.2f}" if r["quantized_fraction"] > 0 else "32 (float)"
+        lines.append(f"|{name}|{bits}|{100 * r['quantized_fraction']:.1f}%|{r['disk_bytes']:,}|"
+                     f"{r['compression_ratio']:.2f}x|" + "|".join(f"{wer[d]:.1f}" if d in wer else "" for d in sets)
+                     + f"|{wall}|{cpu}|")
+    return lines + [""]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--expdir", default="exp")
@@ -52,7 +100,12 @@ def main(argv=None):
              f"(`python -m mpq_plugins.bin.results --expdir {a.expdir} --out {a.out}`); every number comes "
              "from the files named beside it.", "", "## Environment", ""] + environment() + [""]
     found = False
-    for asr_exp in sorted(glob.glob(os.path.join(a.expdir, "asr_*"))):
+    exps = sorted(glob.glob(os.path.join(a.expdir, "asr_*")))
+    try:
+        lines += systems_table(exps)
+    except (ScoringError, FileNotFoundError, KeyError, ValueError) as e:
+        sys.exit(f"results: {e}")
+    for asr_exp in exps:
         results = sorted(glob.glob(os.path.join(asr_exp, "decode_*", "*", "score_wer", "result.txt")))
         if not results:
             continue

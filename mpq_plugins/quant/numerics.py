@@ -96,18 +96,22 @@ class WeightQuantizer(torch.nn.Module):
         with torch.no_grad():
             self.step.copy_(mse_step(w, self.bits, self.per_channel))
 
+    def effective_step(self):
+        """The step as the forward pass uses it (LSQ gradient scale applied, kept positive)."""
+        g = 1.0 / (self.values_per_step * qmax(self.bits)) ** 0.5
+        return scale_grad(self.step, g).clamp_min(EPS)
+
     def forward(self, w):
         if not self.initialised():
             self.init_from(w)
-        g = 1.0 / (self.values_per_step * qmax(self.bits)) ** 0.5
-        return fake_quant(w, scale_grad(self.step, g).clamp_min(EPS), self.bits)
+        return fake_quant(w, self.effective_step(), self.bits)
 
     def int_weight(self, w):
-        """(int8 levels, float32 step) of w as this quantizer stores them."""
+        """(int8 levels, step) of w: levels * effective_step() is exactly what forward computes."""
         if not self.initialised():
             self.init_from(w)
-        step = self.step.detach().clamp_min(EPS)
-        return to_int(w.detach(), step, self.bits), step
+        with torch.no_grad():
+            return to_int(w, self.effective_step(), self.bits), self.step.detach().clone()
 
     def extra_repr(self):
         return f"bits={self.bits}, per_channel={self.per_channel}"

@@ -1,0 +1,202 @@
+"""Benchmark of the quantization plugins; writes its figures to a markdown file (and json beside it).
+
+    python -m mpq_plugins.bin.benchmark_quant --out results/benchmark_quant.md \
+        [--expdir exp --asr_tag train_asr_conformer --data data/test --n_utts 40]
+
+1. QAT train step (forward, backward, Adam) over the float step, same batch, default Conformer.
+2. Encoder time for one 10-second utterance on one thread: float32, our 8-bit system served by
+   int8 kernels (mpq_plugins.quant.serve), ESPnet's dynamic int8 (--quantize_asr_model); for the
+   default Conformer and the paper-scale one (egs/librispeech_100). Random weights: time only.
+3. Whole decode (beam search with the word LM, as the recipe decodes) of the first n test
+   utterances with the trained systems in --expdir, when they are there: real-time factor and WER.
+4. Sizes of every packed system in --expdir.
+Every timing is a ratio against float32 measured in the same run (median of repeats).
+"""
+import argparse
+import glob
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from mpq_plugins.espnet_task import build_from_config, read_config
+from mpq_plugins.quant import quantize_
+from mpq_plugins.quant.serve import espnet_dynamic_int8, to_int8_serving
+
+DEFAULT_CONF = "conf/train_asr_conformer.yaml"
+PAPER_CONF = "egs/librispeech_100/conf/train_asr_conformer.yaml"
+
+
+def build(conf_path, n_tokens, quant=None, seed=0):
+    torch.manual_seed(seed)
+    conf = read_config(conf_path)
+    conf.update(token_list=["<blank>", "<unk>"] + [f"t{i}" for i in range(n_tokens - 3)] + ["<sos/eos>"],
+                normalize=None, quantization=quant)
+    return build_from_config(conf, conf_path)
+
+
+def median_time(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def train_step_ratio(conf_path, repeats):
+    torch.manual_seed(1)
+    n_utt, n_samples = 12, 48000                      # 36 s of audio: the default recipe's batch
+    speech = torch.randn(n_utt, n_samples) * 0.1
+    lengths = torch.full((n_utt,), n_samples)
+    text = torch.randint(2, 28, (n_utt, 40))
+    text_lengths = torch.full((n_utt,), 40)
+    out = {}
+    for name, quant in (("float32", None), ("w4 (weight-only QAT)", {"weight_bits": 4}),
+                        ("w4a8 (weights and activations)", {"weight_bits": 4, "act_bits": 8})):
+        model = build(conf_path, 30, quant)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step():
+            opt.zero_grad()
+            loss, _, _ = model(speech, lengths, text, text_lengths)
+            loss.backward()
+            opt.step()
+        out[name] = median_time(step, repeats)
+    return out
+
+
+def encoder_times(conf_path, repeats):
+    torch.manual_seed(2)
+    speech, lengths = torch.randn(1, 160000) * 0.1, torch.tensor([160000])
+    systems = {}
+    fp32 = build(conf_path, 30).eval()
+    systems["float32"] = fp32
+    w8 = build(conf_path, 30, {"weight_bits": 8}).eval()
+    w8.load_state_dict(fp32.state_dict(), strict=False)
+    with torch.no_grad():
+        w8.encode(speech, lengths)                     # steps initialised from the float weights
+    to_int8_serving(w8)
+    systems["ours: 8-bit, int8 kernels"] = w8
+    systems["ESPnet dynamic int8 (--quantize_asr_model)"] = espnet_dynamic_int8(build(conf_path, 30).eval())
+    out = {}
+    with torch.no_grad():
+        for name, m in systems.items():
+            out[name] = median_time(lambda: m.encode(speech, lengths), repeats)
+    return out
+
+
+def decode_rtf(expdir, tag, data, n_utts, decode_conf, word_lm):
+    """(rows, n) for the trained float and w8 systems: RTF and WER of the first n_utts of data."""
+    import jiwer
+    import soundfile
+
+    from mpq_plugins.bin.asr_inference import read_decode_config
+    from mpq_plugins.decoding import Recognizer
+    from mpq_plugins.espnet_task import load_asr_model
+    from mpq_plugins.wordlm import NgramLM
+    fp32_dir, w8_dir = os.path.join(expdir, f"asr_{tag}"), os.path.join(expdir, f"asr_{tag}_w8")
+    need = [os.path.join(d, "packed.safetensors") for d in (fp32_dir, w8_dir)] + [os.path.join(data, "wav.scp")]
+    if not all(os.path.exists(p) for p in need):
+        return None, 0
+    with open(os.path.join(data, "wav.scp")) as f:
+        wavs = [line.split(maxsplit=1) for line in f][:n_utts]
+    refs = {}
+    with open(os.path.join(data, "text")) as f:
+        for line in f:
+            k, _, v = line.strip().partition(" ")
+            refs[k] = v
+    audio = [(k, soundfile.read(p.strip(), dtype="float32")[0]) for k, p in wavs]
+    seconds = sum(len(a) for _, a in audio) / 16000
+    opts = read_decode_config(decode_conf)
+    lm = NgramLM.load(word_lm) if word_lm and os.path.exists(word_lm) else None
+    systems = {}
+    fp32, conf = load_asr_model(None, os.path.join(fp32_dir, "packed.safetensors"))
+    systems["float32"] = (fp32, conf)
+    w8, conf8 = load_asr_model(None, os.path.join(w8_dir, "packed.safetensors"))
+    systems["w8 packed, fake-quant (float kernels)"] = (w8, conf8)
+    w8i, _ = load_asr_model(None, os.path.join(w8_dir, "packed.safetensors"))
+    to_int8_serving(w8i)
+    systems["w8 packed, int8 kernels"] = (w8i, conf8)
+    fp32d, _ = load_asr_model(None, os.path.join(fp32_dir, "packed.safetensors"))
+    systems["float32 + ESPnet dynamic int8"] = (espnet_dynamic_int8(fp32d), conf)
+    rows = {}
+    for name, (model, c) in systems.items():
+        rec = Recognizer(model, c, opts, word_lm=lm)
+        t0 = time.perf_counter()
+        hyps = [rec(a)[0][0] for _, a in audio]
+        dt = time.perf_counter() - t0
+        wer = jiwer.wer([refs[k] for k, _ in audio], [h if h else "<empty>" for h in hyps])
+        rows[name] = {"rtf": dt / seconds, "wer": 100 * wer}
+    return rows, len(audio)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="results/benchmark_quant.md")
+    p.add_argument("--expdir", default="exp")
+    p.add_argument("--asr_tag", default="train_asr_conformer")
+    p.add_argument("--data", default="data/test")
+    p.add_argument("--decode_config", default="conf/decode_asr.yaml")
+    p.add_argument("--word_lm", default="exp/lm_word_3gram/lm.json")
+    p.add_argument("--n_utts", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    res = {"threads": torch.get_num_threads()}
+    t0 = time.time()
+    print("benchmark_quant: QAT train step ...", flush=True)
+    res["train_step_s"] = train_step_ratio(DEFAULT_CONF, a.repeats)
+    res["encoder_10s_s"] = {}
+    for conf in (DEFAULT_CONF, PAPER_CONF):
+        print(f"benchmark_quant: encoder, 10 s utterance, {conf} ...", flush=True)
+        res["encoder_10s_s"][conf] = encoder_times(conf, a.repeats)
+    print("benchmark_quant: whole decode ...", flush=True)
+    res["decode"], n = decode_rtf(a.expdir, a.asr_tag, a.data, a.n_utts, a.decode_config, a.word_lm)
+    res["sizes"] = {}
+    for size in sorted(glob.glob(os.path.join(a.expdir, "asr_*", "packed.size.json"))):
+        with open(size) as f:
+            res["sizes"][os.path.basename(os.path.dirname(size))] = json.load(f)
+    lines = ["# Quantization benchmark", "",
+             f"Written by `python -m mpq_plugins.bin.benchmark_quant --out {a.out}` in {time.time() - t0:.0f} s on "
+             f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {res['threads']} thread(s). "
+             "Times are medians of repeats; ratios are against float32 in the same run.", "",
+             "## QAT train step (default Conformer, batch of 12 x 3 s, forward + backward + Adam)", "",
+             "|model|step (s)|over float32|", "|---|---|---|"]
+    base = res["train_step_s"]["float32"]
+    lines += [f"|{k}|{v:.3f}|{v / base:.2f}x|" for k, v in res["train_step_s"].items()]
+    for conf, times in res["encoder_10s_s"].items():
+        base = times["float32"]
+        lines += ["", f"## Encoder on one 10-second utterance ({conf})", "",
+                  "|model|time (s)|speed-up over float32|", "|---|---|---|"]
+        lines += [f"|{k}|{v:.3f}|{base / v:.2f}x|" for k, v in times.items()]
+    if res["decode"]:
+        base = res["decode"]["float32"]["rtf"]
+        lines += ["", f"## Whole decode: first {n} utterances of {a.data} ({a.decode_config}, word LM)", "",
+                  "|system|RTF|speed-up over float32|WER on these utterances|", "|---|---|---|---|"]
+        lines += [f"|{k}|{v['rtf']:.3f}|{base / v['rtf']:.2f}x|{v['wer']:.1f}|" for k, v in res["decode"].items()]
+    else:
+        lines += ["", f"(No whole-decode figures: {a.expdir}/asr_{a.asr_tag} and its _w8 system are not packed yet.)"]
+    if res["sizes"]:
+        lines += ["", "## Sizes of the packed systems", "",
+                  "|system|float32 bytes|on disk|by the bit accounting|header|ratio|weight bits|",
+                  "|---|---|---|---|---|---|---|"]
+        for k, r in res["sizes"].items():
+            lines.append(f"|{k}|{r['fp32_bytes']:,}|{r['disk_bytes']:,}|{r['accounted_bytes']:,}|"
+                         f"{r['header_bytes']:,} ({100 * r['header_bytes'] / r['disk_bytes']:.2f}%)|"
+                         f"{r['compression_ratio']:.2f}x|{r['avg_weight_bits']:.2f}|")
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Run a command and add its wall-clock and CPU seconds (its own and its children's) to a json log.
+
+    python -m mpq_plugins.bin.timed --log exp/asr_w4/compression_time.json --what train -- cmd args...
+
+The log is a list of {"what", "wall_s", "cpu_s", "rc"}; a rerun after an interruption appends, so
+the total counts every second spent. Exits with the command's status.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log", required=True)
+    p.add_argument("--what", required=True)
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = p.parse_args(argv)
+    cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
+    if not cmd:
+        sys.exit("timed: no command given")
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    rc = subprocess.call(cmd)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    entry = {"what": a.what, "wall_s": round(time.time() - t0, 2),
+             "cpu_s": round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2), "rc": rc}
+    log = []
+    if os.path.exists(a.log):
+        with open(a.log) as f:
+            log = json.load(f)
+    log.append(entry)
+    os.makedirs(os.path.dirname(os.path.abspath(a.log)), exist_ok=True)
+    with open(a.log + ".tmp", "w") as f:
+        json.dump(log, f, indent=1)
+    os.replace(a.log + ".tmp", a.log)
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
