@@ -125,3 +125,35 @@ def test_checkpoint_that_does_not_fit_its_config_is_rejected(tmp_path):
     back, _ = load_asr_model(tmp_path / "config.yaml", tmp_path / "q.pth")
     for a, b in zip(forward_all(model), forward_all(back)):
         assert torch.equal(a, b)
+
+
+def test_packed_file_decodes_to_the_same_hypotheses(tmp_path):
+    from mpq_plugins.bin.asr_inference import DECODE_OPTIONS
+    from mpq_plugins.decoding import Recognizer
+    model = quantized_tiny({"ctc.ctc_lo": 3})
+    forward_all(model)
+    conf = conf_of(model)
+    conf["quantization"] = {"weight_bits": 4, "bits": {"ctc.ctc_lo": 3}}
+    export_packed(model, conf, tmp_path / "m.safetensors")
+    back, _ = load_packed(tmp_path / "m.safetensors")
+    opts = {k: d for k, (_, d) in DECODE_OPTIONS.items()}
+    opts.update(beam_size=3, maxlenratio=0.2)
+    torch.manual_seed(3)
+    for _ in range(3):
+        wav = torch.randn(12000) * 0.1
+        a = Recognizer(model, conf, opts)(wav)[0]
+        b = Recognizer(back, conf, opts)(wav)[0]
+        assert a[1] == b[1] and float(a[2].score) == float(b[2].score)
+
+
+class NotATensor:
+    pass
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    import yaml
+    model = tiny_asr_model()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(conf_of(model)))
+    torch.save({"model": NotATensor()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="cannot load checkpoint .*evil.pth"):
+        load_asr_model(tmp_path / "config.yaml", tmp_path / "evil.pth")

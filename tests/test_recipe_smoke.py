@@ -85,6 +85,18 @@ def test_quantized_systems(recipe):
         assert "init_param" in (recipe / "exp" / s / "train.log").read_text()
 
 
+def test_rerun_quantize_stage_resumes(recipe):
+    exp = recipe / "exp" / "asr_train_tiny_w4"
+    model_before = (exp / "valid.acc.ave.pth").read_bytes()
+    r = run(recipe, "--stage", "6", "--stop_stage", "6")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (exp / "train.log.1").exists()
+    assert "The training was resumed using exp/asr_train_tiny_w4/checkpoint.pth" in (exp / "train.log").read_text()
+    assert (exp / "valid.acc.ave.pth").read_bytes() == model_before   # nothing retrained: already at max_epoch
+    log = json.loads((exp / "compression_time.json").read_text())
+    assert [e["what"] for e in log] == ["train", "pack", "train", "pack"]   # every try is counted
+
+
 def test_stock_espnet_loader_drops_the_quantizers_ours_does_not(recipe):
     import torch
     from espnet2.tasks.asr import ASRTask
