@@ -84,17 +84,25 @@ class WeightQuantizer(torch.nn.Module):
         self.per_channel = per_channel
         shape = (weight_shape[0],) + (1,) * (len(weight_shape) - 1) if per_channel else (1,) * len(weight_shape)
         self.step = torch.nn.Parameter(torch.zeros(shape))
+        self._ready = False
         n = 1
         for d in (weight_shape[1:] if per_channel else weight_shape):
             n *= d
         self.values_per_step = n
 
     def initialised(self):
-        return bool((self.step > 0).all())
+        if not self._ready:   # checked once, not at every step: a tensor comparison syncs
+            self._ready = bool((self.step > 0).all())
+        return self._ready
 
     def init_from(self, w):
         with torch.no_grad():
             self.step.copy_(mse_step(w, self.bits, self.per_channel))
+        self._ready = True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._ready = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     def effective_step(self):
         """The step as the forward pass uses it (LSQ gradient scale applied, kept positive)."""
@@ -131,15 +139,21 @@ class ActQuantizer(torch.nn.Module):
             self.step = torch.nn.Parameter(torch.zeros(()))
         else:
             self.register_buffer("step", torch.zeros(()))
+        self._ready = False
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._ready = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x):
         q = qmax(self.bits)
-        if self.step.item() <= 0:
+        if not self._ready and self.step.item() <= 0:
             with torch.no_grad():
                 init = (2 * x.detach().abs().mean() / q ** 0.5 if self.mode == "lsq"
                         else x.detach().abs().max() / q)
                 self.step.copy_(init.clamp_min(EPS))
-        elif self.mode == "minmax" and self.training:
+        self._ready = True
+        if self.mode == "minmax" and self.training:
             with torch.no_grad():
                 self.step.mul_(self.momentum).add_((1 - self.momentum) * x.detach().abs().max().clamp_min(EPS) / q)
         step = self.step
