@@ -18,6 +18,7 @@ local_data_opts=""    # extra options for it
 train_set=train
 valid_set=dev
 test_sets="dev test test_unseen_voice"
+quant_test_sets=""    # sets decoded for the quantized systems; default: ${test_sets}
 token_type=char       # char | bpe | word
 nbpe=300
 asr_config=conf/train_asr_conformer.yaml
@@ -162,6 +163,8 @@ fi
 # the systems: the float model, then one per quant conf (exp/asr_<tag>_<conf name>)
 systems=${asr_exp}
 for qc in ${qconfs}; do systems="${systems} ${asr_exp}_$(basename ${qc} .yaml)"; done
+[ -z "${quant_test_sets}" ] && quant_test_sets=${test_sets}
+sets_of() { if [ "$1" = "${asr_exp}" ]; then echo ${test_sets}; else echo ${quant_test_sets}; fi; }
 
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     log 6 "quantize: pack ${asr_exp}; fine-tune from it and pack:${qconfs:- (no --quant_confs)}"
@@ -189,7 +192,7 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
         none) lm_opts="";;
     esac
     for sys in ${systems}; do
-        for d in ${test_sets}; do
+        for d in $(sets_of ${sys}); do
             log 7 "decode: ${d} with ${sys}/packed.safetensors in ${nj} jobs"
             ${root}/local/decode.sh --nj ${nj} --config ${inference_config} --model ${sys}/packed.safetensors \
                 --asr_config ${sys}/config.yaml --data ${datadir}/${d} \
@@ -201,7 +204,7 @@ fi
 if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
     log 8 "score: sclite per system and test set -> RESULTS.md"
     for sys in ${systems}; do
-        for d in ${test_sets}; do
+        for d in $(sets_of ${sys}); do
             python -m mpq_plugins.bin.score --data ${datadir}/${d} --dir ${sys}/${decode_name}/${d}
         done
     done

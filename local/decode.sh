@@ -14,8 +14,15 @@ done
 export OMP_NUM_THREADS=1   # one thread per job: nj jobs share the cores
 python -m mpq_plugins.bin.validate_data_dir ${data} >/dev/null
 n=$(wc -l < ${data}/wav.scp); [ ${nj} -gt ${n} ] && nj=${n}
+# up to date (a complete decode, newer than the model, config and data, with the same options): keep it
+sig="${model} ${config} ${args}"
+if [ -f ${dir}/text ] && [ "$(wc -l < ${dir}/text)" = "${n}" ] && [ "$(cat ${dir}/decode_args 2>/dev/null)" = "${sig}" ] \
+        && [ ${dir}/text -nt ${model} ] && [ ${dir}/text -nt ${config} ] && [ ${dir}/text -nt ${data}/wav.scp ]; then
+    echo "$0: ${dir}/text is up to date (${n} hypotheses); not decoding again"
+    exit 0
+fi
 logdir=${dir}/logdir
-rm -rf ${logdir} ${dir}/text && mkdir -p ${logdir}
+rm -rf ${logdir} ${dir}/text ${dir}/decode_args && mkdir -p ${logdir}
 # contiguous split of the utterance ids into nj key files
 awk -v nj=${nj} -v n=${n} -v d=${logdir} '{ j = int((NR - 1) * nj / n) + 1; print $1 > (d "/keys." j ".scp") }' ${data}/wav.scp
 ${decode_cmd} JOB=1:${nj} ${logdir}/asr_inference.JOB.log \
@@ -25,4 +32,5 @@ ${decode_cmd} JOB=1:${nj} ${logdir}/asr_inference.JOB.log \
         --config ${config} --output_dir ${logdir}/output.JOB ${args}
 cat ${logdir}/output.*/1best_recog/text | sort > ${dir}/text.tmp
 mv ${dir}/text.tmp ${dir}/text
+echo "${sig}" > ${dir}/decode_args
 echo "$0: $(wc -l < ${dir}/text) hypotheses in ${dir}/text"

@@ -97,12 +97,13 @@ def test_rerun_quantize_stage_resumes(recipe):
     assert [e["what"] for e in log] == ["train", "pack", "train", "pack"]   # every try is counted
 
 
-def test_stock_espnet_loader_drops_the_quantizers_ours_does_not(recipe):
+def test_stock_espnet_loader_drops_the_quantizers_ours_does_not(recipe, monkeypatch):
     import torch
     from espnet2.tasks.asr import ASRTask
 
     from mpq_plugins.espnet_task import load_asr_model
     from mpq_plugins.quant.layers import QUANT_LAYERS
+    monkeypatch.chdir(recipe)                        # config.yaml names the stats file relative to the recipe
     exp = recipe / "exp" / "asr_train_tiny_w4"
     stock, _ = ASRTask.build_model_from_file(exp / "config.yaml", exp / "valid.acc.ave.pth", "cpu")
     ours, _ = load_asr_model(exp / "config.yaml", exp / "valid.acc.ave.pth")
