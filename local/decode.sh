@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Decode one data dir with ESPnet's Speech2Text (mpq_plugins.bin.asr_inference) in nj parallel jobs
+# Decode one data dir with mpq_plugins.bin.asr_inference (ESPnet's beam search, our strict model loader) in nj parallel jobs
 # through ${decode_cmd}.
 #   local/decode.sh --data data/test --dir exp/asr/decode/test --model M.pth --asr_config config.yaml \
 #       --config conf/decode_asr.yaml [--nj 2] [--args "extra options, e.g. --word_lm_file F"]

@@ -1,4 +1,4 @@
-"""ESPnet decoding glue: a word-LM scorer for ESPnet's beam search, and Speech2Text with it.
+"""ESPnet decoding glue: a word-LM scorer for ESPnet's beam search, and the recogniser that uses both.
 
 `WordLMScorer` is an ESPnet batch scorer over character tokens. Its state is the word history
 and the letters of the word being spelt. Each letter scores the change of the look-ahead (the

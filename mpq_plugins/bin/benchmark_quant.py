@@ -22,7 +22,6 @@ import time
 import torch
 
 from mpq_plugins.espnet_task import build_from_config, read_config
-from mpq_plugins.quant import quantize_
 from mpq_plugins.quant.serve import espnet_dynamic_int8, to_int8_serving
 
 DEFAULT_CONF = "conf/train_asr_conformer.yaml"
