@@ -40,6 +40,27 @@ class QuantASRTask(ASRTask):
             quantize_(model, q, where=where)
         return model
 
+    @classmethod
+    def build_optimizers(cls, args, model):
+        """ESPnet's optimizers, with the quantizers' log-steps moved to a group without weight
+        decay: decay would pull every log-step towards 0, i.e. every step towards 1."""
+        optimizers = super().build_optimizers(args, model)
+        return [exclude_quantizers_from_weight_decay(o, model) for o in optimizers]
+
+
+def exclude_quantizers_from_weight_decay(optimizer, model):
+    qparams = {id(p) for n, p in model.named_parameters() if "_quantizer." in n}
+    if not qparams or not hasattr(optimizer, "param_groups"):
+        return optimizer
+    moved = []
+    for group in optimizer.param_groups:
+        moved += [p for p in group["params"] if id(p) in qparams]
+        group["params"] = [p for p in group["params"] if id(p) not in qparams]
+    optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
+    if moved:
+        optimizer.add_param_group({"params": moved, "weight_decay": 0.0})
+    return optimizer
+
 
 def read_config(path):
     try:

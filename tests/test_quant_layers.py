@@ -36,7 +36,7 @@ def test_swap_covers_every_target_and_nothing_else():
     # the float parameter names are kept; the quantizers add their steps
     names_after = [n for n, _ in model.named_parameters()]
     assert [n for n in names_after if "quantizer" not in n] == names_before
-    assert len([n for n in names_after if n.endswith("weight_quantizer.step")]) == len(targets)
+    assert len([n for n in names_after if n.endswith("weight_quantizer.log_step")]) == len(targets)
 
 
 def test_float_checkpoint_loads_and_model_runs():
@@ -52,7 +52,7 @@ def test_float_checkpoint_loads_and_model_runs():
     loss.backward()
     assert torch.isfinite(loss)
     lin = q.encoder.encoders[0].feed_forward.w_1
-    assert isinstance(lin, QLinear) and lin.weight_quantizer.step.grad is not None
+    assert isinstance(lin, QLinear) and lin.weight_quantizer.log_step.grad is not None
     assert lin.weight.grad is not None
 
 
@@ -82,3 +82,18 @@ def test_bad_config_is_one_clear_error(conf, message):
         quantize_(model, conf, where="conf/quant/x.yaml: quantization")
     assert message in str(e.value) and "conf/quant/x.yaml" in str(e.value)
     assert not any(isinstance(m, QUANT_LAYERS) for m in model.modules())   # nothing was swapped
+
+
+def test_quant_task_optimizer_keeps_weight_decay_off_the_steps():
+    from mpq_plugins.espnet_task import QuantASRTask
+    model = tiny_asr_model()
+    quantize_(model, {"weight_bits": 8, "act_bits": 8})
+    args = QuantASRTask.get_parser().parse_args([])
+    args.optim, args.optim_conf = "adam", {"lr": 1e-3, "weight_decay": 1e-6}
+    (opt,) = QuantASRTask.build_optimizers(args, model)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert set(decay) == {id(p) for p in names.values()}        # every parameter once
+    for n, p in names.items():
+        assert decay[id(p)] == (0.0 if "_quantizer." in n else 1e-6), n
+    assert all(g["lr"] == 1e-3 for g in opt.param_groups)

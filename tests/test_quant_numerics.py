@@ -40,12 +40,34 @@ def test_ste_and_lsq_gradients_by_hand():
 def test_weight_quantizer_gradient_scale():
     w = torch.tensor([[0.3, -0.7, 0.1, 0.2], [1.0, 0.5, -0.25, 0.0]])
     wq = WeightQuantizer(w.shape, 3)
-    wq.step.data = torch.tensor([[0.5], [0.25]])
+    wq.log_step.data = torch.tensor([[0.5], [0.25]]).log()
     wq(w).sum().backward()
     g = 1 / (4 * 3) ** 0.5       # 4 values share each step, Q = 3
     row0 = (1 - 0.6) + (-1 + 1.4) + (0 - 0.2) + (0 - 0.4)
     row1 = 3 + (2 - 2) + (-1 + 1) + 0          # 1.0 / 0.25 = 4 > 3: clipped, contributes Q
-    assert wq.step.grad[:, 0].tolist() == pytest.approx([row0 * g, row1 * g])
+    # the parameter is log(step): d/dlog_step = step * dL/dstep, times the LSQ scale
+    assert wq.log_step.grad[:, 0].tolist() == pytest.approx([0.5 * row0 * g, 0.25 * row1 * g])
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_adam_moves_a_step_by_a_fraction_at_any_bit_width(bits):
+    """Adam moves each parameter by about lr per update. A raw 8-bit step (~1e-3) would cross zero
+    within a few updates at lr 1e-3 (this killed channels in 8-bit QAT); a log-step changes by a
+    factor near exp(lr) (Adam's bias-corrected update can exceed lr a little)."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(16, 64) * 0.05)
+    wq = WeightQuantizer(w.shape, bits)
+    wq(w)
+    before = wq.step.detach().clone()
+    opt = torch.optim.Adam([w, *wq.parameters()], lr=1e-3)
+    for _ in range(50):
+        opt.zero_grad()
+        (wq(w) - 1.0).pow(2).sum().backward()   # pulls every step one way
+        opt.step()
+    ratio = wq.step.detach() / before
+    assert (ratio > 0).all()
+    bound = torch.tensor(50 * 2e-3).exp()     # 50 updates of at most 2 lr each, in the log domain
+    assert ratio.min() > 1 / bound and ratio.max() < bound
 
 
 def test_mse_step_clips_outliers_and_is_per_channel():
@@ -63,7 +85,7 @@ def test_mse_step_clips_outliers_and_is_per_channel():
 
 def test_step_is_initialised_lazily_from_the_weight_it_sees():
     wq = WeightQuantizer((2, 3), 8)
-    assert not wq.initialised()
+    assert not wq.initialised() and torch.isnan(wq.log_step).all()
     w = torch.tensor([[1.0, -2.0, 0.5], [0.1, 0.2, -0.3]])
     out = wq(w)
     assert wq.initialised()

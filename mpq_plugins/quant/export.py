@@ -7,8 +7,8 @@ Layout of `<name>.safetensors` (a header of a few kB, then three blobs):
 - "packed" (uint8): each quantized weight's levels q + 2^(b-1) (0..2^b - 2) as a little-endian
   bit stream of b bits a value, layer after layer, each layer starting on a byte; so 3- and
   6-bit weights take 3 and 6 bits, not a byte;
-- "float32": every other floating-point tensor of the state dict (steps of the quantizers, float
-  parameters, buffers), flattened in state-dict order; "int64": the integer buffers.
+- "float32": every other floating-point tensor of the state dict (log-steps of the quantizers,
+  float parameters, buffers), flattened in state-dict order; "int64": the integer buffers.
 Names and shapes are not stored: the config rebuilds the model, whose state dict gives them, and
 every blob must have exactly the size that model needs.
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-FORMAT = "mpq-asr packed 1"
+FORMAT = "mpq-asr packed 2"   # 2: quantizer steps stored as log-steps
 # the config keys that build the model and its tokenizer; training options stay out of the file
 MODEL_KEYS = ("token_list", "token_type", "bpemodel", "input_size", "frontend", "frontend_conf", "specaug",
               "normalize", "normalize_conf", "model", "model_conf", "preencoder", "preencoder_conf", "encoder",
@@ -80,6 +80,8 @@ def export_packed(model, conf, path):
                "int64": np.concatenate(ints) if ints else np.zeros(0, np.int64)}
     meta = {"format": FORMAT, "config": yaml.safe_dump(model_config(conf), sort_keys=True),
             "bits": ",".join(map(str, bits))}
+    if "normalize.mean" in state:   # global MVN: the feature dimension its buffers are rebuilt with
+        meta["mvn_dim"] = str(state["normalize.mean"].numel())
     tmp = str(path) + ".tmp"
     save_file(tensors, tmp, metadata=meta)
     os.replace(tmp, path)
@@ -121,7 +123,11 @@ def read_packed(path):
     missing = {"packed", "float32", "int64"} - set(tensors)
     if missing:
         raise PackedFileError(f"{path}: missing {', '.join(sorted(missing))}")
-    return tensors, conf, bits
+    try:
+        mvn_dim = int(meta["mvn_dim"]) if "mvn_dim" in meta else None
+    except ValueError:
+        raise PackedFileError(f"{path}: damaged header (mvn_dim {meta['mvn_dim']!r})") from None
+    return tensors, conf, bits, mvn_dim
 
 
 def load_packed(path, device="cpu"):
@@ -129,13 +135,13 @@ def load_packed(path, device="cpu"):
     import tempfile
 
     from mpq_plugins.espnet_task import build_from_config, load_state_strict
-    tensors, conf, bits = read_packed(path)
+    tensors, conf, bits, mvn_dim = read_packed(path)
     with tempfile.TemporaryDirectory() as tmp:
         conf = dict(conf)
         if conf.get("normalize") == "global_mvn":
             # the model is built from a statistics file; its buffers then come from the packed file
             stats = os.path.join(tmp, "feats_stats.npz")
-            dim = (conf.get("frontend_conf") or {}).get("n_mels", 80)
+            dim = mvn_dim or (conf.get("frontend_conf") or {}).get("n_mels", 80)
             np.savez(stats, count=np.array(1.0), sum=np.zeros(dim), sum_square=np.ones(dim))
             conf["normalize_conf"] = {**(conf.get("normalize_conf") or {}), "stats_file": stats}
         model = build_from_config(conf, str(path))
@@ -171,7 +177,7 @@ def load_packed(path, device="cpu"):
             raise PackedFileError(f"{path}: {tensors[kind].size - used} {kind} values left over: "
                                   "the header does not match its tensors")
     for name, mod in qmods.items():   # levels * step, with the step the forward pass uses
-        mod.weight_quantizer.step.data.copy_(state[f"{name}.weight_quantizer.step"])
+        mod.weight_quantizer.log_step.data.copy_(state[f"{name}.weight_quantizer.log_step"])
         state[f"{name}.weight"] = state[f"{name}.weight"] * mod.weight_quantizer.effective_step().detach()
     try:
         load_state_strict(model, state, str(path))
