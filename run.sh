@@ -2,7 +2,8 @@
 # mpq-asr recipe: synthesise the default corpus, train an FP32 ESPnet Conformer, quantize it (QAT
 # from the FP32 checkpoint, bit-packed files), decode every system from its packed file, score.
 #   ./run.sh                          # everything
-#   ./run.sh --stage 7 --stop_stage 8 # decode and score again
+#   ./run.sh --stage 7 --stop_stage 9 # decode, score and report again
+#   ./run.sh --stage 9                # the report alone: MAPSSWE, RESULTS.md, plots
 # Options are the variables below (--name value). egs/*/run.sh call this script with their own.
 set -euo pipefail
 
@@ -18,7 +19,8 @@ local_data_opts=""    # extra options for it
 train_set=train
 valid_set=dev
 test_sets="dev test test_unseen_voice"
-quant_test_sets=""    # sets decoded for the quantized systems; default: ${test_sets}
+quant_test_sets="dev test"  # sets decoded for the quantized systems ("" = all of ${test_sets})
+report_set=test       # the test set of the lossless verdict (MAPSSWE against float32) in RESULTS.md
 token_type=char       # char | bpe | word
 nbpe=300
 asr_config=conf/train_asr_conformer.yaml
@@ -32,7 +34,8 @@ lm_train_text=""      # Kaldi text file for the LM; default: ${datadir}/local/co
 lm_args=""            # extra options for espnet2.bin.lm_train
 inference_model=valid.acc.ave.pth   # the checkpoint of each system that is packed and decoded
 finetune_config=conf/finetune.yaml  # fine-tuning options shared by every quant conf (and the float control)
-quant_confs="conf/quant/w8.yaml conf/quant/w4.yaml"  # systems of the quantize stage (conf/quant/*.yaml)
+quant_confs="conf/quant/w8.yaml conf/quant/w4.yaml conf/quant/fp32_cont.yaml"  # systems of the quantize stage
+                      # (conf/quant/*.yaml; fp32_cont: the float control, fine-tuned like the others)
 asr_tag=""            # experiment name; default: the config's file name
 asr_args=""           # extra options for espnet2.bin.asr_train
 inference_args=""     # extra options for decoding
@@ -202,12 +205,17 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
 fi
 
 if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
-    log 8 "score: sclite per system and test set -> RESULTS.md"
+    log 8 "score: sclite per system and test set"
     for sys in ${systems}; do
         for d in $(sets_of ${sys}); do
             python -m mpq_plugins.bin.score --data ${datadir}/${d} --dir ${sys}/${decode_name}/${d}
         done
     done
-    python -m mpq_plugins.bin.results --expdir ${expdir} --out RESULTS.md
+fi
+
+if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
+    log 9 "report: MAPSSWE against the float32 system, RESULTS.md and results/*.png"
+    python -m mpq_plugins.bin.results --baseline ${asr_exp} --systems "${systems#${asr_exp}}" \
+        --main_set ${report_set} --valid_set ${valid_set} --decode ${decode_name} --out RESULTS.md
 fi
 log done "stages ${stage}-${stop_stage} finished"

@@ -29,7 +29,8 @@ def run(cwd, *args):
            "--asr_config", os.path.join(ROOT, "tests/conf/train_tiny.yaml"),
            "--inference_config", os.path.join(ROOT, "tests/conf/decode_tiny.yaml"),
            "--lm_config", os.path.join(ROOT, "tests/conf/train_lm_tiny.yaml"), "--lm_train_text", "data/train/text",
-           "--finetune_config", os.path.join(ROOT, "tests/conf/finetune_tiny.yaml"), "--quant_confs", QUANT_CONFS, *args]
+           "--finetune_config", os.path.join(ROOT, "tests/conf/finetune_tiny.yaml"), "--quant_confs", QUANT_CONFS,
+           "--quant_test_sets", "", *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
 
 
@@ -127,6 +128,30 @@ def test_rerun_scoring_stage_is_stable(recipe):
     assert parse_sum_avg_text(before) == parse_sum_avg_text(after)
 
 
+def test_report_stage_alone_and_verdicts_agree_with_sc_stats_by_hand(recipe, tmp_path):
+    import re
+    import time
+    t0 = time.time()
+    r = run(recipe, "--stage", "9", "--stop_stage", "9")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert time.time() - t0 < 60
+    results = (recipe / "RESULTS.md").read_text()
+    assert "MAPSSWE" in results and "lossless" in results and (recipe / "results" / "wer_vs_size.png").exists()
+    for system in SYSTEMS[1:]:
+        for s in SETS:
+            d = recipe / "exp" / system / DECODE / s / "mapsswe"
+            res = json.loads((d / "result.json").read_text())
+            assert res["tool"] == "sc_stats"
+            # sc_stats by hand on the same two alignments
+            ref, sysf = d / f"{res['baseline']}.sgml", d / f"{system}.sgml"
+            cat = subprocess.run(f"cat {ref} {sysf} | /usr/lib/sctk/bin/sc_stats -p -t mapsswe -v -n hand -O {tmp_path}",
+                                 shell=True, capture_output=True, text=True)
+            assert cat.returncode == 0, cat.stdout + cat.stderr
+            z = float(re.search(r"\(Z Stat: *([-0-9.]+)\)", (tmp_path / "hand.stats.mapsswe").read_text()).group(1))
+            assert res["z"] == pytest.approx(z, abs=1e-3)
+            assert res["lossless"] == (not (res["p"] < 0.05 and res["err_b"] > res["err_a"]))
+
+
 def parse_sum_avg_text(text):
     return [line for line in text.splitlines() if "Sum/Avg" in line]
 
@@ -140,7 +165,7 @@ def test_corrupt_audio_fails_cleanly(recipe):
     try:
         with open(victim, "wb") as f:
             f.write(b"RIFF not really a wave file")
-        r = run(recipe, "--stage", "7", "--stop_stage", "8")
+        r = run(recipe, "--stage", "7", "--stop_stage", "9")
         assert r.returncode != 0
         assert victim in r.stderr and "not readable audio" in r.stderr
         assert "Traceback" not in r.stderr

@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 exec ../../run.sh \
     --local_data local/data.sh --local_data_opts "--corpus ${LIBRISPEECH:-/data/LibriSpeech}" \
     --train_set train_clean_100 --valid_set dev_clean \
-    --test_sets "dev_clean dev_other test_clean test_other" \
+    --test_sets "dev_clean dev_other test_clean test_other" --quant_test_sets "" --report_set test_clean \
     --token_type bpe --nbpe 5000 \
     --asr_config conf/train_asr_conformer.yaml --inference_config conf/decode_asr.yaml \
     --lm none --nj 16 "$@"

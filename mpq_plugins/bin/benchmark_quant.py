@@ -10,7 +10,8 @@
 3. Whole decode (beam search with the word LM, as the recipe decodes) of the first n test
    utterances with the trained systems in --expdir, when they are there: real-time factor and WER.
 4. Sizes of every packed system in --expdir.
-Every timing is a ratio against float32 measured in the same run (median of repeats).
+Every timing is a ratio against float32 measured in the same run (median of repeats), the systems
+taking turns so that load on the machine falls on all of them alike.
 """
 import argparse
 import glob
@@ -36,15 +37,20 @@ def build(conf_path, n_tokens, quant=None, seed=0):
     return build_from_config(conf, conf_path)
 
 
-def median_time(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def interleaved_medians(fns, repeats, warmup=2):
+    """{name: median seconds} of each function, the systems taking turns (in a rotating order) so
+    that a slower or busier moment of the machine falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) for n, t in times.items()}
 
 
 def train_step_ratio(conf_path, repeats):
@@ -54,20 +60,21 @@ def train_step_ratio(conf_path, repeats):
     lengths = torch.full((n_utt,), n_samples)
     text = torch.randint(2, 28, (n_utt, 40))
     text_lengths = torch.full((n_utt,), 40)
-    out = {}
+    steps = {}
     for name, quant in (("float32", None), ("w4 (weight-only QAT)", {"weight_bits": 4}),
+                        ("w8 (weight-only QAT)", {"weight_bits": 8}),
                         ("w4a8 (weights and activations)", {"weight_bits": 4, "act_bits": 8})):
         model = build(conf_path, 30, quant)
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-        def step():
+        def step(model=model, opt=opt):
             opt.zero_grad()
             loss, _, _ = model(speech, lengths, text, text_lengths)
             loss.backward()
             opt.step()
-        out[name] = median_time(step, repeats)
-    return out
+        steps[name] = step
+    return interleaved_medians(steps, repeats)
 
 
 def encoder_times(conf_path, repeats):
@@ -83,11 +90,8 @@ def encoder_times(conf_path, repeats):
     to_int8_serving(w8)
     systems["ours: 8-bit, int8 kernels"] = w8
     systems["ESPnet dynamic int8 (--quantize_asr_model)"] = espnet_dynamic_int8(build(conf_path, 30).eval())
-    out = {}
     with torch.no_grad():
-        for name, m in systems.items():
-            out[name] = median_time(lambda: m.encode(speech, lengths), repeats)
-    return out
+        return interleaved_medians({n: (lambda m=m: m.encode(speech, lengths)) for n, m in systems.items()}, repeats)
 
 
 def decode_rtf(expdir, tag, data, n_utts, decode_conf, word_lm):
@@ -124,14 +128,18 @@ def decode_rtf(expdir, tag, data, n_utts, decode_conf, word_lm):
     systems["w8 packed, int8 kernels"] = (w8i, conf8)
     fp32d, _ = load_asr_model(None, os.path.join(fp32_dir, "packed.safetensors"))
     systems["float32 + ESPnet dynamic int8"] = (espnet_dynamic_int8(fp32d), conf)
+    recs = {name: Recognizer(model, c, opts, word_lm=lm) for name, (model, c) in systems.items()}
+    names = list(recs)
+    spent, hyps = {n: 0.0 for n in names}, {n: [] for n in names}
+    for i, (_, a) in enumerate(audio):       # utterance by utterance, the systems taking turns
+        for n in names[i % len(names):] + names[:i % len(names)]:
+            t0 = time.perf_counter()
+            hyps[n].append(recs[n](a)[0][0])
+            spent[n] += time.perf_counter() - t0
     rows = {}
-    for name, (model, c) in systems.items():
-        rec = Recognizer(model, c, opts, word_lm=lm)
-        t0 = time.perf_counter()
-        hyps = [rec(a)[0][0] for _, a in audio]
-        dt = time.perf_counter() - t0
-        wer = jiwer.wer([refs[k] for k, _ in audio], [h if h else "<empty>" for h in hyps])
-        rows[name] = {"rtf": dt / seconds, "wer": 100 * wer}
+    for n in names:
+        wer = jiwer.wer([refs[k] for k, _ in audio], [h if h else "<empty>" for h in hyps[n]])
+        rows[n] = {"rtf": spent[n] / seconds, "wer": 100 * wer}
     return rows, len(audio)
 
 

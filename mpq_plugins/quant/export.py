@@ -100,7 +100,8 @@ def size_report(model, path, payload):
             "header_bytes": disk - payload, "compression_ratio": fp32 / disk,
             "avg_bits_per_param": 8.0 * disk / n_params,
             "avg_weight_bits": (sum(m.weight.numel() * m.weight_quantizer.bits for m in qm.values()) / nq) if nq else 32.0,
-            "quantized_fraction": nq / n_params, "params": n_params}
+            "quantized_fraction": nq / n_params, "params": n_params,
+            "bits_per_layer": {n: m.weight_quantizer.bits for n, m in qm.items()}}
 
 
 def read_packed(path):

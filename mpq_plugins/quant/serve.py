@@ -5,8 +5,11 @@
   quantized per tensor on the fly, int32 accumulation), with the layer's own integer levels and
   per-channel steps: the weights are exactly the packed ones;
 - every quantized pointwise Conv1d (kernel 1, the Conformer convolution module's pointwise
-  convolutions) by the same int8 Linear over channels.
-Other layers (depthwise and 2-D convolutions, embeddings) keep their dequantized float weights.
+  convolutions) by the same int8 Linear over channels;
+- every quantized dense Conv2d with at least MIN_IM2COL values per output (the second conv of the
+  Conformer's subsampling: 144 x 3 x 3) by im2col (`F.unfold`) and the same int8 Linear.
+Other layers (depthwise convolutions, the 1-channel first subsampling conv, embeddings) keep their
+dequantized float weights.
 
 Sub-8-bit levels fit in int8, so 2- to 8-bit systems all serve this way. Activations are
 quantized by the kernel at run time, so hypotheses may differ slightly from the fake-quantized
@@ -16,7 +19,11 @@ model's; `mpq_plugins.bin.benchmark_quant` reports both. Never `torch._int_mm` o
 import torch
 import torch.ao.nn.quantized.dynamic as nnqd
 
-from mpq_plugins.quant.layers import QConv1d, QLinear
+import torch.nn.functional as F
+
+from mpq_plugins.quant.layers import QConv1d, QConv2d, QLinear
+
+MIN_IM2COL = 64
 
 
 def _int8_linear(weight_levels, step, bias):
@@ -40,6 +47,24 @@ class Int8Pointwise(torch.nn.Module):
         return self.linear(x.transpose(1, 2)).transpose(1, 2)
 
 
+class Int8Conv2d(torch.nn.Module):
+    """A dense Conv2d served as im2col and an int8 Linear: (B, C, H, W) -> (B, O, H', W')."""
+
+    def __init__(self, conv, linear):
+        super().__init__()
+        self.kernel_size, self.stride = conv.kernel_size, conv.stride
+        self.padding, self.dilation = conv.padding, conv.dilation
+        self.linear = linear
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)   # (B, C*kh*kw, L)
+        y = self.linear(cols.transpose(1, 2))                                             # (B, L, O)
+        ho = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
+        return y.transpose(1, 2).reshape(b, -1, ho, wo)
+
+
 def to_int8_serving(model):
     """Swap quantized Linear and pointwise Conv1d layers for int8 kernels; returns their names."""
     swapped = []
@@ -52,6 +77,11 @@ def to_int8_serving(model):
             q, _ = mod.weight_quantizer.int_weight(mod.weight)
             new = Int8Pointwise(_int8_linear(q[:, :, 0], mod.weight_quantizer.effective_step().detach().reshape(-1, 1),
                                              mod.bias))
+        elif (isinstance(mod, QConv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
+              and not isinstance(mod.padding, str) and mod.weight[0].numel() >= MIN_IM2COL):
+            q, _ = mod.weight_quantizer.int_weight(mod.weight)
+            new = Int8Conv2d(mod, _int8_linear(q.reshape(q.shape[0], -1),
+                                               mod.weight_quantizer.effective_step().detach().reshape(-1, 1), mod.bias))
         else:
             continue
         parent_name, _, child = name.rpartition(".")

@@ -1,0 +1,81 @@
+"""Is a compressed system worse than the 32-bit one? NIST's matched-pairs sentence-segment word
+error test (MAPSSWE), as SCTK's `sc_stats -p -t mapsswe` runs it on two sclite SGML alignments.
+
+The papers call a system lossless when its WER is not significantly worse than the 32-bit
+system's (two-tailed, p < 0.05). `compare` runs the test for one system against one baseline on
+one test set and keeps the evidence next to the system's scores:
+
+    <system>/<decode>/<set>/mapsswe/<system>.sgml, <baseline>.sgml   the alignments, titled
+    <system>/<decode>/<set>/mapsswe/compare.stats.mapsswe            sc_stats' report
+    <system>/<decode>/<set>/mapsswe/result.json                      z, p, verdict
+
+sc_stats tells systems apart by the SGML `title`, which sclite takes from the hypothesis file's
+name (hyp.trn for every system here), so the alignments are copied with the systems' names as
+titles. Without SCTK the same statistic comes from mpq_plugins.pyscore (tested to agree).
+"""
+import json
+import math
+import os
+import re
+
+from mpq_plugins.scoring import ScoringError, find_tool
+
+ALPHA = 0.05
+
+
+def retitle(src, dst, title):
+    """Copy an sclite SGML alignment file, naming its system `title`."""
+    with open(src, encoding="utf-8") as f:
+        text = f.read()
+    new, n = re.subn(r'(<SYSTEM title=")[^"]*(")', lambda m: m.group(1) + title + m.group(2), text, count=1)
+    if n != 1:
+        raise ScoringError(f"{src}: not an sclite SGML alignment (no <SYSTEM title=...>)")
+    with open(dst, "w", encoding="utf-8") as f:
+        f.write(new)
+
+
+def two_tailed_p(z):
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def verdict(result, alpha=ALPHA):
+    """Add significant / worse / lossless to a result whose system A is the baseline, B the system."""
+    significant = result["p"] < alpha
+    worse = significant and result["err_b"] > result["err_a"]
+    better = significant and result["err_b"] < result["err_a"]
+    return {**result, "significant": significant, "worse": worse, "better": better, "lossless": not worse}
+
+
+def compare(sys_sgml, base_sgml, sys_name, base_name, outdir):
+    """MAPSSWE of a system against its baseline (both sclite SGML files of one test set).
+    Writes outdir/result.json and returns its dict: z, p, n_segments, err_a (baseline), err_b
+    (system), significant, worse, lossless, tool."""
+    from mpq_plugins import pyscore
+    for path in (sys_sgml, base_sgml):
+        if not os.path.exists(path):
+            raise ScoringError(f"{path}: no sclite alignment (run the score stage first)")
+    if sys_name == base_name:
+        raise ScoringError(f"{sys_sgml}: a system compared with itself")
+    os.makedirs(outdir, exist_ok=True)
+    a = os.path.join(outdir, f"{base_name}.sgml")
+    b = os.path.join(outdir, f"{sys_name}.sgml")
+    retitle(base_sgml, a, base_name)
+    retitle(sys_sgml, b, sys_name)
+    try:
+        find_tool("sc_stats")
+        result = pyscore.run_sc_stats(a, b, outdir)
+        tool = "sc_stats"
+    except ScoringError as e:
+        if "not found" not in str(e):
+            raise
+        result = pyscore.mapsswe(pyscore.read_sgml(a)[1], pyscore.read_sgml(b)[1])
+        tool = "mpq_plugins.pyscore (SCTK not installed)"
+    z = result["z"]   # no difference in any segment: z is 0/0 -> p 1; a constant nonzero one: p 0
+    result = verdict({**result, "p": 1.0 if math.isnan(z) else two_tailed_p(z)})
+    result.update({"tool": tool, "system": sys_name, "baseline": base_name,
+                   "system_sgml": sys_sgml, "baseline_sgml": base_sgml})
+    tmp = os.path.join(outdir, "result.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, os.path.join(outdir, "result.json"))
+    return result
