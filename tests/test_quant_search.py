@@ -1,0 +1,119 @@
+"""Precision search: budgets, the exact knapsack against brute force, Hutchinson against the exact
+Hessian trace, and the sensitivities of a real (tiny) ESPnet Conformer."""
+import itertools
+import random
+
+import pytest
+import torch
+
+from mpq_plugins.quant.config import QuantConfig, plan
+from mpq_plugins.quant.search import (Budget, BudgetError, allocate, average_bits, hessian_sensitivity,
+                                      hutchinson_traces, kl_sensitivity, knapsack, layer_costs)
+from tests.fixtures import tiny_asr_model
+
+
+def brute_force(costs, values, capacity):
+    items = list(costs)
+    best = None
+    for pick in itertools.product(*[range(len(costs[i])) for i in items]):
+        c = sum(costs[i][k] for i, k in zip(items, pick))
+        if c > capacity:
+            continue
+        v = sum(values[i][k] for i, k in zip(items, pick))
+        if best is None or v < best[0] - 1e-12:
+            best = (v, c)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_knapsack_is_optimal_against_brute_force(seed):
+    rng = random.Random(seed)
+    n = rng.randint(1, 5)
+    costs = {f"l{i}": sorted(rng.choice([2, 4, 6, 8, 12]) * rng.randint(1, 5) for _ in range(3)) for i in range(n)}
+    values = {i: [rng.choice([0.0, 0.5, 1.0, rng.random()]) for _ in range(3)] for i in costs}
+    capacity = rng.randint(sum(min(c) for c in costs.values()), sum(max(c) for c in costs.values()))
+    pick = knapsack(costs, values, capacity)
+    cost = sum(costs[i][k] for i, k in pick.items())
+    value = sum(values[i][k] for i, k in pick.items())
+    assert cost <= capacity
+    assert value == pytest.approx(brute_force(costs, values, capacity)[0])
+
+
+def test_allocation_meets_the_budget_and_prefers_the_insensitive_layers():
+    numels = {"big": 1000, "small": 100, "mid": 500}
+    sens = {"big": {2: 1.0, 4: 0.1, 8: 0.0}, "small": {2: 50.0, 4: 5.0, 8: 0.0}, "mid": {2: 3.0, 4: 0.3, 8: 0.0}}
+    bits = allocate(sens, numels, [2, 4, 8], Budget(avg_bits=3.0))
+    assert average_bits(bits, numels) <= 3.0
+    assert bits["small"] == 8 and bits["big"] == 2          # the sensitive small layer keeps its bits
+    # a size budget counts ceil(n * b / 8) bytes per layer plus the fixed bytes
+    fixed = 777
+    bits = allocate(sens, numels, [2, 4, 8], Budget(size_mb=(fixed + 250 + 50 + 250) / 1e6), fixed_bytes=fixed)
+    assert sum(-(-numels[n] * b // 8) for n, b in bits.items()) + fixed <= fixed + 550
+    assert allocate(sens, numels, [2, 4, 8], Budget(avg_bits=8)) == {"big": 8, "small": 8, "mid": 8}
+
+
+@pytest.mark.parametrize("conf,message", [
+    ({"avg_bits": 1.5}, "below what the smallest candidates allow"),
+    ({"avg_bits": 33}, "above 32 bits"),
+    ({"size_mb": 1.0}, "above the size of the float32 model"),
+    ({"size_mb": 1e-6}, "below what the smallest candidates allow"),
+    ({"avg_bits": 3, "size_mb": 1}, "exactly one of"),
+    ({"bits": 3}, "exactly one of"),
+    ({"avg_bits": "3"}, "positive number"),
+])
+def test_bad_budgets(conf, message):
+    with pytest.raises(BudgetError, match=message):
+        layer_costs({"a": 1000}, [2, 4], Budget.from_dict(conf), fixed_bytes=100)
+
+
+@pytest.mark.parametrize("cands,message", [([], "empty"), ([2, 9], "outside 2..8"), ([1, 4], "outside 2..8")])
+def test_bad_candidates(cands, message):
+    with pytest.raises(BudgetError, match=message):
+        allocate({"a": {}}, {"a": 10}, cands, Budget(avg_bits=4))
+
+
+def test_hutchinson_matches_the_exact_hessian_trace():
+    torch.manual_seed(0)
+    x = torch.randn(32, 5)
+    y = torch.randn(32, 3)
+    w1 = torch.randn(4, 5, requires_grad=True)
+    w2 = torch.randn(3, 4, requires_grad=True)
+
+    def loss_of(a, b):
+        return ((torch.tanh(x @ a.T) @ b.T - y) ** 2).mean()
+
+    h1 = torch.autograd.functional.hessian(lambda a: loss_of(a, w2), w1).reshape(20, 20)
+    h2 = torch.autograd.functional.hessian(lambda b: loss_of(w1, b), w2).reshape(12, 12)
+    est = hutchinson_traces(lambda: loss_of(w1, w2), {"w1": w1, "w2": w2}, n_samples=600, seed=1)
+    assert est["w1"] == pytest.approx(h1.trace().item(), rel=0.1)
+    assert est["w2"] == pytest.approx(h2.trace().item(), rel=0.1)
+    # a diagonal Hessian is exact from a single probe (v_i^2 = 1)
+    d = torch.tensor([1.0, 2.0, 3.0])
+    w = torch.zeros(3, requires_grad=True)
+    one = hutchinson_traces(lambda: 0.5 * (d * w * w).sum(), {"w": w}, n_samples=1)
+    assert one["w"] == pytest.approx(6.0)
+
+
+def tiny_batch():
+    torch.manual_seed(3)
+    speech = torch.randn(2, 8000) * 0.1
+    return speech, torch.tensor([8000, 6400]), torch.randint(2, 10, (2, 5)), torch.tensor([5, 4])
+
+
+@pytest.mark.parametrize("method", ["kl", "hessian"])
+def test_sensitivities_of_a_conformer_grow_as_bits_shrink(method):
+    model = tiny_asr_model()
+    names = list(plan(model, QuantConfig(modules=["feed_forward", "ctc", "decoder_output"])))
+    batch = [tiny_batch()]
+    if method == "kl":
+        s = kl_sensitivity(model, batch, names, [2, 4, 8])
+    else:
+        s = hessian_sensitivity(model, batch, names, [2, 4, 8], n_samples=4)
+    assert set(s) == set(names)
+    total = {b: sum(s[n][b] for n in names) for b in (2, 4, 8)}
+    assert total[2] > total[4] > total[8] >= 0
+    assert all(s[n][b] >= 0 for n in names for b in (2, 4, 8))
+    again = (kl_sensitivity(model, batch, names, [2, 4, 8]) if method == "kl"
+             else hessian_sensitivity(model, batch, names, [2, 4, 8], n_samples=4))
+    flat = lambda d: [d[n][b] for n in names for b in (2, 4, 8)]   # noqa: E731
+    assert flat(again) == pytest.approx(flat(s))            # same seed, same data: same numbers
