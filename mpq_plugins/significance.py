@@ -70,7 +70,7 @@ def compare(sys_sgml, base_sgml, sys_name, base_name, outdir):
             raise
         result = pyscore.mapsswe(pyscore.read_sgml(a)[1], pyscore.read_sgml(b)[1])
         tool = "mpq_plugins.pyscore (SCTK not installed)"
-    z = result["z"]   # no difference in any segment: z is 0/0 -> p 1; a constant nonzero one: p 0
+    z = result["z"]   # sc_stats reports z = 0 (p = 1) when every segment differs alike, and so do we
     result = verdict({**result, "p": 1.0 if math.isnan(z) else two_tailed_p(z)})
     result.update({"tool": tool, "system": sys_name, "baseline": base_name,
                    "system_sgml": sys_sgml, "baseline_sgml": base_sgml})

@@ -8,6 +8,9 @@
       modules: [all]          # groups (GROUPS below) or regular expressions over module names
       bits:                   # per-module bit-widths: regular expression -> bits, first match wins
         'encoder\\.embed\\..*': 8
+      mixed_precision:        # learn the bit-widths (mpq_plugins/quant/mpq.py)
+        method: one_stage
+        budget: {avg_bits: 3.0}
 
 Every module whose full name matches one of `modules` and is a Linear, Conv1d, Conv2d or
 Embedding is swapped for its quantization-aware version (mpq_plugins.quant.layers).
@@ -44,6 +47,7 @@ class QuantConfig:
     act_mode: str = "lsq"
     modules: list = dataclasses.field(default_factory=lambda: ["all"])
     bits: dict = dataclasses.field(default_factory=dict)
+    mixed_precision: dict = None
 
     @classmethod
     def from_dict(cls, d, where="quantization"):
@@ -66,6 +70,13 @@ class QuantConfig:
             raise QuantConfigError(f"{where}: act_mode {c.act_mode!r} is not lsq or minmax")
         if not isinstance(c.modules, list) or not c.modules:
             raise QuantConfigError(f"{where}: modules must be a non-empty list")
+        if c.mixed_precision is not None:
+            from mpq_plugins.quant.mpq import MixedPrecisionConfig
+            from mpq_plugins.quant.search import BudgetError
+            try:
+                c.mpq = MixedPrecisionConfig.from_dict(c.mixed_precision, f"{where}: mixed_precision")
+            except BudgetError as e:
+                raise QuantConfigError(str(e)) from None
         return c
 
 
@@ -115,6 +126,12 @@ def quantize_(model, config, where="quantization"):
             raise QuantConfigError(f"{where}: {name} is quantized already")
         new = QUANT_CLASS[type(mod)].from_float(mod, bits, config.per_channel, config.act_bits, config.act_mode)
         setattr(parent, child, new)
+    if config.mixed_precision is not None:
+        from mpq_plugins.quant.mpq import attach_mixed
+        if config.mpq.method not in ("one_stage", "supernet"):
+            raise QuantConfigError(f"{where}: mixed_precision method {config.mpq.method} chooses the bits before "
+                                   "training (run.sh stage 6 runs its search, then trains with the bits it chose)")
+        attach_mixed(model, list(chosen), config.mpq.candidates, config.per_channel)
     return chosen
 
 

@@ -1,0 +1,229 @@
+"""Mixed precision learnt in training: a Gumbel-softmax choice of bit-width per layer.
+
+Each searched layer keeps one float weight and one LSQ quantizer per candidate bit-width, each with
+its own learnt step; its weight in the forward pass is sum_b g_b * Q_b(W), g = GumbelSoftmax(logits,
+tau). The expected size, sum over layers of n_l * sum_b softmax(logits_l)_b * b, is what the budget
+penalty sees. After `search_steps` training steps every layer is fixed to one candidate: the
+allocation that is most probable under the learnt logits among those within the budget (the exact
+knapsack of mpq_plugins.quant.search with -log p as the cost of a choice), so the budget is met
+exactly. From then on a layer is an ordinary quantized layer at its bit-width.
+
+- one-stage MPQ (`method: one_stage`): training continues after the fix to the final quantized
+  model: precision learning and quantized-weight estimation in one run.
+- differentiable search (`method: supernet`): the first stage of a two-stage method; its
+  allocation is retrained from the float model by uniform-style QAT with the bits fixed.
+
+The `mixed_precision:` part of a `quantization:` section:
+
+    mixed_precision:
+        method: one_stage          # one_stage | supernet | kl | hessian
+        candidates: [2, 3, 4, 6, 8]
+        budget: {avg_bits: 3.0}    # or {size_mb: 1.2}: the packed file
+        search_steps: 200          # training steps before the fix (one_stage, supernet)
+        tau: [1.0, 0.1]            # Gumbel-softmax temperature, annealed geometrically over search_steps
+        size_weight: 2.0           # penalty per average bit above the budget (expected size)
+        kl_weight: 1.0             # KL from the float teacher's posteriors (CTC and decoder) to the model's
+        logit_lr_scale: 50         # learning rate of the logits over the model's
+        n_utts: 32                 # kl, hessian: held-out utterances for the sensitivities
+        hutchinson_samples: 16     # hessian: Rademacher probes
+"""
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mpq_plugins.quant.numerics import WeightQuantizer
+from mpq_plugins.quant.search import Budget, BudgetError, average_bits, check_candidates, knapsack, layer_costs  # noqa: F401
+
+METHODS = ("one_stage", "supernet", "kl", "hessian")
+
+
+@dataclasses.dataclass
+class MixedPrecisionConfig:
+    method: str = "one_stage"
+    candidates: list = dataclasses.field(default_factory=lambda: [2, 3, 4, 6, 8])
+    budget: dict = None
+    search_steps: int = 200
+    tau: list = dataclasses.field(default_factory=lambda: [1.0, 0.1])
+    size_weight: float = 2.0
+    kl_weight: float = 1.0
+    logit_lr_scale: float = 50.0
+    n_utts: int = 32
+    hutchinson_samples: int = 16
+
+    @classmethod
+    def from_dict(cls, d, where="mixed_precision"):
+        if not isinstance(d, dict):
+            raise BudgetError(f"{where}: expected a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise BudgetError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        c = cls(**d)
+        if c.method not in METHODS:
+            raise BudgetError(f"{where}: method {c.method!r} is not one of {', '.join(METHODS)}")
+        c.candidates = check_candidates(c.candidates, f"{where}: candidates")
+        if c.budget is None:
+            raise BudgetError(f"{where}: budget is missing (avg_bits or size_mb)")
+        c.budget_obj = Budget.from_dict(c.budget, f"{where}: budget")
+        if c.budget_obj.avg_bits is not None and c.budget_obj.avg_bits < min(c.candidates):
+            raise BudgetError(f"{where}: budget avg_bits {c.budget_obj.avg_bits} is below what the smallest "
+                              f"candidate ({min(c.candidates)} bits) allows")
+        if not (isinstance(c.tau, list) and len(c.tau) == 2 and all(t > 0 for t in c.tau)):
+            raise BudgetError(f"{where}: tau must be [start, end], both positive")
+        if not isinstance(c.search_steps, int) or c.search_steps < 1:
+            raise BudgetError(f"{where}: search_steps must be a positive integer")
+        return c
+
+
+class MixedWeightQuantizer(torch.nn.Module):
+    """Candidates' quantizers, the logits of the choice, and (once fixed) the chosen bit-width.
+
+    `fixed` is a float buffer (0 while searching): a bit-width is a config-like value, but the
+    fix happens in training, so it must survive checkpoints and resumption."""
+
+    def __init__(self, weight_shape, candidates, per_channel=True):
+        super().__init__()
+        self.candidates = list(candidates)
+        self.per_channel = per_channel
+        self.quantizers = torch.nn.ModuleList(WeightQuantizer(weight_shape, b, per_channel) for b in candidates)
+        self.logits = torch.nn.Parameter(torch.zeros(len(candidates)))
+        self.register_buffer("fixed", torch.zeros(()))
+        self.tau = 1.0
+
+    def chosen(self):
+        """Index of the fixed candidate, or None while searching."""
+        b = int(round(float(self.fixed)))
+        if b == 0:
+            return None
+        if b not in self.candidates:
+            raise ValueError(f"fixed bit-width {float(self.fixed)} is not a candidate {self.candidates} "
+                             "(checkpoints averaged across the fix?)")
+        return self.candidates.index(b)
+
+    @property
+    def bits(self):
+        i = self.chosen()
+        return self.candidates[i] if i is not None else None
+
+    def probs(self):
+        return self.logits.softmax(-1)
+
+    def expected_bits(self):
+        return (self.probs() * torch.tensor(self.candidates, dtype=self.logits.dtype)).sum()
+
+    def forward(self, w):
+        i = self.chosen()
+        if i is None and not self.training:
+            i = int(self.logits.argmax())         # validation while searching: the likeliest choice
+        if i is not None:
+            return self.quantizers[i](w)
+        g = F.gumbel_softmax(self.logits, tau=self.tau, hard=False)
+        return sum(g[k] * q(w) for k, q in enumerate(self.quantizers))
+
+    def extra_repr(self):
+        return f"candidates={self.candidates}, fixed={self.bits}"
+
+
+def mixed_quantizers(model):
+    return {n[: -len(".weight_quantizer")]: m for n, m in model.named_modules() if isinstance(m, MixedWeightQuantizer)}
+
+
+def attach_mixed(model, names, candidates, per_channel=True):
+    """Give every quantized layer in names a MixedWeightQuantizer (layers from quantize_)."""
+    for n in names:
+        mod = model.get_submodule(n)
+        mod.weight_quantizer = MixedWeightQuantizer(tuple(mod.weight.shape), candidates, per_channel)
+
+
+def numels(model, names):
+    return {n: model.get_submodule(n).weight.numel() for n in names}
+
+
+def expected_avg_bits(model):
+    mq = mixed_quantizers(model)
+    n = numels(model, mq)
+    total = sum(n.values())
+    return sum(n[k] * q.expected_bits() for k, q in mq.items()) / total
+
+
+def budget_avg_bits(budget, nums, fixed_bytes=0):
+    """The budget as average bits per searched weight (for the expected-size penalty)."""
+    if budget.avg_bits is not None:
+        return budget.avg_bits
+    return (budget.size_mb * 1e6 - fixed_bytes) * 8 / sum(nums.values())
+
+
+def fix_allocation(model, budget, fixed_bytes=0):
+    """Fix every searching layer to the likeliest allocation within budget; returns {layer: bits}."""
+    mq = mixed_quantizers(model)
+    nums = numels(model, mq)
+    cands = next(iter(mq.values())).candidates
+    costs, capacity = layer_costs(nums, cands, budget, fixed_bytes)
+    values = {k: (-q.logits.detach().log_softmax(-1)).tolist() for k, q in mq.items()}
+    pick = knapsack(costs, values, capacity)
+    with torch.no_grad():
+        for k, q in mq.items():
+            q.fixed.fill_(float(q.candidates[pick[k]]))
+    return {k: q.bits for k, q in mq.items()}
+
+
+def finalize(model):
+    """Replace each fixed MixedWeightQuantizer by its chosen WeightQuantizer, in place, leaving the
+    plain quantized model that `with_fixed_bits` of its config rebuilds; returns {layer: bits}."""
+    out = {}
+    for k, q in mixed_quantizers(model).items():
+        i = q.chosen()
+        if i is None:
+            raise ValueError(f"{k}: the bit-width is not fixed yet (search_steps not reached)")
+        model.get_submodule(k).weight_quantizer = q.quantizers[i]
+        out[k] = q.candidates[i]
+    if hasattr(model, "mpq_teardown"):   # the ESPnet training wrapper (mpq_plugins.espnet_task)
+        model.mpq_teardown()
+    return out
+
+
+def tau_at(step, cfg):
+    t0, t1 = cfg.tau
+    frac = min(step / max(cfg.search_steps, 1), 1.0)
+    return t0 * (t1 / t0) ** frac
+
+
+def is_searching(model):
+    return any(q.chosen() is None for q in mixed_quantizers(model).values())
+
+
+def penalty(model, cfg, budget_bits):
+    """size_weight * (expected average bits - budget)+ while searching, else 0."""
+    if not is_searching(model):
+        return torch.zeros(())
+    return cfg.size_weight * F.relu(expected_avg_bits(model) - budget_bits)
+
+
+HEADER_BYTES = 4096   # the packed file's header is about 2 kB for a Conformer; counted generously
+
+
+def fixed_bytes(model):
+    """Bytes of the packed file that do not depend on the bit-widths: float tensors, integer buffers,
+    one set of steps per quantized layer, and the header (HEADER_BYTES)."""
+    from mpq_plugins.quant.config import quantized_modules
+    qmods = quantized_modules(model)
+    skip = {f"{n}.weight" for n in qmods}
+    total = HEADER_BYTES
+    for k, t in model.state_dict().items():
+        if k in skip or ".weight_quantizer." in k:
+            continue
+        total += t.numel() * (4 if t.is_floating_point() else 8)
+    for n, m in qmods.items():
+        total += 4 * (m.weight.shape[0] if getattr(m.weight_quantizer, "per_channel", True) else 1)
+    return total
+
+
+def with_fixed_bits(quant, bits):
+    """The quantization section that rebuilds a finalized model: the same options, every layer's
+    bit-width by its exact name, no mixed_precision part."""
+    import re
+    out = {k: v for k, v in (quant or {}).items() if k != "mixed_precision"}
+    out["bits"] = {**(out.get("bits") or {}), **{re.escape(n): b for n, b in bits.items()}}
+    return out

@@ -1,0 +1,113 @@
+"""Mixed precision learnt in training (one-stage MPQ and the differentiable search) on a real tiny
+ESPnet Conformer: the allocation is fixed within the budget, the model packs and decodes from its
+packed file, the same seed gives the same allocation, and bad configs fail before training."""
+import argparse
+
+import pytest
+import torch
+
+from mpq_plugins.espnet_task import MixedPrecisionASR, QuantASRTask
+from mpq_plugins.quant import QuantConfigError, quantized_modules
+from mpq_plugins.quant.export import export_packed, load_packed
+from mpq_plugins.quant.mpq import (MixedWeightQuantizer, finalize, fixed_bytes, is_searching, mixed_quantizers,
+                                   numels, with_fixed_bits)
+from mpq_plugins.quant.search import average_bits
+from tests.fixtures import tiny_asr_conf, tiny_asr_model
+
+MPQ = {"method": "one_stage", "candidates": [2, 4, 8], "budget": {"avg_bits": 3.0}, "search_steps": 6,
+       "tau": [1.0, 0.2], "kl_weight": 1.0}
+
+
+def build(quant, init_param=None, seed=0):
+    conf = tiny_asr_conf()
+    conf.update(quantization=quant, init_param=[init_param] if init_param else [])
+    torch.manual_seed(seed)
+    return QuantASRTask.build_model(argparse.Namespace(**conf)), conf
+
+
+def batch():
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(2, 8000, generator=g) * 0.1, torch.tensor([8000, 6400]),
+            torch.randint(2, 10, (2, 5), generator=g), torch.tensor([5, 4]))
+
+
+@pytest.fixture(scope="module")
+def fp32_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fp32") / "fp32.pth"
+    torch.save(tiny_asr_model().state_dict(), path)
+    return str(path)
+
+
+def train(fp32_file, mpq=MPQ, steps=10, seed=0):
+    model, conf = build({"weight_bits": 4, "mixed_precision": mpq}, fp32_file, seed)
+    model.load_state_dict(torch.load(fp32_file, weights_only=True), strict=False)   # as --init_param does
+    args = argparse.Namespace(**conf)
+    args.optim, args.optim_conf = "adam", {"lr": 1e-3}
+    (opt,) = QuantASRTask.build_optimizers(args, model)
+    model.train()
+    torch.manual_seed(seed)
+    stats = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss, st, _ = model(*batch())
+        loss.backward()
+        opt.step()
+        stats.append(st)
+    return model, conf, opt, stats
+
+
+def test_one_stage_fixes_an_allocation_within_budget_and_packs(fp32_file, tmp_path):
+    model, conf, opt, stats = train(fp32_file)
+    assert isinstance(model, MixedPrecisionASR) and int(model.mpq_steps) == 10
+    assert not is_searching(model)
+    mq = mixed_quantizers(model)
+    assert set(mq) == set(quantized_modules(model))
+    bits = {k: q.bits for k, q in mq.items()}
+    assert set(bits.values()) <= {2, 4, 8}
+    assert average_bits(bits, numels(model, bits)) <= 3.0
+    assert all(k in stats[0] for k in ("mpq_kl", "mpq_bits", "mpq_tau")) and stats[0]["mpq_kl"] >= 0
+    assert stats[-1]["mpq_tau"] == pytest.approx(0.2)
+    lrs = sorted({g["lr"] for g in opt.param_groups})
+    assert lrs == [1e-3, 1e-3 * 50]                                     # the logits learn faster
+    # finalize to plain quantized layers, pack, and decode the same from the packed file
+    model.eval()
+    with torch.no_grad():
+        want = model.encode(*batch()[:2])[0]
+    assert finalize(model) == bits
+    assert not any(isinstance(m, MixedWeightQuantizer) for m in model.modules())
+    conf = dict(conf, quantization=with_fixed_bits(conf["quantization"], bits))
+    path = tmp_path / "packed.safetensors"
+    report = export_packed(model, conf, path)
+    assert report["bits_per_layer"] == bits
+    assert report["disk_bytes"] <= fixed_bytes(model) + sum(-(-numels(model, bits)[k] * b // 8) for k, b in bits.items())
+    packed, _ = load_packed(path)
+    with torch.no_grad():
+        assert torch.equal(packed.encode(*batch()[:2])[0], want)
+
+
+def test_same_seed_same_allocation(fp32_file):
+    a = {k: q.bits for k, q in mixed_quantizers(train(fp32_file, steps=7)[0]).items()}
+    b = {k: q.bits for k, q in mixed_quantizers(train(fp32_file, steps=7)[0]).items()}
+    assert a == b
+
+
+def test_supernet_keeps_searching_and_size_budget(fp32_file):
+    mpq = dict(MPQ, method="supernet", budget={"size_mb": 0.2}, search_steps=50, kl_weight=0.0)
+    model, *_ = train(fp32_file, mpq, steps=3)
+    assert is_searching(model)                      # the supernet's bits are chosen after it, not in it
+
+
+@pytest.mark.parametrize("mpq,message", [
+    (dict(MPQ, candidates=[]), "empty"),
+    (dict(MPQ, candidates=[2, 9]), "outside 2..8"),
+    (dict(MPQ, budget={"avg_bits": 1.5}), "below what the smallest"),
+    (dict(MPQ, budget={"avg_bits": 40}), "above 32 bits"),
+    (dict(MPQ, budget={"size_mb": 0.0001}), "below what the smallest candidates allow"),
+    (dict(MPQ, budget=None), "budget is missing"),
+    (dict(MPQ, method="magic"), "method 'magic'"),
+    (dict(MPQ, method="kl"), "chooses the bits before training"),
+    (dict(MPQ, temperature=1), "unknown key"),
+])
+def test_bad_mixed_precision_configs_fail_before_training(fp32_file, mpq, message):
+    with pytest.raises(QuantConfigError, match=message):
+        build({"weight_bits": 4, "mixed_precision": mpq}, fp32_file)
