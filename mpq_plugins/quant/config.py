@@ -39,6 +39,17 @@ class QuantConfigError(ValueError):
     pass
 
 
+def from_mapping(cls, d, where, error=QuantConfigError):
+    """cls(**d) for a dataclass cls; a non-mapping or an unknown key is one error naming `where`."""
+    if not isinstance(d, dict):
+        raise error(f"{where}: expected a mapping, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise error(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return cls(**d)
+
+
 @dataclasses.dataclass
 class QuantConfig:
     weight_bits: int = 8
@@ -51,13 +62,7 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d, where="quantization"):
-        if not isinstance(d, dict):
-            raise QuantConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise QuantConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        c = cls(**d)
+        c = from_mapping(cls, d, where)
         try:
             check_bits(c.weight_bits, "weight_bits")
             if c.act_bits is not None:

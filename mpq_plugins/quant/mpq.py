@@ -54,13 +54,8 @@ class MixedPrecisionConfig:
 
     @classmethod
     def from_dict(cls, d, where="mixed_precision"):
-        if not isinstance(d, dict):
-            raise BudgetError(f"{where}: expected a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise BudgetError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        c = cls(**d)
+        from mpq_plugins.quant.config import from_mapping
+        c = from_mapping(cls, d, where, BudgetError)
         if c.method not in METHODS:
             raise BudgetError(f"{where}: method {c.method!r} is not one of {', '.join(METHODS)}")
         c.candidates = check_candidates(c.candidates, f"{where}: candidates")
