@@ -169,6 +169,38 @@ for qc in ${qconfs}; do systems="${systems} ${asr_exp}_$(basename ${qc} .yaml)";
 [ -z "${quant_test_sets}" ] && quant_test_sets=${test_sets}
 sets_of() { if [ "$1" = "${asr_exp}" ]; then echo ${test_sets}; else echo ${quant_test_sets}; fi; }
 
+# quantize_system <quant conf> <exp dir>: fine-tune from the float checkpoint and pack, timing every
+# step from the float checkpoint to the packed file. Two-stage mixed precision first chooses the
+# bits (kl/hessian: sensitivities of the float model; supernet: a Gumbel-softmax search run),
+# then fine-tunes with them fixed; one_stage learns them within its one fine-tuning run.
+quantize_system() {
+    local qc=$1 qexp=$2 method steps confs
+    local qtime="python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what"
+    read -r method steps <<< "$(python -m mpq_plugins.bin.search_precision --describe ${qc})"
+    confs="--conf ${finetune_config} --conf ${qc}"
+    mkdir -p ${qexp}
+    if [ "${method}" = supernet ]; then
+        python -m mpq_plugins.bin.quant_config --base ${asr_config} ${confs} --token_list ${token_dir}/tokens.txt \
+            --set max_epoch=1 --set num_iters_per_epoch=${steps} --out ${qexp}/search/train_config.yaml
+        timer="${qtime} search --" train_asr mpq_plugins.bin.asr_train ${qexp}/search/train_config.yaml \
+            ${qexp}/search --init_param ${asr_exp}/${inference_model}
+    fi
+    case ${method} in kl|hessian|supernet)
+        if [ ! ${qexp}/bits.yaml -nt ${qc} ]; then
+            ${qtime} search -- python -m mpq_plugins.bin.search_precision --quant_conf ${qc} \
+                --asr_train_config ${asr_exp}/config.yaml --asr_model_file ${asr_exp}/${inference_model} \
+                --data ${datadir}/${valid_set} --supernet ${qexp}/search --out ${qexp}/bits.yaml
+        fi
+        confs="${confs} --conf ${qexp}/bits.yaml";;
+    esac
+    python -m mpq_plugins.bin.quant_config --base ${asr_config} ${confs} --token_list ${token_dir}/tokens.txt \
+        --out ${qexp}/train_config.yaml
+    timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} \
+        --init_param ${asr_exp}/${inference_model}
+    ${qtime} pack -- python -m mpq_plugins.bin.pack --asr_train_config ${qexp}/config.yaml \
+        --asr_model_file ${qexp}/${inference_model} --out ${qexp}/packed.safetensors
+}
+
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     log 6 "quantize: pack ${asr_exp}; fine-tune from it and pack:${qconfs:- (no --quant_confs)}"
     python -m mpq_plugins.bin.pack --asr_train_config ${asr_exp}/config.yaml \
@@ -176,14 +208,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     for qc in ${qconfs}; do
         qexp=${asr_exp}_$(basename ${qc} .yaml)
         log 6 "quantize: ${qc} -> ${qexp}/ (log: ${qexp}/train.log)"
-        python -m mpq_plugins.bin.quant_config --base ${asr_config} --conf ${finetune_config} --conf ${qc} \
-            --token_list ${token_dir}/tokens.txt --out ${qexp}/train_config.yaml
-        # compression time: from the float checkpoint to the packed file, every try counted
-        timer="python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what train --" \
-            train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} --init_param ${asr_exp}/${inference_model}
-        python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what pack -- \
-            python -m mpq_plugins.bin.pack --asr_train_config ${qexp}/config.yaml \
-            --asr_model_file ${qexp}/${inference_model} --out ${qexp}/packed.safetensors
+        quantize_system ${qc} ${qexp}
     done
 fi
 

@@ -96,8 +96,6 @@ class MixedPrecisionASR:
         self.register_buffer("mpq_steps", torch.zeros(()))   # training forwards so far (kept in checkpoints)
         object.__setattr__(self, "_mpq_teacher", None)        # not a submodule: never trained or saved
         object.__setattr__(self, "_mpq_teacher_src", (teacher_file, args))
-        if cfg.kl_weight > 0 and not teacher_file:
-            raise QuantConfigError("mixed_precision: kl_weight > 0 needs the float model (--init_param)")
         self._mpq_seen = {}
         self._mpq_hooks = [
             self.encoder.register_forward_pre_hook(lambda m, a: self._mpq_seen.__setitem__("feats", a[:2])),
@@ -117,6 +115,9 @@ class MixedPrecisionASR:
         if self._mpq_teacher is None:
             import copy
             teacher_file, args = self._mpq_teacher_src
+            if not teacher_file:
+                raise QuantConfigError("mixed_precision: kl_weight > 0 needs the float model to learn from "
+                                       "(--init_param); or set kl_weight: 0")
             targs = copy.copy(args)
             targs.quantization = None
             teacher = QuantASRTask.build_model(targs)

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in TOOLS) or not o
 
 DECODE = "decode_tiny_packed"
 SETS = ("dev", "test", "test_unseen_voice")
-SYSTEMS = ("asr_train_tiny", "asr_train_tiny_w4", "asr_train_tiny_fp32_cont")
-QUANT_CONFS = f"{ROOT}/conf/quant/w4.yaml {ROOT}/conf/quant/fp32_cont.yaml"
+SYSTEMS = ("asr_train_tiny", "asr_train_tiny_w4", "asr_train_tiny_fp32_cont", "asr_train_tiny_mpq_one_stage_tiny")
+QUANT_CONFS = (f"{ROOT}/conf/quant/w4.yaml {ROOT}/conf/quant/fp32_cont.yaml "
+               f"{ROOT}/tests/conf/quant/mpq_one_stage_tiny.yaml")
 
 
 def run(cwd, *args):
@@ -84,6 +85,31 @@ def test_quantized_systems(recipe):
         log = json.loads((recipe / "exp" / s / "compression_time.json").read_text())
         assert [e["what"] for e in log] == ["train", "pack"] and all(e["rc"] == 0 for e in log)
         assert "init_param" in (recipe / "exp" / s / "train.log").read_text()
+
+
+def test_one_stage_mixed_precision_system(recipe):
+    exp = recipe / "exp" / "asr_train_tiny_mpq_one_stage_tiny"
+    size = json.loads((exp / "packed.size.json").read_text())
+    assert size["avg_weight_bits"] <= 3.0 and len(set(size["bits_per_layer"].values())) >= 1
+    assert "bit-widths fixed at step 2" in (exp / "train.log").read_text()
+    assert "mixed_precision" not in __import__("mpq_plugins.quant.export", fromlist=["x"]).read_packed(
+        exp / "packed.safetensors")[1]["quantization"]           # the packed file is a plain quantized model
+
+
+def test_two_stage_mixed_precision_searches_then_trains(recipe):
+    confs = " ".join(f"{ROOT}/tests/conf/quant/mpq_{m}_tiny.yaml" for m in ("kl", "supernet"))
+    r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", confs)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for m, budget in (("kl", 3.0), ("supernet", 3.5)):
+        exp = recipe / "exp" / f"asr_train_tiny_mpq_{m}_tiny"
+        search = json.loads((exp / "search.json").read_text())
+        assert search["method"] == m and search["avg_bits"] <= budget
+        size = json.loads((exp / "packed.size.json").read_text())
+        assert size["bits_per_layer"] == search["bits"]             # stage 2 trained the searched bits
+        log = json.loads((exp / "compression_time.json").read_text())
+        whats = [e["what"] for e in log]
+        assert whats == (["search", "train", "pack"] if m == "kl" else ["search", "search", "train", "pack"])
+    assert (recipe / "exp" / "asr_train_tiny_mpq_supernet_tiny" / "search" / "latest.pth").exists()
 
 
 def test_rerun_quantize_stage_resumes(recipe):

@@ -14,6 +14,7 @@ import sys
 from mpq_plugins.espnet_task import load_asr_model
 from mpq_plugins.quant import QuantConfigError
 from mpq_plugins.quant.export import export_packed
+from mpq_plugins.quant.mpq import finalize, mixed_quantizers, with_fixed_bits
 
 
 def main(argv=None):
@@ -26,6 +27,9 @@ def main(argv=None):
         sys.exit(f"pack: --out {a.out}: the packed file's name must end in .safetensors")
     try:
         model, conf = load_asr_model(a.asr_train_config, a.asr_model_file)
+        if mixed_quantizers(model):   # learnt mixed precision: its fixed bit-widths, as plain quantized layers
+            bits = finalize(model)
+            conf = {**conf, "quantization": with_fixed_bits(conf["quantization"], bits)}
         report = export_packed(model, conf, a.out)
     except (ValueError, QuantConfigError) as e:
         sys.exit(f"pack: {e}")

@@ -4,7 +4,7 @@
         --conf conf/quant/w4.yaml --token_list data/token_list/char/tokens.txt \
         --out exp/asr_train_asr_conformer_w4/train_config.yaml
 
-Each --conf is laid over the ones before it.
+Each --conf is laid over the ones before it, then each --set KEY=VALUE.
 
 The quant conf holds a `quantization:` section (mpq_plugins/quant/config.py) and any ESPnet training
 options to change for the fine-tuning (max_epoch, optim_conf, ...); a conf without `quantization:`
@@ -26,6 +26,8 @@ def main(argv=None):
     p.add_argument("--base", required=True, help="the float model's training config")
     p.add_argument("--conf", required=True, action="append", help="fine-tuning options, then the quant conf")
     p.add_argument("--token_list", required=True, help="token list (to build the model for the check)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more option on top of every conf (the value is read as yaml)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:
@@ -37,6 +39,11 @@ def main(argv=None):
             if unknown:
                 raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)}")
             merged.update(conf)
+        for kv in a.set:
+            key, eq, value = kv.partition("=")
+            if not eq or key not in known:
+                raise ValueError(f"--set {kv}: expected KEY=VALUE with an ESPnet training option as KEY")
+            merged[key] = yaml.safe_load(value)
         with open(a.token_list, encoding="utf-8") as f:
             tokens = [t.strip() for t in f if t.strip()]
         build_from_config({**merged, "token_list": tokens, "normalize": None}, a.conf[-1])
