@@ -176,7 +176,7 @@ sets_of() { if [ "$1" = "${asr_exp}" ]; then echo ${test_sets}; else echo ${quan
 quantize_system() {
     local qc=$1 qexp=$2 method steps confs
     local qtime="python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what"
-    read -r method steps <<< "$(python -m mpq_plugins.bin.search_precision --describe ${qc})"
+    read -r method steps <<< "$(python -m mpq_plugins.bin.search_precision --describe ${qc} | tail -n 1)"
     confs="--conf ${finetune_config} --conf ${qc}"
     mkdir -p ${qexp}
     if [ "${method}" = supernet ]; then
