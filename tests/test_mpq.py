@@ -14,7 +14,7 @@ from mpq_plugins.quant.mpq import (MixedWeightQuantizer, finalize, fixed_bytes, 
 from mpq_plugins.quant.search import average_bits
 from tests.fixtures import tiny_asr_conf, tiny_asr_model
 
-MPQ = {"method": "one_stage", "candidates": [2, 4, 8], "budget": {"avg_bits": 3.0}, "search_steps": 6,
+MPQ = {"method": "one_stage", "candidates": [2, 4, 8], "budget": {"avg_bits": 3.0}, "search_steps": 3,
        "tau": [1.0, 0.2], "kl_weight": 1.0}
 
 
@@ -38,7 +38,7 @@ def fp32_file(tmp_path_factory):
     return str(path)
 
 
-def train(fp32_file, mpq=MPQ, steps=10, seed=0):
+def train(fp32_file, mpq=MPQ, steps=5, seed=0):
     model, conf = build({"weight_bits": 4, "mixed_precision": mpq}, fp32_file, seed)
     model.load_state_dict(torch.load(fp32_file, weights_only=True), strict=False)   # as --init_param does
     args = argparse.Namespace(**conf)
@@ -58,7 +58,7 @@ def train(fp32_file, mpq=MPQ, steps=10, seed=0):
 
 def test_one_stage_fixes_an_allocation_within_budget_and_packs(fp32_file, tmp_path):
     model, conf, opt, stats = train(fp32_file)
-    assert isinstance(model, MixedPrecisionASR) and int(model.mpq_steps) == 10
+    assert isinstance(model, MixedPrecisionASR) and int(model.mpq_steps) == 5
     assert not is_searching(model)
     mq = mixed_quantizers(model)
     assert set(mq) == set(quantized_modules(model))
@@ -86,9 +86,9 @@ def test_one_stage_fixes_an_allocation_within_budget_and_packs(fp32_file, tmp_pa
 
 
 def test_same_seed_same_allocation(fp32_file):
-    a = {k: q.bits for k, q in mixed_quantizers(train(fp32_file, steps=7)[0]).items()}
-    b = {k: q.bits for k, q in mixed_quantizers(train(fp32_file, steps=7)[0]).items()}
-    assert a == b
+    a = {k: q.bits for k, q in mixed_quantizers(train(fp32_file, steps=4)[0]).items()}
+    b = {k: q.bits for k, q in mixed_quantizers(train(fp32_file, steps=4)[0]).items()}
+    assert None not in a.values() and a == b                     # fixed (search_steps 3) and identical
 
 
 def test_supernet_keeps_searching_and_size_budget(fp32_file):
