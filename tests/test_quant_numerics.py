@@ -104,3 +104,19 @@ def test_activation_quantizer(mode):
     assert len(torch.unique(y)) <= 255
     with pytest.raises(ValueError, match="mode"):
         ActQuantizer(8, "ema")
+
+
+def test_inference_reuses_the_quantized_weight_until_weight_or_step_change():
+    w = torch.nn.Parameter(torch.randn(4, 6))
+    wq = WeightQuantizer(w.shape, 4).eval()
+    with torch.no_grad():
+        a = wq(w)
+        assert wq(w) is a                                   # cached
+        w.mul_(2)
+        b = wq(w)
+        assert b is not a and torch.equal(b, fake_quant(w, wq.effective_step(), 4))
+        wq.log_step.add_(0.1)
+        c = wq(w)
+        assert c is not b and torch.equal(c, fake_quant(w, wq.effective_step(), 4))
+    wq.train()
+    assert wq(w).requires_grad                              # training never uses the cache

@@ -94,6 +94,7 @@ class WeightQuantizer(torch.nn.Module):
         shape = (weight_shape[0],) + (1,) * (len(weight_shape) - 1) if per_channel else (1,) * len(weight_shape)
         self.log_step = torch.nn.Parameter(torch.full(shape, math.nan))
         self._ready = False
+        self._frozen = None   # (versions, quantized weight) cached for inference
         n = 1
         for d in (weight_shape[1:] if per_channel else weight_shape):
             n *= d
@@ -126,7 +127,15 @@ class WeightQuantizer(torch.nn.Module):
     def forward(self, w):
         if not self.initialised():
             self.init_from(w)
-        return fake_quant(w, self.effective_step(), self.bits)
+        if self.training or torch.is_grad_enabled():
+            self._frozen = None
+            return fake_quant(w, self.effective_step(), self.bits)
+        # inference: the same result while neither the weight nor the step changes (beam search
+        # calls the decoder once per output token; re-quantizing its weights each time cost ~2x)
+        key = (w.data_ptr(), w._version, self.log_step._version)
+        if self._frozen is None or self._frozen[0] != key:
+            self._frozen = (key, fake_quant(w, self.effective_step(), self.bits))
+        return self._frozen[1]
 
     def int_weight(self, w):
         """(int8 levels, step) of w: levels * effective_step() is exactly what forward computes."""
