@@ -20,6 +20,7 @@ import yaml
 from espnet2.tasks.asr import ASRTask
 from espnet2.utils.nested_dict_action import NestedDictAction
 
+from mpq_plugins.confio import read_config  # noqa: F401  (re-exported: entry points import it from here)
 from mpq_plugins.quant import QuantConfig, QuantConfigError, quantize_
 
 
@@ -174,17 +175,6 @@ class MixedPrecisionASR:
         loss = loss + extra
         stats["loss"] = loss.detach()
         return loss, stats, weight
-
-
-def read_config(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            conf = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read model config {path}: {e}") from None
-    if not isinstance(conf, dict):
-        raise ValueError(f"{path}: not an ESPnet config (expected a mapping)")
-    return conf
 
 
 def build_from_config(conf, where):

@@ -24,23 +24,12 @@ import numpy as np
 import torch
 import yaml
 
+from mpq_plugins.confio import read_config
 from mpq_plugins.quant import QuantConfig, QuantConfigError
 from mpq_plugins.quant.config import plan
 from mpq_plugins.quant.mpq import fix_allocation, fixed_bytes, mixed_quantizers, numels, with_fixed_bits
 from mpq_plugins.quant.search import (BudgetError, allocate, average_bits, hessian_sensitivity,
                                       kl_sensitivity)
-
-
-def read_config(path):
-    """A yaml mapping (without importing ESPnet: --describe stays light and quiet)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            conf = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    if not isinstance(conf, dict):
-        raise ValueError(f"{path}: expected a mapping")
-    return conf
 
 
 def load_asr_model(*args):
