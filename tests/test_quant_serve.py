@@ -4,7 +4,9 @@ import torch
 
 from mpq_plugins.quant import quantize_
 from mpq_plugins.quant.layers import QConv1d, QConv2d, QLinear
-from mpq_plugins.quant.serve import Int8Conv2d, Int8Pointwise, to_int8_serving
+import torch.ao.nn.quantized.dynamic as nnqd
+
+from mpq_plugins.quant.serve import Int8Pointwise, to_int8_serving
 from tests.fixtures import tiny_asr_model
 
 
@@ -25,16 +27,20 @@ def test_layers_match_their_fake_quantized_selves():
         want_lin = net.lin(x)
         want_pw = net.pw(want_lin.transpose(1, 2))
         want_conv = conv(img)
+        levels_pw, _ = net.pw.weight_quantizer.int_weight(net.pw.weight)
+        levels_conv, _ = conv.weight_quantizer.int_weight(conv.weight)
         swapped = to_int8_serving(net)
         holder = torch.nn.Sequential(conv)
         swapped += to_int8_serving(holder)
         assert swapped == ["lin", "pw", "0"]                       # depthwise conv stays float
-        assert isinstance(net.pw, Int8Pointwise) and isinstance(holder[0], Int8Conv2d)
+        assert isinstance(net.pw, Int8Pointwise) and isinstance(holder[0], nnqd.Conv2d)
+        assert torch.equal(net.pw.linear.weight().int_repr(), levels_pw[:, :, 0].to(torch.int8))  # the packed levels
+        assert torch.equal(holder[0].weight().int_repr(), levels_conv.to(torch.int8))
         got_conv = holder[0](img)
         assert got_conv.shape == want_conv.shape == (3, 20, 7, 5)
         assert rel_err(net.lin(x), want_lin) < 0.02
         assert rel_err(net.pw(want_lin.transpose(1, 2)), want_pw) < 0.02
-        assert rel_err(got_conv, want_conv) < 0.02
+        assert rel_err(got_conv, want_conv) < 0.05     # the dynamic conv rounds its output to 8 bits too
 
 
 def test_whole_encoder_served_in_int8_agrees():
@@ -47,6 +53,6 @@ def test_whole_encoder_served_in_int8_agrees():
         want = model.encode(speech, lengths)[0]
         names = to_int8_serving(model)
         got = model.encode(speech, lengths)[0]
-    assert any("embed.conv" in n for n in names) or model.encoder.embed.conv[2].weight[0].numel() < 64
+    assert any("embed.conv" in n for n in names) or model.encoder.embed.conv[2].weight[0].numel() < 16
     assert sum(isinstance(m, QLinear) for m in model.modules()) == 0      # every quantized Linear is int8 now
     assert rel_err(got, want) < 0.05
