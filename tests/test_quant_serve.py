@@ -1,11 +1,10 @@
 """int8 serving on CPU: which layers move to int8 kernels, and that they compute what the
 fake-quantized layers compute (up to the kernels' own 8-bit quantization of the inputs)."""
 import torch
+import torch.ao.nn.quantized.dynamic as nnqd
 
 from mpq_plugins.quant import quantize_
 from mpq_plugins.quant.layers import QConv1d, QConv2d, QLinear
-import torch.ao.nn.quantized.dynamic as nnqd
-
 from mpq_plugins.quant.serve import Int8Pointwise, to_int8_serving
 from tests.fixtures import tiny_asr_model
 

@@ -60,23 +60,33 @@ def _int8_conv2d(conv, weight_levels, step):
     return new
 
 
+def _int8_kind(mod):
+    """Which int8 kernel serves a quantized layer: "linear", "pointwise", "conv2d", or None (stays float)."""
+    if isinstance(mod, QLinear):
+        return "linear"
+    if (isinstance(mod, QConv1d) and mod.kernel_size == (1,) and mod.groups == 1
+            and mod.padding in ((0,), "valid") and mod.stride == (1,) and mod.dilation == (1,)):
+        return "pointwise"
+    if (isinstance(mod, QConv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
+            and not isinstance(mod.padding, str) and mod.weight[0].numel() >= MIN_DENSE):
+        return "conv2d"
+    return None
+
+
 def to_int8_serving(model):
     """Swap quantized Linear, pointwise Conv1d and dense Conv2d layers for int8 kernels; returns their names."""
     swapped = []
     for name, mod in list(model.named_modules()):
-        if isinstance(mod, QLinear):
-            q, _ = mod.weight_quantizer.int_weight(mod.weight)
-            new = _int8_linear(q, mod.weight_quantizer.effective_step().detach(), mod.bias)
-        elif (isinstance(mod, QConv1d) and mod.kernel_size == (1,) and mod.groups == 1
-              and mod.padding in ((0,), "valid") and mod.stride == (1,) and mod.dilation == (1,)):
-            q, _ = mod.weight_quantizer.int_weight(mod.weight)
-            new = Int8Pointwise(_int8_linear(q[:, :, 0], mod.weight_quantizer.effective_step().detach(), mod.bias))
-        elif (isinstance(mod, QConv2d) and mod.groups == 1 and mod.padding_mode == "zeros"
-              and not isinstance(mod.padding, str) and mod.weight[0].numel() >= MIN_DENSE):
-            q, _ = mod.weight_quantizer.int_weight(mod.weight)
-            new = _int8_conv2d(mod, q, mod.weight_quantizer.effective_step().detach())
-        else:
+        kind = _int8_kind(mod)
+        if kind is None:
             continue
+        levels, step = mod.weight_quantizer.int_weight(mod.weight)
+        if kind == "linear":
+            new = _int8_linear(levels, step, mod.bias)
+        elif kind == "pointwise":
+            new = Int8Pointwise(_int8_linear(levels[:, :, 0], step, mod.bias))
+        else:
+            new = _int8_conv2d(mod, levels, step)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
         swapped.append(name)
