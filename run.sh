@@ -169,6 +169,13 @@ for qc in ${qconfs}; do systems="${systems} ${asr_exp}_$(basename ${qc} .yaml)";
 [ -z "${quant_test_sets}" ] && quant_test_sets=${test_sets}
 sets_of() { if [ "$1" = "${asr_exp}" ]; then echo ${test_sets}; else echo ${quant_test_sets}; fi; }
 
+# pack <exp dir> [timer]: its packed file, unless newer than the checkpoint (so that decodes stay up to date)
+pack() {
+    [ ${1}/packed.safetensors -nt ${1}/${inference_model} ] && return 0
+    ${2:-} python -m mpq_plugins.bin.pack --asr_train_config ${1}/config.yaml \
+        --asr_model_file ${1}/${inference_model} --out ${1}/packed.safetensors
+}
+
 # quantize_system <quant conf> <exp dir>: fine-tune from the float checkpoint and pack, timing every
 # step from the float checkpoint to the packed file. Two-stage mixed precision first chooses the
 # bits (kl/hessian: sensitivities of the float model; supernet: a Gumbel-softmax search run),
@@ -196,14 +203,12 @@ quantize_system() {
         --out ${qexp}/train_config.yaml
     timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} \
         --init_param ${asr_exp}/${inference_model}
-    ${qtime} pack -- python -m mpq_plugins.bin.pack --asr_train_config ${qexp}/config.yaml \
-        --asr_model_file ${qexp}/${inference_model} --out ${qexp}/packed.safetensors
+    pack ${qexp} "${qtime} pack --"
 }
 
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     log 6 "quantize: pack ${asr_exp}; fine-tune from it and pack:${qconfs:- (no --quant_confs)}"
-    python -m mpq_plugins.bin.pack --asr_train_config ${asr_exp}/config.yaml \
-        --asr_model_file ${asr_exp}/${inference_model} --out ${asr_exp}/packed.safetensors
+    pack ${asr_exp}
     for qc in ${qconfs}; do
         qexp=${asr_exp}_$(basename ${qc} .yaml)
         log 6 "quantize: ${qc} -> ${qexp}/ (log: ${qexp}/train.log)"

@@ -54,16 +54,16 @@ class QuantASRTask(ASRTask):
         decay (decay would pull every log-step towards 0, i.e. every step towards 1), and the
         precision logits of mixed precision to a group of their own learning rate."""
         optimizers = super().build_optimizers(args, model)
-        scale = model.mpq_cfg.logit_lr_scale if isinstance(model, MixedPrecisionASR) else 1.0
-        return [regroup_quantizer_params(o, model, scale) for o in optimizers]
+        logit_lr = model.mpq_cfg.logit_lr if isinstance(model, MixedPrecisionASR) else None
+        return [regroup_quantizer_params(o, model, logit_lr) for o in optimizers]
 
 
-def regroup_quantizer_params(optimizer, model, logit_lr_scale=1.0):
+def regroup_quantizer_params(optimizer, model, logit_lr=None):
     steps = {id(p) for n, p in model.named_parameters() if "_quantizer." in n and not n.endswith(".logits")}
     logits = {id(p) for n, p in model.named_parameters() if "_quantizer." in n and n.endswith(".logits")}
     if not (steps or logits) or not hasattr(optimizer, "param_groups"):
         return optimizer
-    moved_steps, moved_logits, lr = [], [], optimizer.param_groups[0]["lr"]
+    moved_steps, moved_logits = [], []
     for group in optimizer.param_groups:
         moved_steps += [p for p in group["params"] if id(p) in steps]
         moved_logits += [p for p in group["params"] if id(p) in logits]
@@ -72,7 +72,8 @@ def regroup_quantizer_params(optimizer, model, logit_lr_scale=1.0):
     if moved_steps:
         optimizer.add_param_group({"params": moved_steps, "weight_decay": 0.0})
     if moved_logits:
-        optimizer.add_param_group({"params": moved_logits, "weight_decay": 0.0, "lr": lr * logit_lr_scale})
+        group = {"params": moved_logits, "weight_decay": 0.0}
+        optimizer.add_param_group(group if logit_lr is None else {**group, "lr": logit_lr})
     return optimizer
 
 

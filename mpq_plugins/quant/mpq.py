@@ -23,7 +23,8 @@ The `mixed_precision:` part of a `quantization:` section:
         tau: [1.0, 0.1]            # Gumbel-softmax temperature, annealed geometrically over search_steps
         size_weight: 2.0           # penalty per average bit above the budget (expected size)
         kl_weight: 1.0             # KL from the float teacher's posteriors (CTC and decoder) to the model's
-        logit_lr_scale: 50         # learning rate of the logits over the model's
+        logit_lr: 0.05             # peak learning rate of the precision logits (their own group; the
+                                   # scheduler shapes it as the model's), whatever the fine-tuning lr
         n_utts: 32                 # kl, hessian: held-out utterances for the sensitivities
         hutchinson_samples: 16     # hessian: Rademacher probes
 """
@@ -48,7 +49,7 @@ class MixedPrecisionConfig:
     tau: list = dataclasses.field(default_factory=lambda: [1.0, 0.1])
     size_weight: float = 2.0
     kl_weight: float = 1.0
-    logit_lr_scale: float = 50.0
+    logit_lr: float = 0.05
     n_utts: int = 32
     hutchinson_samples: int = 16
 
