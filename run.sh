@@ -185,6 +185,7 @@ quantize_system() {
     local qtime="python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what"
     read -r method steps <<< "$(python -m mpq_plugins.bin.search_precision --describe ${qc} | tail -n 1)"
     confs="--conf ${finetune_config} --conf ${qc}"
+    mkdir -p ${qexp} && cp ${qc} ${qexp}/quant_conf.yaml   # what made the system (read by the report)
     if [ "${method}" = supernet ]; then
         python -m mpq_plugins.bin.quant_config --base ${asr_config} ${confs} --token_list ${token_dir}/tokens.txt \
             --set max_epoch=1 --set num_iters_per_epoch=${steps} --out ${qexp}/search/train_config.yaml

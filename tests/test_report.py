@@ -109,6 +109,35 @@ def test_mixed_precision_system_gets_a_bit_allocation_plot(recipe):
     assert os.path.getsize(recipe / "results" / "asr_z_mpq_bits.png") > 1000
 
 
+def made_by(exp, mixed, times):
+    """What the quantize stage leaves beside a mixed-precision system: its quant conf and its times."""
+    with open(os.path.join(exp, "quant_conf.yaml"), "w") as f:
+        json.dump({"quantization": {"mixed_precision": mixed}}, f)
+    with open(os.path.join(exp, "compression_time.json"), "w") as f:
+        json.dump([{"what": w, "wall_s": t, "cpu_s": 2 * t, "rc": 0} for w, t in times], f)
+
+
+def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
+    base = make_system(recipe, "asr_m", edit(lambda u: 0))
+    one = make_system(recipe, "asr_m_one", edit(lambda u: 0), {"weight_bits": 8, "mixed_precision": {}})
+    kl = make_system(recipe, "asr_m_kl", edit(lambda u: 1 if u < 2 else 0), {"weight_bits": 8, "bits": {"a": 2}})
+    w3 = make_system(recipe, "asr_m_w3", edit(lambda u: 1 + u % 2), {"weight_bits": 3})
+    other = make_system(recipe, "asr_m_w4", edit(lambda u: 0), {"weight_bits": 4})
+    made_by(one, {"method": "one_stage", "budget": {"avg_bits": 3}}, [("train", 300), ("pack", 12)])
+    made_by(kl, {"method": "kl", "budget": {"avg_bits": 3.0}}, [("search", 240), ("train", 300), ("pack", 12)])
+    lines = results.report(base, [one, kl, w3, other], "test", "dev", str(recipe / "RESULTS.md"), DECODE)
+    i = lines.index("### Budget 3 bits")
+    rows = {r.split("|")[1]: r.split("|") for r in lines[i:] if r.startswith("|asr_m")}
+    rows = {k: v for k, v in rows.items() if k in ("asr_m_one", "asr_m_kl", "asr_m_w3", "asr_m_w4")}
+    block = lines[i + 4: lines.index("", i + 3)]
+    assert [r.split("|")[1] for r in block] == ["asr_m_one", "asr_m_kl", "asr_m_w3"]   # not w4
+    assert rows["asr_m_one"][2] == "one-stage MPQ" and rows["asr_m_kl"][2] == "two-stage MPQ (KL)"
+    # search, fine-tuning, pack, total (min), time over one-stage
+    assert rows["asr_m_kl"][9:14] == ["4.0", "5.0", "0.2", "9.2", "1.77x"]
+    assert rows["asr_m_one"][9:14] == ["0.0", "5.0", "0.2", "5.2", "1.00x"]
+    assert rows["asr_m_w3"][8] == "**no**" and rows["asr_m_one"][8] == "yes"
+
+
 def test_errors_are_clear_and_leave_results_alone(recipe):
     base = make_system(recipe, "asr_e", edit(lambda u: 0), sets=("dev",))
     q = make_system(recipe, "asr_e_w4", edit(lambda u: 0), {"weight_bits": 4})

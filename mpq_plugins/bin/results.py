@@ -60,10 +60,17 @@ def _json(path, default=None):
         return json.load(f)
 
 
-def method_of(quant, is_baseline):
-    """A short name of how the system was made, from its config's quantization section."""
+MPQ_NAMES = {"one_stage": "one-stage MPQ", "kl": "two-stage MPQ (KL)", "hessian": "two-stage MPQ (Hessian)",
+             "supernet": "two-stage MPQ (supernet search)"}
+
+
+def method_of(quant, is_baseline, mixed=None):
+    """A short name of how the system was made, from its config's quantization section (and the
+    mixed_precision part of the quant conf that made it: two-stage systems train with fixed bits)."""
     if not quant:
         return "float32" if is_baseline else "float32, fine-tuned (control)"
+    if mixed and mixed.get("method") in MPQ_NAMES:
+        return MPQ_NAMES[mixed["method"]]
     if quant.get("method"):
         return str(quant["method"])
     kind = "weights and activations" if quant.get("act_bits") else "weights"
@@ -86,7 +93,12 @@ class System:
                 conf = yaml.safe_load(f) or {}
         self.quant = conf.get("quantization") or {}
         self.is_float = not self.quant
-        self.method = method_of(self.quant, is_baseline)
+        made_by = os.path.join(path, "quant_conf.yaml")   # the quant conf, copied there by the quantize stage
+        self.mixed = None
+        if os.path.exists(made_by):
+            with open(made_by) as f:
+                self.mixed = ((yaml.safe_load(f) or {}).get("quantization") or {}).get("mixed_precision")
+        self.method = method_of(self.quant, is_baseline, self.mixed)
         self.decode_dirs = {}
         for res in sorted(glob.glob(os.path.join(path, decode, "*", "score_wer", "result.txt"))):
             self.decode_dirs[os.path.basename(os.path.dirname(os.path.dirname(res)))] = os.path.dirname(os.path.dirname(res))
@@ -97,6 +109,7 @@ class System:
         log = _json(os.path.join(path, "compression_time.json"), [])
         self.compress_wall = sum(e["wall_s"] for e in log) if log else None
         self.compress_cpu = sum(e["cpu_s"] for e in log) if log else None
+        self.compress_parts = {w: sum(e["wall_s"] for e in log if e["what"] == w) for w in ("search", "train", "pack")}
         self.summary = _json(os.path.join(path, "training_summary.json"))
 
     def sgml(self, test_set):
@@ -207,6 +220,45 @@ def best_lossless(systems, main_set, sig):
     return lines
 
 
+def budget_of(s):
+    """The budget of a mixed-precision system as text ('3 bits', '1.2 MB'); uniform systems: their bits."""
+    if s.mixed:
+        b = s.mixed.get("budget") or {}
+        return f"{b['avg_bits']:g} bits" if "avg_bits" in b else f"{b.get('size_mb')} MB"
+    if s.quant and not s.quant.get("bits") and s.quant.get("weight_bits"):
+        return f"{s.quant['weight_bits']:g} bits"
+    return None
+
+
+def equal_budget(systems, main_set, valid_set, sig):
+    """Per budget of the mixed-precision systems: each method (and the uniform system of that many
+    bits) with its accuracy and its compression time split into search, fine-tuning and packing."""
+    budgets = []
+    for s in systems:
+        if s.mixed and budget_of(s) not in budgets:
+            budgets.append(budget_of(s))
+    lines = []
+    for b in budgets:
+        rows = [s for s in systems if not s.is_float and budget_of(s) == b]
+        one = next((s for s in rows if s.mixed and s.mixed.get("method") == "one_stage"), None)
+        lines += [f"### Budget {b}", "",
+                  f"|system|method|weight bits|size on disk (bytes)|ratio|{valid_set} WER|{main_set} WER|lossless|"
+                  "search (min)|fine-tuning (min)|pack (min)|total (min)|time over one-stage|",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for s in rows:
+            r = sig.get((s.name, main_set))
+            verdict = "" if not r else "yes" if r["lossless"] else "**no**"
+            wer = [f"{s.wer[d]:.1f}" if d in s.wer else "" for d in (valid_set, main_set)]
+            t = s.compress_parts if s.compress_wall is not None else None
+            times = [f"{t[w] / 60:.1f}" for w in ("search", "train", "pack")] + [f"{s.compress_wall / 60:.1f}"] \
+                if t else [""] * 4
+            over = f"{s.compress_wall / one.compress_wall:.2f}x" if t and one and one.compress_wall else ""
+            lines.append(f"|{s.name}|{s.method}|{s.size['avg_weight_bits']:.2f}|{s.size['disk_bytes']:,}|"
+                         f"{s.size['compression_ratio']:.2f}x|{wer[0]}|{wer[1]}|{verdict}|" + "|".join(times) + f"|{over}|")
+        lines.append("")
+    return lines
+
+
 def per_system(s, plot_dir):
     lines = [f"## {s.name}", ""]
     cfg = os.path.join(s.path, "config.yaml")
@@ -262,6 +314,12 @@ def report(baseline, others, main_set, valid_set, out, decode):
     lines += [f"![WER against size](results/wer_vs_size.png)", "",
               f"## Highest lossless compression ratio per method ({main_set})", ""]
     lines += best_lossless(systems, main_set, sig) + [""]
+    mpq = equal_budget(systems, main_set, valid_set, sig)
+    if mpq:
+        lines += [f"## Mixed precision at equal budget ({main_set})", "",
+                  "Each budget's systems side by side: the mixed-precision methods and the uniform system of as many "
+                  "bits. Compression time split into the search of the bit-widths (two-stage methods; the one-stage "
+                  "method searches inside its fine-tuning run), the fine-tuning and the packing.", ""] + mpq
     lines += ["## Significance (MAPSSWE) per test set", ""] + significance_table(sig, sets) + [""]
     points = []
     for s in systems:
