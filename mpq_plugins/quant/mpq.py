@@ -21,7 +21,9 @@ The `mixed_precision:` part of a `quantization:` section:
         budget: {avg_bits: 3.0}    # or {size_mb: 1.2}: the packed file
         search_steps: 200          # training steps before the fix (one_stage, supernet)
         tau: [1.0, 0.1]            # Gumbel-softmax temperature, annealed geometrically over search_steps
-        size_weight: 2.0           # penalty per average bit above the budget (expected size)
+        size_weight: 20.0          # penalty per average bit above the budget (expected size): strong
+                                   # enough that the search reaches the budget before the fix (at 2.0
+                                   # a 3-bit search on the default corpus still expected 4.0 bits)
         kl_weight: 1.0             # KL from the float teacher's posteriors (CTC and decoder) to the model's
         logit_lr: 0.05             # peak learning rate of the precision logits (their own group; the
                                    # scheduler shapes it as the model's), whatever the fine-tuning lr
@@ -47,7 +49,7 @@ class MixedPrecisionConfig:
     budget: dict = None
     search_steps: int = 200
     tau: list = dataclasses.field(default_factory=lambda: [1.0, 0.1])
-    size_weight: float = 2.0
+    size_weight: float = 20.0
     kl_weight: float = 1.0
     logit_lr: float = 0.05
     n_utts: int = 32
