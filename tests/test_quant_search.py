@@ -1,5 +1,6 @@
 """Precision search: budgets, the exact knapsack against brute force, Hutchinson against the exact
 Hessian trace, and the sensitivities of a real (tiny) ESPnet Conformer."""
+import copy
 import itertools
 import random
 
@@ -118,3 +119,4 @@ def test_sensitivities_of_a_conformer_grow_as_bits_shrink(method):
              else hessian_sensitivity(model, batch, names, [2, 4, 8], n_samples=4))
     flat = lambda d: [d[n][b] for n in names for b in (2, 4, 8)]   # noqa: E731
     assert flat(again) == pytest.approx(flat(s))            # same seed, same data: same numbers
+    copy.deepcopy(model)                                    # no autograd graph left in the model

@@ -231,6 +231,9 @@ def hessian_sensitivity(model, batches, names, candidates, n_samples=16, seed=0,
         tr = hutchinson_traces(loss_fn, {n: m.weight for n, m in mods.items()}, n_samples, seed)
         for n in names:
             traces[n] += tr[n] / len(batches)
+    for m in model.modules():   # ESPnet's attention keeps its last weights (for plots), here with their graph
+        if isinstance(getattr(m, "attn", None), torch.Tensor):
+            m.attn = m.attn.detach()
     out = {}
     for n, m in mods.items():
         w = m.weight.detach()
