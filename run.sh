@@ -34,7 +34,7 @@ lm_train_text=""      # Kaldi text file for the LM; default: ${datadir}/local/co
 lm_args=""            # extra options for espnet2.bin.lm_train
 inference_model=valid.acc.ave.pth   # the checkpoint of each system that is packed and decoded
 finetune_config=conf/finetune.yaml  # fine-tuning options shared by every quant conf (and the float control)
-quant_confs="conf/quant/w8.yaml conf/quant/w4.yaml conf/quant/fp32_cont.yaml"  # systems of the quantize stage
+quant_confs="conf/quant/w8.yaml conf/quant/w4.yaml conf/quant/mpq_one_stage_3bit.yaml conf/quant/mpq_kl_3bit.yaml conf/quant/fp32_cont.yaml"  # systems of the quantize stage
                       # (conf/quant/*.yaml; fp32_cont: the float control, fine-tuned like the others)
 asr_tag=""            # experiment name; default: the config's file name
 asr_args=""           # extra options for espnet2.bin.asr_train
@@ -185,7 +185,6 @@ quantize_system() {
     local qtime="python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what"
     read -r method steps <<< "$(python -m mpq_plugins.bin.search_precision --describe ${qc} | tail -n 1)"
     confs="--conf ${finetune_config} --conf ${qc}"
-    mkdir -p ${qexp} && cp ${qc} ${qexp}/quant_conf.yaml   # what made the system (read by the report)
     if [ "${method}" = supernet ]; then
         python -m mpq_plugins.bin.quant_config --base ${asr_config} ${confs} --token_list ${token_dir}/tokens.txt \
             --set max_epoch=1 --set num_iters_per_epoch=${steps} --out ${qexp}/search/train_config.yaml
@@ -202,6 +201,7 @@ quantize_system() {
     esac
     python -m mpq_plugins.bin.quant_config --base ${asr_config} ${confs} --token_list ${token_dir}/tokens.txt \
         --out ${qexp}/train_config.yaml
+    cp ${qc} ${qexp}/quant_conf.yaml   # what made the system (read by the report)
     timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} \
         --init_param ${asr_exp}/${inference_model}
     pack ${qexp} "${qtime} pack --"

@@ -93,6 +93,7 @@ def test_one_stage_mixed_precision_system(recipe):
     size = json.loads((exp / "packed.size.json").read_text())
     assert size["avg_weight_bits"] <= 3.0 and len(set(size["bits_per_layer"].values())) >= 1
     assert "bit-widths fixed at step 2" in (exp / "train.log").read_text()
+    assert (exp / "quant_conf.yaml").read_text() == open(f"{ROOT}/tests/conf/quant/mpq_one_stage_tiny.yaml").read()
     assert "mixed_precision" not in __import__("mpq_plugins.quant.export", fromlist=["x"]).read_packed(
         exp / "packed.safetensors")[1]["quantization"]           # the packed file is a plain quantized model
 
@@ -116,13 +117,15 @@ def test_two_stage_mixed_precision_searches_then_trains(recipe):
 def test_rerun_quantize_stage_resumes(recipe):
     exp = recipe / "exp" / "asr_train_tiny_w4"
     model_before = (exp / "valid.acc.ave.pth").read_bytes()
+    packed_mtime = (exp / "packed.safetensors").stat().st_mtime_ns
     r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", f"{ROOT}/conf/quant/w4.yaml")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (exp / "train.log.1").exists()
     assert "The training was resumed using exp/asr_train_tiny_w4/checkpoint.pth" in (exp / "train.log").read_text()
     assert (exp / "valid.acc.ave.pth").read_bytes() == model_before   # nothing retrained: already at max_epoch
     log = json.loads((exp / "compression_time.json").read_text())
-    assert [e["what"] for e in log] == ["train", "pack", "train", "pack"]   # every try is counted
+    assert [e["what"] for e in log] == ["train", "pack", "train"]   # every try is counted; the packed file
+    assert (exp / "packed.safetensors").stat().st_mtime_ns == packed_mtime  # is newer than the model: kept
 
 
 def test_stock_espnet_loader_drops_the_quantizers_ours_does_not(recipe, monkeypatch):
