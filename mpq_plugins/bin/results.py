@@ -109,7 +109,8 @@ class System:
         log = _json(os.path.join(path, "compression_time.json"), [])
         self.compress_wall = sum(e["wall_s"] for e in log) if log else None
         self.compress_cpu = sum(e["cpu_s"] for e in log) if log else None
-        self.compress_parts = {w: sum(e["wall_s"] for e in log if e["what"] == w) for w in ("search", "train", "pack")}
+        self.compress_parts = ({w: sum(e["wall_s"] for e in log if e["what"] == w) for w in ("search", "train", "pack")}
+                               if log else None)
         self.summary = _json(os.path.join(path, "training_summary.json"))
 
     def sgml(self, test_set):
@@ -152,6 +153,11 @@ def fmt_p(p):
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def verdict_of(r):
+    """The lossless verdict of one MAPSSWE result, as the tables print it."""
+    return "yes (better)" if r["better"] else "yes" if r["lossless"] else "**no**"
+
+
 def main_table(systems, sets, main_set, valid_set, sig, train_s):
     shown = [valid_set] if valid_set in sets and valid_set != main_set else []
     shown += [main_set] + [s for s in sets if s not in (main_set, valid_set)]
@@ -176,10 +182,7 @@ def main_table(systems, sets, main_set, valid_set, sig, train_s):
             change = f"{d:+.1f} / {rel:+.1f}%"
             r = sig.get((s.name, main_set))
             if r:
-                p = fmt_p(r["p"])
-                verdict = "yes" if r["lossless"] else "**no**"
-                if r["better"]:
-                    verdict = "yes (better)"
+                p, verdict = fmt_p(r["p"]), verdict_of(r)
         elif s is ref:
             change, verdict = "reference", "-"
         wall = f"{s.compress_wall / 60:.1f}" if s.compress_wall is not None else ""
@@ -233,10 +236,7 @@ def budget_of(s):
 def equal_budget(systems, main_set, valid_set, sig):
     """Per budget of the mixed-precision systems: each method (and the uniform system of that many
     bits) with its accuracy and its compression time split into search, fine-tuning and packing."""
-    budgets = []
-    for s in systems:
-        if s.mixed and budget_of(s) not in budgets:
-            budgets.append(budget_of(s))
+    budgets = list(dict.fromkeys(budget_of(s) for s in systems if s.mixed))
     lines = []
     for b in budgets:
         rows = [s for s in systems if not s.is_float and budget_of(s) == b]
@@ -247,9 +247,9 @@ def equal_budget(systems, main_set, valid_set, sig):
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in rows:
             r = sig.get((s.name, main_set))
-            verdict = "" if not r else "yes" if r["lossless"] else "**no**"
+            verdict = verdict_of(r) if r else ""
             wer = [f"{s.wer[d]:.1f}" if d in s.wer else "" for d in (valid_set, main_set)]
-            t = s.compress_parts if s.compress_wall is not None else None
+            t = s.compress_parts
             times = [f"{t[w] / 60:.1f}" for w in ("search", "train", "pack")] + [f"{s.compress_wall / 60:.1f}"] \
                 if t else [""] * 4
             over = f"{s.compress_wall / one.compress_wall:.2f}x" if t and one and one.compress_wall else ""
