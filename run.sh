@@ -177,7 +177,8 @@ pack() {
 }
 
 # quantize_system <quant conf> <exp dir>: fine-tune from the float checkpoint and pack, timing every
-# step from the float checkpoint to the packed file. Two-stage mixed precision first chooses the
+# step from the float checkpoint to the packed file (max_epoch 0 in the conf: post-training
+# quantization, no fine-tuning). Two-stage mixed precision first chooses the
 # bits (kl/hessian: sensitivities of the float model; supernet: a Gumbel-softmax search run),
 # then fine-tunes with them fixed; one_stage learns them within its one fine-tuning run.
 quantize_system() {
@@ -202,6 +203,13 @@ quantize_system() {
     python -m mpq_plugins.bin.quant_config --base ${asr_config} ${confs} --token_list ${token_dir}/tokens.txt \
         --out ${qexp}/train_config.yaml
     cp ${qc} ${qexp}/quant_conf.yaml   # what made the system (read by the report)
+    if [ "${method}" = ptq ]; then     # max_epoch 0: the float weights quantized, no fine-tuning
+        [ ${qexp}/${inference_model} -nt ${qc} ] && [ ${qexp}/${inference_model} -nt ${asr_exp}/${inference_model} ] ||
+            ${qtime} train -- python -m mpq_plugins.bin.ptq \
+            --float_config ${asr_exp}/config.yaml --float_model ${asr_exp}/${inference_model} \
+            --quant_conf ${qc} --out ${qexp}/${inference_model}
+        pack ${qexp} "${qtime} pack --"; return
+    fi
     timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} \
         --init_param ${asr_exp}/${inference_model}
     pack ${qexp} "${qtime} pack --"

@@ -96,6 +96,8 @@ class MixedPrecisionASR:
             raise QuantConfigError(f"mixed_precision: {e}") from None
         self._mpq_budget_bits = mpq.budget_avg_bits(cfg.budget_obj, nums, self._mpq_fixed_bytes)
         self.register_buffer("mpq_steps", torch.zeros(()))   # training forwards so far (kept in checkpoints)
+        if cfg.size_weight_lr:   # the penalty's weight, raised while the expected size is above the budget
+            self.register_buffer("mpq_size_weight", torch.full((), float(cfg.size_weight)))
         object.__setattr__(self, "_mpq_teacher", None)        # not a submodule: never trained or saved
         object.__setattr__(self, "_mpq_teacher_src", (teacher_file, args))
         self._mpq_seen = {}
@@ -111,6 +113,7 @@ class MixedPrecisionASR:
         for h in self._mpq_hooks:
             h.remove()
         del self._buffers["mpq_steps"]
+        self._buffers.pop("mpq_size_weight", None)
         self.__class__ = self._mpq_base
 
     def _teacher(self):
@@ -166,8 +169,14 @@ class MixedPrecisionASR:
         self._mpq_seen.clear()
         loss, stats, weight = super().forward(speech, speech_lengths, text, text_lengths, **kwargs)
         self.mpq_steps += 1
-        extra = mpq.penalty(self, cfg, self._mpq_budget_bits).to(loss.device)
+        sw = getattr(self, "mpq_size_weight", None)
+        extra = mpq.penalty(self, cfg, self._mpq_budget_bits, None if sw is None else sw.clone()).to(loss.device)
         stats["mpq_bits"] = mpq.expected_avg_bits(self).detach()
+        if sw is not None:
+            if mpq.is_searching(self):
+                with torch.no_grad():
+                    sw += cfg.size_weight_lr * (stats["mpq_bits"] - self._mpq_budget_bits).clamp(min=0)
+            stats["mpq_size_weight"] = sw.detach().clone()
         if cfg.kl_weight > 0:
             kl = self._kl_to_teacher(text, text_lengths)
             extra = extra + cfg.kl_weight * kl

@@ -97,6 +97,20 @@ def test_supernet_keeps_searching_and_size_budget(fp32_file):
     assert is_searching(model)                      # the supernet's bits are chosen after it, not in it
 
 
+def test_size_weight_grows_while_above_the_budget_and_is_kept_in_checkpoints(fp32_file):
+    mpq = dict(MPQ, method="supernet", search_steps=50, kl_weight=0.0, size_weight_lr=100.0)
+    model, conf, _, stats = train(fp32_file, mpq, steps=3)
+    sw = [float(st["mpq_size_weight"]) for st in stats]
+    bits = [float(st["mpq_bits"]) for st in stats]
+    assert sw[0] == pytest.approx(20.0 + 100.0 * (bits[0] - 3.0), rel=1e-5)   # (2+4+8)/3 bits at the start
+    assert sw[0] < sw[1] < sw[2]
+    fresh, _ = build({"weight_bits": 4, "mixed_precision": mpq}, fp32_file)
+    fresh.load_state_dict(model.state_dict())                      # strict: the weight is a checkpointed buffer
+    assert float(fresh.mpq_size_weight) == pytest.approx(sw[2])
+    plain, _ = build({"weight_bits": 4, "mixed_precision": MPQ}, fp32_file)
+    assert "mpq_size_weight" not in plain.state_dict()             # off by default: older checkpoints still load
+
+
 @pytest.mark.parametrize("mpq,message", [
     (dict(MPQ, candidates=[]), "empty"),
     (dict(MPQ, candidates=[2, 9]), "outside 2..8"),
@@ -107,6 +121,7 @@ def test_supernet_keeps_searching_and_size_budget(fp32_file):
     (dict(MPQ, method="magic"), "method 'magic'"),
     (dict(MPQ, method="kl"), "chooses the bits before training"),
     (dict(MPQ, temperature=1), "unknown key"),
+    (dict(MPQ, size_weight_lr=-1), "size_weight_lr"),
 ])
 def test_bad_mixed_precision_configs_fail_before_training(fp32_file, mpq, message):
     with pytest.raises(QuantConfigError, match=message):

@@ -9,7 +9,7 @@ import torch
 
 from mpq_plugins.quant.config import QuantConfig, plan
 from mpq_plugins.quant.search import (Budget, BudgetError, allocate, average_bits, hessian_sensitivity,
-                                      hutchinson_traces, kl_sensitivity, knapsack, layer_costs)
+                                      fill_budget, hutchinson_traces, kl_sensitivity, knapsack, layer_costs)
 from tests.fixtures import tiny_asr_model
 
 
@@ -38,6 +38,25 @@ def test_knapsack_is_optimal_against_brute_force(seed):
     value = sum(values[i][k] for i, k in pick.items())
     assert cost <= capacity
     assert value == pytest.approx(brute_force(costs, values, capacity)[0])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_fill_budget_spends_what_the_knapsack_left_and_stays_within_it(seed):
+    rng = random.Random(seed)
+    costs = {f"l{i}": [k * b for b in (2, 3, 4, 6, 8)] for i, k in enumerate(rng.sample(range(10, 60), 6))}
+    probs = {i: [rng.random() for _ in range(5)] for i in costs}
+    values = {i: [-__import__("math").log(p / sum(ps)) for p in ps] for i, ps in probs.items()}
+    capacity = int(3.0 * sum(c[0] / 2 for c in costs.values()))
+    pick = knapsack(costs, values, capacity)
+    filled = fill_budget(costs, values, pick, capacity)
+    used = sum(costs[i][k] for i, k in filled.items())
+    assert sum(costs[i][k] for i, k in pick.items()) <= used <= capacity
+    assert all(filled[i] >= pick[i] for i in pick)             # only upgrades
+    for i, k in filled.items():                                 # no single move to a costlier option fits
+        assert all(c - costs[i][k] <= 0 or used + c - costs[i][k] > capacity for c in costs[i])
+    # a pick that already fills the budget is left alone
+    full = {i: 1 for i in costs}
+    assert fill_budget(costs, values, full, sum(c[1] for c in costs.values())) == full
 
 
 def test_allocation_meets_the_budget_and_prefers_the_insensitive_layers():

@@ -114,6 +114,20 @@ def test_two_stage_mixed_precision_searches_then_trains(recipe):
     assert (recipe / "exp" / "asr_train_tiny_mpq_supernet_tiny" / "search" / "latest.pth").exists()
 
 
+def test_post_training_conf_quantizes_without_training(recipe):
+    r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", f"{ROOT}/conf/quant/w8_ptq.yaml")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    exp = recipe / "exp" / "asr_train_tiny_w8_ptq"
+    assert not (exp / "train.log").exists()                         # the trainer never ran
+    size = json.loads((exp / "packed.size.json").read_text())
+    assert size["avg_weight_bits"] == 8 and set(size["bits_per_layer"].values()) == {8}
+    log = json.loads((exp / "compression_time.json").read_text())
+    assert [e["what"] for e in log] == ["train", "pack"]
+    model_mtime = (exp / "valid.acc.ave.pth").stat().st_mtime_ns
+    r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", f"{ROOT}/conf/quant/w8_ptq.yaml")
+    assert r.returncode == 0 and (exp / "valid.acc.ave.pth").stat().st_mtime_ns == model_mtime   # up to date: kept
+
+
 def test_rerun_quantize_stage_resumes(recipe):
     exp = recipe / "exp" / "asr_train_tiny_w4"
     model_before = (exp / "valid.acc.ave.pth").read_bytes()

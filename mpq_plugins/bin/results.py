@@ -64,9 +64,9 @@ MPQ_NAMES = {"one_stage": "one-stage MPQ", "kl": "two-stage MPQ (KL)", "hessian"
              "supernet": "two-stage MPQ (supernet search)"}
 
 
-def method_of(quant, is_baseline, mixed=None):
+def method_of(quant, is_baseline, mixed=None, ptq=False):
     """A short name of how the system was made, from its config's quantization section (and the
-    mixed_precision part of the quant conf that made it: two-stage systems train with fixed bits)."""
+    quant conf that made it: two-stage systems train with fixed bits; max_epoch 0 is post-training)."""
     if not quant:
         return "float32" if is_baseline else "float32, fine-tuned (control)"
     if mixed and mixed.get("method") in MPQ_NAMES:
@@ -75,7 +75,7 @@ def method_of(quant, is_baseline, mixed=None):
         return str(quant["method"])
     kind = "weights and activations" if quant.get("act_bits") else "weights"
     mixed = "mixed" if quant.get("bits") else "uniform"
-    return f"{mixed} QAT, {kind}"
+    return f"{mixed} {'PTQ' if ptq else 'QAT'}, {kind}"
 
 
 class System:
@@ -94,11 +94,12 @@ class System:
         self.quant = conf.get("quantization") or {}
         self.is_float = not self.quant
         made_by = os.path.join(path, "quant_conf.yaml")   # the quant conf, copied there by the quantize stage
-        self.mixed = None
+        made = {}
         if os.path.exists(made_by):
             with open(made_by) as f:
-                self.mixed = ((yaml.safe_load(f) or {}).get("quantization") or {}).get("mixed_precision")
-        self.method = method_of(self.quant, is_baseline, self.mixed)
+                made = yaml.safe_load(f) or {}
+        self.mixed = (made.get("quantization") or {}).get("mixed_precision")
+        self.method = method_of(self.quant, is_baseline, self.mixed, made.get("max_epoch") == 0)
         self.decode_dirs = {}
         for res in sorted(glob.glob(os.path.join(path, decode, "*", "score_wer", "result.txt"))):
             self.decode_dirs[os.path.basename(os.path.dirname(os.path.dirname(res)))] = os.path.dirname(os.path.dirname(res))

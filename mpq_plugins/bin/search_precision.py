@@ -8,7 +8,7 @@ quant conf whose `quantization:` section has them fixed (stage 2 is ordinary QAT
     # differentiable search: the allocation of a trained supernet (its logits, within the budget)
     python -m mpq_plugins.bin.search_precision --quant_conf conf/quant/mpq_supernet_3bit.yaml \\
         --supernet exp/asr_x_mpq_supernet_3bit/search --out exp/asr_x_mpq_supernet_3bit/bits.yaml
-    # what run.sh needs to know of a conf: "<method> <search_steps>" (method none: not mixed)
+    # what run.sh needs to know of a conf: "<method> <search_steps>" (none: not mixed; ptq: max_epoch 0)
     python -m mpq_plugins.bin.search_precision --describe conf/quant/mpq_kl_3bit.yaml
 
 Writes bits.yaml and, beside it, search.json (the sensitivities or probabilities, the allocation,
@@ -133,7 +133,13 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         if a.describe:
-            qcfg, _ = quant_section(a.describe)
+            qcfg, conf = quant_section(a.describe)
+            if conf.get("max_epoch") == 0:   # no fine-tuning: post-training quantization
+                if qcfg is not None:
+                    raise ValueError(f"{a.describe}: max_epoch 0 (post-training quantization) takes fixed "
+                                     "bit-widths, not a mixed_precision search")
+                print("ptq 0")
+                return
             print("none 0" if qcfg is None else f"{qcfg.mpq.method} {qcfg.mpq.search_steps}")
             return
         if not (a.quant_conf and a.out):

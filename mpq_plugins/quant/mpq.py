@@ -5,8 +5,9 @@ its own learnt step; its weight in the forward pass is sum_b g_b * Q_b(W), g = G
 tau). The expected size, sum over layers of n_l * sum_b softmax(logits_l)_b * b, is what the budget
 penalty sees. After `search_steps` training steps every layer is fixed to one candidate: the
 allocation that is most probable under the learnt logits among those within the budget (the exact
-knapsack of mpq_plugins.quant.search with -log p as the cost of a choice), so the budget is met
-exactly. From then on a layer is an ordinary quantized layer at its bit-width.
+knapsack of mpq_plugins.quant.search with -log p as the cost of a choice), and what that leaves of
+the budget goes to the layers that lose the least probability per extra bit (fill_budget), so the
+budget is met as exactly as whole layers allow. From then on a layer is an ordinary quantized layer at its bit-width.
 
 - one-stage MPQ (`method: one_stage`): training continues after the fix to the final quantized
   model: precision learning and quantized-weight estimation in one run.
@@ -24,6 +25,9 @@ The `mixed_precision:` part of a `quantization:` section:
         size_weight: 20.0          # penalty per average bit above the budget (expected size): strong
                                    # enough that the search reaches the budget before the fix (at 2.0
                                    # a 3-bit search on the default corpus still expected 4.0 bits)
+        size_weight_lr: 0.0        # > 0: after each step above the budget the weight grows by this times the
+                                   # excess in average bits (dual ascent), so the search reaches any budget
+                                   # (at 2.5 bits, a fixed 20 left it at 2.76: the KL pulled back as hard)
         kl_weight: 1.0             # KL from the float teacher's posteriors (CTC and decoder) to the model's
         logit_lr: 0.05             # peak learning rate of the precision logits (their own group; the
                                    # scheduler shapes it as the model's), whatever the fine-tuning lr
@@ -37,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from mpq_plugins.quant.numerics import WeightQuantizer
-from mpq_plugins.quant.search import Budget, BudgetError, average_bits, check_candidates, knapsack, layer_costs  # noqa: F401
+from mpq_plugins.quant.search import (Budget, BudgetError, average_bits, check_candidates, fill_budget,  # noqa: F401
+                                      knapsack, layer_costs)
 
 METHODS = ("one_stage", "supernet", "kl", "hessian")
 
@@ -50,6 +55,7 @@ class MixedPrecisionConfig:
     search_steps: int = 200
     tau: list = dataclasses.field(default_factory=lambda: [1.0, 0.1])
     size_weight: float = 20.0
+    size_weight_lr: float = 0.0
     kl_weight: float = 1.0
     logit_lr: float = 0.05
     n_utts: int = 32
@@ -70,6 +76,8 @@ class MixedPrecisionConfig:
                               f"candidate ({min(c.candidates)} bits) allows")
         if not (isinstance(c.tau, list) and len(c.tau) == 2 and all(t > 0 for t in c.tau)):
             raise BudgetError(f"{where}: tau must be [start, end], both positive")
+        if not isinstance(c.size_weight_lr, (int, float)) or c.size_weight_lr < 0:
+            raise BudgetError(f"{where}: size_weight_lr must be a number >= 0")
         if not isinstance(c.search_steps, int) or c.search_steps < 1:
             raise BudgetError(f"{where}: search_steps must be a positive integer")
         return c
@@ -154,13 +162,14 @@ def budget_avg_bits(budget, nums, fixed_bytes=0):
 
 
 def fix_allocation(model, budget, fixed_bytes=0):
-    """Fix every searching layer to the likeliest allocation within budget; returns {layer: bits}."""
+    """Fix every searching layer to the likeliest allocation within budget, filled up to the budget
+    (fill_budget); returns {layer: bits}."""
     mq = mixed_quantizers(model)
     nums = numels(model, mq)
     cands = next(iter(mq.values())).candidates
     costs, capacity = layer_costs(nums, cands, budget, fixed_bytes)
     values = {k: (-q.logits.detach().log_softmax(-1)).tolist() for k, q in mq.items()}
-    pick = knapsack(costs, values, capacity)
+    pick = fill_budget(costs, values, knapsack(costs, values, capacity), capacity)
     with torch.no_grad():
         for k, q in mq.items():
             q.fixed.fill_(float(q.candidates[pick[k]]))
@@ -192,11 +201,13 @@ def is_searching(model):
     return any(q.chosen() is None for q in mixed_quantizers(model).values())
 
 
-def penalty(model, cfg, budget_bits):
-    """size_weight * (expected average bits - budget)+ while searching, else 0."""
+def penalty(model, cfg, budget_bits, weight=None):
+    """weight * (expected average bits - budget)+ while searching, else 0 (weight: size_weight, or
+    the one raised by size_weight_lr that the training wrapper keeps)."""
     if not is_searching(model):
         return torch.zeros(())
-    return cfg.size_weight * F.relu(expected_avg_bits(model) - budget_bits)
+    w = cfg.size_weight if weight is None else weight
+    return w * F.relu(expected_avg_bits(model) - budget_bits)
 
 
 HEADER_BYTES = 4096   # the packed file's header is about 2 kB for a Conformer; counted generously

@@ -116,6 +116,29 @@ def knapsack(costs, values, capacity):
     return {i: out[i] for i in items}
 
 
+def fill_budget(costs, values, pick, capacity):
+    """Spend what a knapsack pick leaves of the capacity: repeatedly move one item to a costlier option
+    that still fits, the move that adds the least value per unit of cost, until none fits. The
+    likeliest allocation of a learnt search (values -log p) often sits below the budget; this
+    meets the budget as closely as single moves allow. Returns a new {item: option index}."""
+    pick = dict(pick)
+    used = sum(costs[i][o] for i, o in pick.items())
+    while True:
+        best = None
+        for i, o in pick.items():
+            for j, c in enumerate(costs[i]):
+                extra = c - costs[i][o]
+                if extra > 0 and used + extra <= capacity:
+                    rate = (values[i][j] - values[i][o]) / extra
+                    if best is None or rate < best[0]:
+                        best = (rate, i, j, extra)
+        if best is None:
+            return pick
+        _, i, j, extra = best
+        pick[i] = j
+        used += extra
+
+
 def allocate(sensitivity, numels, candidates, budget, fixed_bytes=0):
     """{layer: bits} minimising the summed sensitivity ({layer: {bits: value}}) within budget."""
     candidates = check_candidates(candidates)
