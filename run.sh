@@ -34,7 +34,7 @@ lm_train_text=""      # Kaldi text file for the LM; default: ${datadir}/local/co
 lm_args=""            # extra options for espnet2.bin.lm_train
 inference_model=valid.acc.ave.pth   # the checkpoint of each system that is packed and decoded
 finetune_config=conf/finetune.yaml  # fine-tuning options shared by every quant conf (and the float control)
-quant_confs="conf/quant/w8.yaml conf/quant/w4.yaml conf/quant/mpq_one_stage_3bit.yaml conf/quant/mpq_kl_3bit.yaml conf/quant/fp32_cont.yaml"  # systems of the quantize stage
+quant_confs="conf/quant/w8_ptq.yaml conf/quant/w4.yaml conf/quant/mpq_one_stage_3bit.yaml conf/quant/mpq_kl_3bit.yaml conf/quant/fp32_cont.yaml"  # systems of the quantize stage
                       # (conf/quant/*.yaml; fp32_cont: the float control, fine-tuned like the others)
 asr_tag=""            # experiment name; default: the config's file name
 asr_args=""           # extra options for espnet2.bin.asr_train

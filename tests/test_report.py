@@ -136,6 +136,10 @@ def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
     assert rows["asr_m_kl"][9:14] == ["4.0", "5.0", "0.2", "9.2", "1.77x"]
     assert rows["asr_m_one"][9:14] == ["0.0", "5.0", "0.2", "5.2", "1.00x"]
     assert rows["asr_m_w3"][8] == "**no**" and rows["asr_m_one"][8] == "yes"
+    # the one-stage system tested against each other system of its budget (A: the other, B: one-stage)
+    assert rows["asr_m_one"][14] == "" and rows["asr_m_kl"][14].startswith("-2 errors, p ")
+    assert rows["asr_m_w3"][14].startswith("-45 errors, p <0.001 (**sig.**)")
+    assert os.path.exists(os.path.join(one, DECODE, "test", "mapsswe_vs", "asr_m_kl", "result.json"))
 
 
 def test_errors_are_clear_and_leave_results_alone(recipe):

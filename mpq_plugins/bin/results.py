@@ -234,9 +234,21 @@ def budget_of(s):
     return None
 
 
+def against_one_stage(one, s, main_set):
+    """MAPSSWE of the one-stage system against another system of its budget on main_set, as text:
+    one-stage's errors minus the other's, and p."""
+    if one is None or s is one or main_set not in s.wer or main_set not in one.wer:
+        return ""
+    same_reference(one, s, main_set)
+    r = compare(one.sgml(main_set), s.sgml(main_set), one.name, s.name,
+                os.path.join(one.decode_dirs[main_set], "mapsswe_vs", s.name))
+    return f"{int(r['err_b'] - r['err_a']):+d} errors, p {fmt_p(r['p'])}" + (" (**sig.**)" if r["significant"] else "")
+
+
 def equal_budget(systems, main_set, valid_set, sig):
     """Per budget of the mixed-precision systems: each method (and the uniform system of that many
-    bits) with its accuracy and its compression time split into search, fine-tuning and packing."""
+    bits) with its accuracy, the one-stage system tested against it (MAPSSWE), and its compression
+    time split into search, fine-tuning and packing."""
     budgets = list(dict.fromkeys(budget_of(s) for s in systems if s.mixed))
     lines = []
     for b in budgets:
@@ -244,8 +256,9 @@ def equal_budget(systems, main_set, valid_set, sig):
         one = next((s for s in rows if s.mixed and s.mixed.get("method") == "one_stage"), None)
         lines += [f"### Budget {b}", "",
                   f"|system|method|weight bits|size on disk (bytes)|ratio|{valid_set} WER|{main_set} WER|lossless|"
-                  "search (min)|fine-tuning (min)|pack (min)|total (min)|time over one-stage|",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "search (min)|fine-tuning (min)|pack (min)|total (min)|time over one-stage|"
+                  f"one-stage against it ({main_set})|",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in rows:
             r = sig.get((s.name, main_set))
             verdict = verdict_of(r) if r else ""
@@ -255,7 +268,8 @@ def equal_budget(systems, main_set, valid_set, sig):
                 if t else [""] * 4
             over = f"{s.compress_wall / one.compress_wall:.2f}x" if t and one and one.compress_wall else ""
             lines.append(f"|{s.name}|{s.method}|{s.size['avg_weight_bits']:.2f}|{s.size['disk_bytes']:,}|"
-                         f"{s.size['compression_ratio']:.2f}x|{wer[0]}|{wer[1]}|{verdict}|" + "|".join(times) + f"|{over}|")
+                         f"{s.size['compression_ratio']:.2f}x|{wer[0]}|{wer[1]}|{verdict}|" + "|".join(times) +
+                         f"|{over}|{against_one_stage(one, s, main_set)}|")
         lines.append("")
     return lines
 
