@@ -1,5 +1,6 @@
 """The report's plots: WER against model size (lossless frontier marked) and per-layer bit
 allocation of mixed-precision systems. PNG files, small enough to commit next to RESULTS.md."""
+import math
 import os
 
 
@@ -35,7 +36,19 @@ def wer_vs_size(systems, path, test_set):
         else:
             style = dict(marker="x", color="tab:red")
         ax.plot(mb, s["wer"], linestyle="none", ms=7, **style)
-        ax.annotate(s["name"], (mb, s["wer"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    # labels: each one raised by whole lines until it overprints no label near it (systems of one size)
+    lo, hi = ax.get_ylim()
+    pt_per_wer = ax.get_window_extent().height * 72 / fig.dpi / (hi - lo)
+    placed = []   # (log10 MB, label height in WER units)
+    for s in sorted(systems, key=lambda s: (s["bytes"], s["wer"])):
+        mb = s["bytes"] / 1e6
+        k = 0
+        while any(abs(x - math.log10(mb)) < 0.12 and abs(y - (s["wer"] + 9 * k / pt_per_wer)) < 9 / pt_per_wer
+                  for x, y in placed):
+            k += 1
+        placed.append((math.log10(mb), s["wer"] + 9 * k / pt_per_wer))
+        ax.annotate(s["name"], (mb, s["wer"]), textcoords="offset points", xytext=(5, 4 + 9 * k), fontsize=7,
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="grey") if k else None)
     front = lossless_frontier([(s["bytes"] / 1e6, s["wer"], s["lossless"] or s["float"]) for s in systems])
     if front:
         ax.step([f[0] for f in front], [f[1] for f in front], where="post", color="tab:green", alpha=0.5,
