@@ -200,16 +200,17 @@ quantize_system() {
         fi
         confs="${confs} --conf ${qexp}/bits.yaml";;
     esac
-    python -m mpq_plugins.bin.quant_config --base ${asr_config} ${confs} --token_list ${token_dir}/tokens.txt \
-        --out ${qexp}/train_config.yaml
-    cp ${qc} ${qexp}/quant_conf.yaml   # what made the system (read by the report)
-    if [ "${method}" = ptq ]; then     # max_epoch 0: the float weights quantized, no fine-tuning
+    if [ "${method}" = ptq ]; then     # max_epoch 0: the float weights quantized (and the conf checked), no fine-tuning
         [ ${qexp}/${inference_model} -nt ${qc} ] && [ ${qexp}/${inference_model} -nt ${asr_exp}/${inference_model} ] ||
             ${qtime} train -- python -m mpq_plugins.bin.ptq \
             --float_config ${asr_exp}/config.yaml --float_model ${asr_exp}/${inference_model} \
             --quant_conf ${qc} --out ${qexp}/${inference_model}
+        cp ${qc} ${qexp}/quant_conf.yaml   # what made the system (read by the report)
         pack ${qexp} "${qtime} pack --"; return
     fi
+    python -m mpq_plugins.bin.quant_config --base ${asr_config} ${confs} --token_list ${token_dir}/tokens.txt \
+        --out ${qexp}/train_config.yaml
+    cp ${qc} ${qexp}/quant_conf.yaml   # what made the system (read by the report)
     timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} \
         --init_param ${asr_exp}/${inference_model}
     pack ${qexp} "${qtime} pack --"

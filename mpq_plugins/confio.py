@@ -11,3 +11,8 @@ def read_config(path):
     if not isinstance(conf, dict):
         raise ValueError(f"{path}: not an ESPnet config (expected a mapping)")
     return conf
+
+
+def is_post_training(conf):
+    """A quant conf with `max_epoch: 0`: no fine-tuning, the float weights quantized (mpq_plugins.bin.ptq)."""
+    return conf.get("max_epoch") == 0

@@ -169,13 +169,16 @@ class MixedPrecisionASR:
         self._mpq_seen.clear()
         loss, stats, weight = super().forward(speech, speech_lengths, text, text_lengths, **kwargs)
         self.mpq_steps += 1
+        expected = mpq.expected_avg_bits(self)
+        searching = mpq.is_searching(self)
         sw = getattr(self, "mpq_size_weight", None)
-        extra = mpq.penalty(self, cfg, self._mpq_budget_bits, None if sw is None else sw.clone()).to(loss.device)
-        stats["mpq_bits"] = mpq.expected_avg_bits(self).detach()
+        extra = (mpq.penalty(expected, self._mpq_budget_bits, cfg.size_weight if sw is None else sw.clone())
+                 if searching else torch.zeros(())).to(loss.device)
+        stats["mpq_bits"] = expected.detach()
         if sw is not None:
-            if mpq.is_searching(self):
+            if searching:
                 with torch.no_grad():
-                    sw += cfg.size_weight_lr * (stats["mpq_bits"] - self._mpq_budget_bits).clamp(min=0)
+                    sw += cfg.size_weight_lr * (expected.detach() - self._mpq_budget_bits).clamp(min=0)
             stats["mpq_size_weight"] = sw.detach().clone()
         if cfg.kl_weight > 0:
             kl = self._kl_to_teacher(text, text_lengths)
@@ -218,6 +221,14 @@ def load_state_strict(model, state, where):
     model.load_state_dict(state, strict=True)
 
 
+def load_checkpoint(model_file, device="cpu"):
+    """The state dict of a .pth checkpoint, loaded with weights_only=True; one error for a bad file."""
+    try:
+        return torch.load(model_file, map_location=device, weights_only=True)
+    except Exception as e:   # torch raises several kinds for a truncated or foreign file
+        raise ValueError(f"cannot load checkpoint {model_file}: {str(e).splitlines()[0]}") from None
+
+
 def load_asr_model(config_path, model_file, device="cpu"):
     """(model in eval mode, config dict) from an ESPnet config.yaml and a .pth checkpoint or packed file."""
     if str(model_file).endswith(".safetensors"):
@@ -226,11 +237,7 @@ def load_asr_model(config_path, model_file, device="cpu"):
         return model, conf
     conf = read_config(config_path)
     model = build_from_config(conf, str(config_path))
-    try:
-        state = torch.load(model_file, map_location=device, weights_only=True)
-    except Exception as e:   # torch raises several kinds for a truncated or foreign file
-        raise ValueError(f"cannot load checkpoint {model_file}: {str(e).splitlines()[0]}") from None
-    load_state_strict(model, state, str(model_file))
+    load_state_strict(model, load_checkpoint(model_file, device), str(model_file))
     return model.to(device).eval(), conf
 
 

@@ -16,7 +16,7 @@ import sys
 import torch
 import yaml
 
-from mpq_plugins.espnet_task import build_from_config, read_config
+from mpq_plugins.espnet_task import build_from_config, load_checkpoint, load_state_strict, read_config
 from mpq_plugins.quant import QuantConfigError
 from mpq_plugins.quant.config import quantized_modules
 
@@ -28,19 +28,9 @@ def quantize_float_model(float_config, float_model, quant):
         raise ValueError(f"{float_config}: already a quantized system (start from the float model)")
     conf = {**conf, "quantization": quant}
     model = build_from_config(conf, float_config)
-    try:
-        state = torch.load(float_model, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot load checkpoint {float_model}: {str(e).splitlines()[0]}") from None
-    own = model.state_dict()
-    steps = {k for k in own if ".weight_quantizer." in k or ".input_quantizer." in k}
-    missing = sorted(set(own) - set(state) - steps)
-    unexpected = sorted(set(state) - set(own))
-    bad = [k for k in set(state) & set(own) if tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad:
-        raise ValueError(f"{float_model} does not fit {float_config}: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {sorted(bad)[:3]}")
-    model.load_state_dict(state, strict=False)
+    state = load_checkpoint(float_model)
+    unset = {k: v for k, v in model.state_dict().items() if "_quantizer." in k and k not in state}
+    load_state_strict(model, {**state, **unset}, f"{float_model} (with {float_config})")
     for name, mod in quantized_modules(model).items():
         if mod.input_quantizer is not None:
             raise ValueError(f"quantization: act_bits needs calibration data; post-training quantization "

@@ -27,6 +27,7 @@ import time
 import yaml
 
 from mpq_plugins import plots
+from mpq_plugins.confio import is_post_training
 from mpq_plugins.scoring import ScoringError, parse_sum_avg
 from mpq_plugins.significance import compare
 
@@ -99,7 +100,7 @@ class System:
             with open(made_by) as f:
                 made = yaml.safe_load(f) or {}
         self.mixed = (made.get("quantization") or {}).get("mixed_precision")
-        self.method = method_of(self.quant, is_baseline, self.mixed, made.get("max_epoch") == 0)
+        self.method = method_of(self.quant, is_baseline, self.mixed, is_post_training(made))
         self.decode_dirs = {}
         for res in sorted(glob.glob(os.path.join(path, decode, "*", "score_wer", "result.txt"))):
             self.decode_dirs[os.path.basename(os.path.dirname(os.path.dirname(res)))] = os.path.dirname(os.path.dirname(res))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from mpq_plugins.confio import read_config
+from mpq_plugins.confio import is_post_training, read_config
 from mpq_plugins.quant import QuantConfig, QuantConfigError
 from mpq_plugins.quant.config import plan
 from mpq_plugins.quant.mpq import fix_allocation, fixed_bytes, mixed_quantizers, numels, with_fixed_bits
@@ -134,7 +134,7 @@ def main(argv=None):
     try:
         if a.describe:
             qcfg, conf = quant_section(a.describe)
-            if conf.get("max_epoch") == 0:   # no fine-tuning: post-training quantization
+            if is_post_training(conf):
                 if qcfg is not None:
                     raise ValueError(f"{a.describe}: max_epoch 0 (post-training quantization) takes fixed "
                                      "bit-widths, not a mixed_precision search")

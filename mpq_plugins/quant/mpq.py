@@ -201,13 +201,10 @@ def is_searching(model):
     return any(q.chosen() is None for q in mixed_quantizers(model).values())
 
 
-def penalty(model, cfg, budget_bits, weight=None):
-    """weight * (expected average bits - budget)+ while searching, else 0 (weight: size_weight, or
-    the one raised by size_weight_lr that the training wrapper keeps)."""
-    if not is_searching(model):
-        return torch.zeros(())
-    w = cfg.size_weight if weight is None else weight
-    return w * F.relu(expected_avg_bits(model) - budget_bits)
+def penalty(expected_bits, budget_bits, weight):
+    """weight * (expected average bits - budget)+: the size penalty while searching (weight: size_weight,
+    or the one raised by size_weight_lr that the training wrapper keeps)."""
+    return weight * F.relu(expected_bits - budget_bits)
 
 
 HEADER_BYTES = 4096   # the packed file's header is about 2 kB for a Conformer; counted generously
