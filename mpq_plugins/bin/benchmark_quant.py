@@ -5,15 +5,19 @@
 
 1. QAT train step (forward, backward, Adam) over the float step, same batch, default Conformer.
 2. Encoder time for one 10-second utterance on one thread: float32, our 8-bit system served by
-   int8 kernels (mpq_plugins.quant.serve), ESPnet's dynamic int8 (--quantize_asr_model); for the
-   default Conformer and the paper-scale one (egs/librispeech_100). Random weights: time only.
+   int8 kernels (mpq_plugins.quant.serve; subsampling static int8, calibrated on other utterances, and
+   dynamic as a peer row), ESPnet's dynamic int8 (--quantize_asr_model); for the default Conformer
+   and the paper-scale one (egs/librispeech_100). Random weights: time only.
 3. Whole decode (beam search with the word LM, as the recipe decodes) of the first n test
    utterances with the trained systems in --expdir, when they are there: real-time factor and WER.
+   The 8-bit system is the post-training one (_w8_ptq), else QAT _w8; its int8 subsampling is
+   calibrated on --calib_data.
 4. Sizes of every packed system in --expdir.
 Every timing is a ratio against float32 measured in the same run (median of repeats), the systems
 taking turns so that load on the machine falls on all of them alike.
 """
 import argparse
+import ctypes
 import glob
 import json
 import os
@@ -27,6 +31,19 @@ from mpq_plugins.quant.serve import espnet_dynamic_int8, to_int8_serving
 
 DEFAULT_CONF = "conf/train_asr_conformer.yaml"
 PAPER_CONF = "egs/librispeech_100/conf/train_asr_conformer.yaml"
+
+
+def steady_allocator():
+    """Keep glibc's malloc from returning large blocks to the system between calls (mmap threshold
+    32 MB, trim threshold 128 MB). Otherwise a fresh process maps new pages, and takes their page faults,
+    for every large tensor: measured here, float32's encoder then took 64 ms instead of 53 and the
+    int8 ratio read 1.44x instead of 1.22x, depending on what the process had run before. True when set."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 128 << 20))
 
 
 def build(conf_path, n_tokens, quant=None, seed=0):
@@ -87,34 +104,49 @@ def encoder_times(conf_path, repeats):
     w8.load_state_dict(fp32.state_dict(), strict=False)
     with torch.no_grad():
         w8.encode(speech, lengths)                     # steps initialised from the float weights
-    to_int8_serving(w8)
+    w8_dyn = build(conf_path, 30, {"weight_bits": 8}).eval()
+    w8_dyn.load_state_dict(w8.state_dict())
+    to_int8_serving(w8_dyn)
+    systems["ours: 8-bit, int8 kernels, dynamic subsampling"] = w8_dyn
+    calib = [(torch.randn(1, 160000, generator=torch.Generator().manual_seed(3 + i)) * 0.1, lengths) for i in range(4)]
+    to_int8_serving(w8, calibration=calib)             # other random utterances than the timed one
     systems["ours: 8-bit, int8 kernels"] = w8
     systems["ESPnet dynamic int8 (--quantize_asr_model)"] = espnet_dynamic_int8(build(conf_path, 30).eval())
     with torch.no_grad():
         return interleaved_medians({n: (lambda m=m: m.encode(speech, lengths)) for n, m in systems.items()}, repeats)
 
 
-def decode_rtf(expdir, tag, data, n_utts, decode_conf, word_lm):
-    """(rows, n) for the trained float and w8 systems: RTF and WER of the first n_utts of data."""
-    import jiwer
+def read_utts(data, n_utts):
+    """[(utt id, samples)] of the first n_utts of a data dir."""
     import soundfile
+    with open(os.path.join(data, "wav.scp")) as f:
+        wavs = [line.split(maxsplit=1) for line in f][:n_utts]
+    return [(k, soundfile.read(p.strip(), dtype="float32")[0]) for k, p in wavs]
+
+
+def decode_rtf(expdir, tag, data, n_utts, decode_conf, word_lm, calib_data, n_calib):
+    """(rows, n) for the trained float and w8 systems: RTF and WER of the first n_utts of data; the
+    int8-served system's static subsampling is calibrated on the first n_calib utterances of calib_data."""
+    import jiwer
 
     from mpq_plugins.bin.asr_inference import read_decode_config
     from mpq_plugins.decoding import Recognizer
     from mpq_plugins.espnet_task import load_asr_model
     from mpq_plugins.wordlm import NgramLM
-    fp32_dir, w8_dir = os.path.join(expdir, f"asr_{tag}"), os.path.join(expdir, f"asr_{tag}_w8")
-    need = [os.path.join(d, "packed.safetensors") for d in (fp32_dir, w8_dir)] + [os.path.join(data, "wav.scp")]
+    fp32_dir = os.path.join(expdir, f"asr_{tag}")
+    w8_dir = next((d for d in (f"{fp32_dir}_w8_ptq", f"{fp32_dir}_w8")
+                   if os.path.exists(os.path.join(d, "packed.safetensors"))), f"{fp32_dir}_w8_ptq")
+    need = [os.path.join(d, "packed.safetensors") for d in (fp32_dir, w8_dir)] + [
+        os.path.join(d, "wav.scp") for d in (data, calib_data)]
     if not all(os.path.exists(p) for p in need):
-        return None, 0
-    with open(os.path.join(data, "wav.scp")) as f:
-        wavs = [line.split(maxsplit=1) for line in f][:n_utts]
+        return None, 0, None
     refs = {}
     with open(os.path.join(data, "text")) as f:
         for line in f:
             k, _, v = line.strip().partition(" ")
             refs[k] = v
-    audio = [(k, soundfile.read(p.strip(), dtype="float32")[0]) for k, p in wavs]
+    audio = read_utts(data, n_utts)
+    calib = [(torch.from_numpy(a)[None], torch.tensor([len(a)])) for _, a in read_utts(calib_data, n_calib)]
     seconds = sum(len(a) for _, a in audio) / 16000
     opts = read_decode_config(decode_conf)
     lm = NgramLM.load(word_lm) if word_lm and os.path.exists(word_lm) else None
@@ -124,7 +156,7 @@ def decode_rtf(expdir, tag, data, n_utts, decode_conf, word_lm):
     w8, conf8 = load_asr_model(None, os.path.join(w8_dir, "packed.safetensors"))
     systems["w8 packed, fake-quant (float kernels)"] = (w8, conf8)
     w8i, _ = load_asr_model(None, os.path.join(w8_dir, "packed.safetensors"))
-    to_int8_serving(w8i)
+    to_int8_serving(w8i.eval(), calibration=calib)
     systems["w8 packed, int8 kernels"] = (w8i, conf8)
     fp32d, _ = load_asr_model(None, os.path.join(fp32_dir, "packed.safetensors"))
     systems["float32 + ESPnet dynamic int8"] = (espnet_dynamic_int8(fp32d), conf)
@@ -140,7 +172,7 @@ def decode_rtf(expdir, tag, data, n_utts, decode_conf, word_lm):
     for n in names:
         wer = jiwer.wer([refs[k] for k, _ in audio], [h if h else "<empty>" for h in hyps[n]])
         rows[n] = {"rtf": spent[n] / seconds, "wer": 100 * wer}
-    return rows, len(audio)
+    return rows, len(audio), os.path.basename(w8_dir)
 
 
 def main(argv=None):
@@ -152,10 +184,12 @@ def main(argv=None):
     p.add_argument("--decode_config", default="conf/decode_asr.yaml")
     p.add_argument("--word_lm", default="exp/lm_word_3gram/lm.json")
     p.add_argument("--n_utts", type=int, default=40)
+    p.add_argument("--calib_data", default="data/dev", help="utterances that calibrate the int8 subsampling")
+    p.add_argument("--n_calib", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    res = {"threads": torch.get_num_threads()}
+    res = {"threads": torch.get_num_threads(), "steady_allocator": steady_allocator()}
     t0 = time.time()
     print("benchmark_quant: QAT train step ...", flush=True)
     res["train_step_s"] = train_step_ratio(DEFAULT_CONF, a.repeats)
@@ -164,7 +198,8 @@ def main(argv=None):
         print(f"benchmark_quant: encoder, 10 s utterance, {conf} ...", flush=True)
         res["encoder_10s_s"][conf] = encoder_times(conf, a.repeats)
     print("benchmark_quant: whole decode ...", flush=True)
-    res["decode"], n = decode_rtf(a.expdir, a.asr_tag, a.data, a.n_utts, a.decode_config, a.word_lm)
+    res["decode"], n, res["decode_w8_system"] = decode_rtf(a.expdir, a.asr_tag, a.data, a.n_utts, a.decode_config, a.word_lm,
+                                  a.calib_data, a.n_calib)
     res["sizes"] = {}
     for size in sorted(glob.glob(os.path.join(a.expdir, "asr_*", "packed.size.json"))):
         with open(size) as f:
@@ -172,7 +207,10 @@ def main(argv=None):
     lines = ["# Quantization benchmark", "",
              f"Written by `python -m mpq_plugins.bin.benchmark_quant --out {a.out}` in {time.time() - t0:.0f} s on "
              f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {res['threads']} thread(s). "
-             "Times are medians of repeats; ratios are against float32 in the same run.", "",
+             "Times are medians of repeats; ratios are against float32 in the same run. "
+             + ("glibc's malloc keeps freed memory (mmap threshold 32 MB), so no timing pays page faults for "
+                "fresh memory; see steady_allocator()." if res["steady_allocator"] else
+                "(glibc's mallopt was not available: timings may include page faults for fresh memory.)"), "",
              "## QAT train step (default Conformer, batch of 12 x 3 s, forward + backward + Adam)", "",
              "|model|step (s)|over float32|", "|---|---|---|"]
     base = res["train_step_s"]["float32"]
@@ -185,10 +223,13 @@ def main(argv=None):
     if res["decode"]:
         base = res["decode"]["float32"]["rtf"]
         lines += ["", f"## Whole decode: first {n} utterances of {a.data} ({a.decode_config}, word LM)", "",
+                  f"w8 is {a.expdir}/{res['decode_w8_system']}; its int8 subsampling is calibrated on the first "
+                  f"{a.n_calib} utterances of {a.calib_data}.", "",
                   "|system|RTF|speed-up over float32|WER on these utterances|", "|---|---|---|---|"]
         lines += [f"|{k}|{v['rtf']:.3f}|{base / v['rtf']:.2f}x|{v['wer']:.1f}|" for k, v in res["decode"].items()]
     else:
-        lines += ["", f"(No whole-decode figures: {a.expdir}/asr_{a.asr_tag} and its _w8 system are not packed yet.)"]
+        lines += ["", f"(No whole-decode figures: {a.expdir}/asr_{a.asr_tag} and its _w8_ptq (or _w8) system "
+                  "are not packed yet.)"]
     if res["sizes"]:
         lines += ["", "## Sizes of the packed systems", "",
                   "|system|float32 bytes|on disk|by the bit accounting|header|ratio|weight bits|",
