@@ -180,7 +180,7 @@ class MixedPrecisionASR:
                 with torch.no_grad():
                     sw += cfg.size_weight_lr * (expected.detach() - self._mpq_budget_bits).clamp(min=0)
             stats["mpq_size_weight"] = sw.detach().clone()
-        if cfg.kl_weight > 0:
+        if cfg.kl_weight > 0 and (searching or cfg.kl_after_fix):
             kl = self._kl_to_teacher(text, text_lengths)
             extra = extra + cfg.kl_weight * kl
             stats["mpq_kl"] = kl.detach()

@@ -85,6 +85,36 @@ def test_one_stage_fixes_an_allocation_within_budget_and_packs(fp32_file, tmp_pa
         assert torch.equal(packed.encode(*batch()[:2])[0], want)
 
 
+def test_teacher_only_while_searching_when_kl_after_fix_is_off(fp32_file):
+    mpq = dict(MPQ, kl_after_fix=False)
+    model, _, _, stats = train(fp32_file, mpq, steps=5)
+    assert not is_searching(model)
+    assert ["mpq_kl" in st for st in stats] == [True, True, True, False, False]    # fixed at step 3
+    assert all(st["loss"] >= 0 for st in stats)
+    *_, kept = train(fp32_file, steps=5)
+    assert all("mpq_kl" in st for st in kept)                                       # the default keeps it
+
+
+def test_candidates_mixed_in_one_batch_match_them_one_by_one():
+    torch.manual_seed(0)
+    for shape, per_channel in (((12, 7), True), ((6, 4, 3), False), ((5, 1, 3, 3), True)):
+        q = MixedWeightQuantizer(shape, [2, 3, 4, 6, 8], per_channel)
+        w = torch.randn(shape, requires_grad=True)
+        logits = torch.randn(5, requires_grad=True)
+        q.mix(w, logits.softmax(0))                                 # initialises every candidate's step
+        with torch.no_grad():
+            for c in q.quantizers:
+                c.log_step.add_(torch.randn_like(c.log_step) * 0.2)
+        params = [w, logits] + [c.log_step for c in q.quantizers]
+        probe = torch.randn(shape)
+        got = q.mix(w, logits.softmax(0))
+        want = sum(g * c(w) for g, c in zip(logits.softmax(0), q.quantizers))
+        assert torch.allclose(got, want, atol=1e-6)
+        for a, b in zip(torch.autograd.grad((got * probe).sum(), params),
+                        torch.autograd.grad((want * probe).sum(), params)):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_same_seed_same_allocation(fp32_file):
     a = {k: q.bits for k, q in mixed_quantizers(train(fp32_file, steps=4)[0]).items()}
     b = {k: q.bits for k, q in mixed_quantizers(train(fp32_file, steps=4)[0]).items()}
@@ -122,6 +152,7 @@ def test_size_weight_grows_while_above_the_budget_and_is_kept_in_checkpoints(fp3
     (dict(MPQ, method="kl"), "chooses the bits before training"),
     (dict(MPQ, temperature=1), "unknown key"),
     (dict(MPQ, size_weight_lr=-1), "size_weight_lr"),
+    (dict(MPQ, kl_after_fix="no"), "kl_after_fix"),
 ])
 def test_bad_mixed_precision_configs_fail_before_training(fp32_file, mpq, message):
     with pytest.raises(QuantConfigError, match=message):
