@@ -123,14 +123,17 @@ def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
     kl = make_system(recipe, "asr_m_kl", edit(lambda u: 1 if u < 2 else 0), {"weight_bits": 8, "bits": {"a": 2}})
     w3 = make_system(recipe, "asr_m_w3", edit(lambda u: 1 + u % 2), {"weight_bits": 3})
     other = make_system(recipe, "asr_m_w4", edit(lambda u: 0), {"weight_bits": 4})
+    half = make_system(recipe, "asr_m_one_half", edit(lambda u: 1 if u == 4 else 0),
+                       {"weight_bits": 8, "mixed_precision": {}})
     made_by(one, {"method": "one_stage", "budget": {"avg_bits": 3}}, [("train", 300), ("pack", 12)])
+    made_by(half, {"method": "one_stage", "budget": {"avg_bits": 3}}, [("train", 150), ("pack", 12)])
     made_by(kl, {"method": "kl", "budget": {"avg_bits": 3.0}}, [("search", 240), ("train", 300), ("pack", 12)])
-    lines = results.report(base, [one, kl, w3, other], "test", "dev", str(recipe / "RESULTS.md"), DECODE)
+    lines = results.report(base, [one, half, kl, w3, other], "test", "dev", str(recipe / "RESULTS.md"), DECODE)
     i = lines.index("### Budget 3 bits")
     rows = {r.split("|")[1]: r.split("|") for r in lines[i:] if r.startswith("|asr_m")}
     rows = {k: v for k, v in rows.items() if k in ("asr_m_one", "asr_m_kl", "asr_m_w3", "asr_m_w4")}
     block = lines[i + 4: lines.index("", i + 3)]
-    assert [r.split("|")[1] for r in block] == ["asr_m_one", "asr_m_kl", "asr_m_w3"]   # not w4
+    assert [r.split("|")[1] for r in block] == ["asr_m_one", "asr_m_one_half", "asr_m_kl", "asr_m_w3"]  # not w4
     assert rows["asr_m_one"][2] == "one-stage MPQ" and rows["asr_m_kl"][2] == "two-stage MPQ (KL)"
     # search, fine-tuning, pack, total (min), time over one-stage
     assert rows["asr_m_kl"][9:14] == ["4.0", "5.0", "0.2", "9.2", "1.77x"]
@@ -140,6 +143,10 @@ def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
     assert rows["asr_m_one"][14] == "" and rows["asr_m_kl"][14].startswith("-2 errors, p ")
     assert rows["asr_m_w3"][14].startswith("-45 errors, p <0.001 (**sig.**)")
     assert os.path.exists(os.path.join(one, DECODE, "test", "mapsswe_vs", "asr_m_kl", "result.json"))
+    # a second one-stage system (e.g. shorter fine-tuning) is tested against the other methods too
+    line = next(x for x in lines[i:] if x.startswith("asr_m_one_half against the others"))
+    assert "asr_m_kl: -1 errors, p " in line and "time 0.29x" in line     # 162 s against 552 s
+    assert "asr_m_w3: -44 errors, p <0.001 (**sig.**)." in line and "asr_m_one:" not in line   # w3: no times
 
 
 def test_errors_are_clear_and_leave_results_alone(recipe):
