@@ -24,10 +24,14 @@ def lossless_frontier(points):
 
 
 def wer_vs_size(systems, path, test_set):
-    """systems: [{"name", "bytes", "wer", "lossless" (True/False/None for the baselines), "float"}]."""
+    """systems: [{"name", "bytes", "wer", "lossless" (True/False/None for the baselines), "float"}].
+    Points carry numbers (by size, then WER) and a key beside the axes names them: many systems share
+    a size (every mixed-precision method of a budget), where names beside the points would overprint."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for s in systems:
+    order = sorted(systems, key=lambda s: (s["bytes"], s["wer"]))
+    fig, ax = plt.subplots(figsize=(10, max(4.2, 0.16 * len(order) + 1.2)))
+    placed = []   # (log10 MB, WER, number) of points already numbered
+    for i, s in enumerate(order, 1):
         mb = s["bytes"] / 1e6
         if s["float"]:
             style = dict(marker="s", color="black")
@@ -36,19 +40,12 @@ def wer_vs_size(systems, path, test_set):
         else:
             style = dict(marker="x", color="tab:red")
         ax.plot(mb, s["wer"], linestyle="none", ms=7, **style)
-    # labels: each one raised by whole lines until it overprints no label near it (systems of one size)
-    lo, hi = ax.get_ylim()
-    pt_per_wer = ax.get_window_extent().height * 72 / fig.dpi / (hi - lo)
-    placed = []   # (log10 MB, label height in WER units)
-    for s in sorted(systems, key=lambda s: (s["bytes"], s["wer"])):
-        mb = s["bytes"] / 1e6
-        k = 0
-        while any(abs(x - math.log10(mb)) < 0.12 and abs(y - (s["wer"] + 9 * k / pt_per_wer)) < 9 / pt_per_wer
-                  for x, y in placed):
-            k += 1
-        placed.append((math.log10(mb), s["wer"] + 9 * k / pt_per_wer))
-        ax.annotate(s["name"], (mb, s["wer"]), textcoords="offset points", xytext=(5, 4 + 9 * k), fontsize=7,
-                    arrowprops=dict(arrowstyle="-", lw=0.4, color="grey") if k else None)
+        # numbers of points at (almost) the same place go side by side rather than on top of each other
+        near = sum(1 for x, y, _ in placed if abs(x - math.log10(mb)) < 0.02 and abs(y - s["wer"]) < 0.15)
+        placed.append((math.log10(mb), s["wer"], i))
+        ax.annotate(str(i), (mb, s["wer"]), textcoords="offset points", xytext=(5 + 11 * near, 3), fontsize=7)
+    key = "\n".join(f"{i:>2}  {s['name']}  ({s['wer']:.1f})" for i, s in enumerate(order, 1))
+    ax.text(1.02, 1.0, key, transform=ax.transAxes, fontsize=7, va="top", family="monospace")
     front = lossless_frontier([(s["bytes"] / 1e6, s["wer"], s["lossless"] or s["float"]) for s in systems])
     if front:
         ax.step([f[0] for f in front], [f[1] for f in front], where="post", color="tab:green", alpha=0.5,
@@ -63,7 +60,7 @@ def wer_vs_size(systems, path, test_set):
     ax.legend(fontsize=7)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
 
 
