@@ -254,7 +254,8 @@ def equal_budget(systems, main_set, valid_set, sig):
     lines = []
     for b in budgets:
         rows = [s for s in systems if not s.is_float and budget_of(s) == b]
-        one = next((s for s in rows if s.mixed and s.mixed.get("method") == "one_stage"), None)
+        one_stage = [s for s in rows if s.mixed and s.mixed.get("method") == "one_stage"]
+        one = one_stage[0] if one_stage else None
         lines += [f"### Budget {b}", "",
                   f"|system|method|weight bits|size on disk (bytes)|ratio|{valid_set} WER|{main_set} WER|lossless|"
                   "search (min)|fine-tuning (min)|pack (min)|total (min)|time over one-stage|"
@@ -272,10 +273,10 @@ def equal_budget(systems, main_set, valid_set, sig):
                          f"{s.size['compression_ratio']:.2f}x|{wer[0]}|{wer[1]}|{verdict}|" + "|".join(times) +
                          f"|{over}|{against_one_stage(one, s, main_set)}|")
         lines.append("")
-        for other in (s for s in rows if s.mixed and s.mixed.get("method") == "one_stage" and s is not one):
+        for other in one_stage[1:]:
             vs = [f"{s.name}: {against_one_stage(other, s, main_set)}"
                   + (f", time {other.compress_wall / s.compress_wall:.2f}x" if other.compress_wall and s.compress_wall
-                     else "") for s in rows if s is not other and s is not one and s.method != other.method]
+                     else "") for s in rows if s.method != other.method]
             if vs:
                 lines += [f"{other.name} against the others ({main_set} errors difference, MAPSSWE p, its "
                           "compression time over theirs): " + "; ".join(vs) + ".", ""]

@@ -42,7 +42,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mpq_plugins.quant.numerics import WeightQuantizer, qmax, round_ste, scale_grad
+from mpq_plugins.quant.numerics import WeightQuantizer, fake_quant, scale_grad
 from mpq_plugins.quant.search import (Budget, BudgetError, average_bits, check_candidates, fill_budget,  # noqa: F401
                                       knapsack, layer_costs)
 
@@ -139,18 +139,15 @@ class MixedWeightQuantizer(torch.nn.Module):
         for q in self.quantizers:
             if not q.initialised():
                 q.init_from(w)
-        k = len(self.quantizers)
-        lead = (k,) + (1,) * w.dim()
-        if not hasattr(self, "_mix_consts") or self._mix_consts[0].device != w.device:
-            qmaxes = torch.tensor([float(qmax(q.bits)) for q in self.quantizers], device=w.device).view(lead)
-            gscale = torch.tensor([1.0 / (q.values_per_step * qmax(q.bits)) ** 0.5 for q in self.quantizers],
-                                  device=w.device).view(lead)
-            self._mix_consts = (qmaxes, gscale)
-        qmaxes, gscale = self._mix_consts
-        log_step = torch.stack([q.log_step for q in self.quantizers])          # (K, *step shape)
-        step = scale_grad(log_step, gscale).exp()
-        levels = round_ste(torch.clamp(w.unsqueeze(0) / step, -qmaxes, qmaxes))
-        return (g.view(lead).to(w.dtype) * (levels * step)).sum(0)
+        lead = (len(self.quantizers),) + (1,) * w.dim()
+        consts = getattr(self, "_mix_consts", None)          # the candidates' bits and LSQ gradient scales
+        if consts is None or consts[0].device != w.device:
+            bits = torch.tensor([float(q.bits) for q in self.quantizers], device=w.device).view(lead)
+            gscale = torch.tensor([q.grad_scale() for q in self.quantizers], device=w.device).view(lead)
+            consts = self._mix_consts = (bits, gscale)
+        bits, gscale = consts
+        step = scale_grad(torch.stack([q.log_step for q in self.quantizers]), gscale).exp()   # (K, *step shape)
+        return (g.view(lead).to(w.dtype) * fake_quant(w.unsqueeze(0), step, bits)).sum(0)
 
     def extra_repr(self):
         return f"candidates={self.candidates}, fixed={self.bits}"

@@ -35,7 +35,8 @@ def check_bits(bits, what="bit-width"):
 
 
 def qmax(bits):
-    """Largest integer level of a signed symmetric b-bit quantizer with zero preserved."""
+    """Largest integer level of a signed symmetric b-bit quantizer with zero preserved (bits: an int,
+    or a tensor of them that broadcasts against what is quantized)."""
     return 2 ** (bits - 1) - 1
 
 
@@ -119,10 +120,13 @@ class WeightQuantizer(torch.nn.Module):
         self._ready = False
         super()._load_from_state_dict(*args, **kwargs)
 
+    def grad_scale(self):
+        """LSQ's gradient scale of the step: 1 / sqrt(values per step * Q)."""
+        return 1.0 / (self.values_per_step * qmax(self.bits)) ** 0.5
+
     def effective_step(self):
         """The step as the forward pass uses it: exp(log_step), the LSQ gradient scale on log_step."""
-        g = 1.0 / (self.values_per_step * qmax(self.bits)) ** 0.5
-        return scale_grad(self.log_step, g).exp()
+        return scale_grad(self.log_step, self.grad_scale()).exp()
 
     def forward(self, w):
         if not self.initialised():
