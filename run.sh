@@ -90,14 +90,14 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     log 1 "data: ${local_data} -> ${datadir}/"
     ${local_data} --datadir ${datadir} --nj ${nj} ${local_data_opts}
     for d in $(echo ${train_set} ${valid_set} ${test_sets} | tr ' ' '\n' | sort -u); do
-        python -m mpq_plugins.bin.validate_data_dir ${datadir}/${d}
+        python -m mpq_plugins.bin.validate_data_dir --data ${datadir}/${d}
     done
 fi
 
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     log 2 "tokens: ${token_type} from ${datadir}/${train_set}/text -> ${token_dir}/"
     python -m mpq_plugins.bin.make_tokens --text ${datadir}/${train_set}/text \
-        --token_type ${token_type} --nbpe ${nbpe} --outdir ${token_dir}
+        --token_type ${token_type} --nbpe ${nbpe} --output_dir ${token_dir}
 fi
 
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
@@ -155,7 +155,7 @@ train_asr() {
         --valid_shape_file ${stats_dir}/valid/speech_shape --valid_shape_file ${stats_dir}/valid/text_shape.${token_type} \
         --normalize global_mvn --normalize_conf stats_file=${stats_dir}/train/feats_stats.npz \
         --resume true --fold_length 80000 --fold_length 150 ${asr_args} "$@"
-    python -m mpq_plugins.bin.plot_training ${dir}
+    python -m mpq_plugins.bin.plot_training --exp_dir ${dir}
 }
 
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
@@ -175,50 +175,53 @@ pack() {
     ${2:-} python -m mpq_plugins.bin.pack --asr_train_config ${1}/config.yaml \
         --asr_model_file ${1}/${inference_model} --out ${1}/packed.safetensors
 }
+# conf_method <quant conf>: its `method:` line (every quant conf states its own: mpq_plugins/confio.py)
+conf_method() { sed -n 's/^method: *\([a-z_]*\).*/\1/p' "$1"; }
 
-# quantize_system <quant conf> <exp dir>: fine-tune from the float checkpoint and pack, timing every
-# step from the float checkpoint to the packed file (max_epoch 0 in the conf: post-training
-# quantization, no fine-tuning). Two-stage mixed precision first chooses the
-# bits (kl/hessian: sensitivities of the float model; supernet: a Gumbel-softmax search run),
-# then fine-tunes with them fixed; one_stage learns them within its one fine-tuning run.
+# quantize_system <quant conf> <exp dir>: from the float checkpoint to the packed file and the system's
+# record (system.yaml), timing every step into compression_time.json. By the conf's method:
+#   ptq: the float weights quantized, no training; float, qat, one_stage: one fine-tuning run (one_stage
+#   learns its bits in it); kl, hessian: a sensitivity search, then QAT with its bits; supernet: a search
+#   run (the one-stage model for search_steps updates), then QAT from the float model with its bits.
 quantize_system() {
-    local qc=$1 qexp=$2 method steps confs
+    local qc=$1 qexp=$2 method float_model=${asr_exp}/${inference_model}
     local qtime="python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what"
-    read -r method steps <<< "$(python -m mpq_plugins.bin.search_precision --describe ${qc} | tail -n 1)"
-    confs="--conf ${finetune_config} --conf ${qc}"
-    if [ "${method}" = supernet ]; then
-        python -m mpq_plugins.bin.quant_config --base ${asr_config} ${confs} --token_list ${token_dir}/tokens.txt \
-            --set max_epoch=1 --set num_iters_per_epoch=${steps} --out ${qexp}/search/train_config.yaml
-        timer="${qtime} search --" train_asr mpq_plugins.bin.asr_train ${qexp}/search/train_config.yaml \
-            ${qexp}/search --init_param ${asr_exp}/${inference_model}
-    fi
-    case ${method} in kl|hessian|supernet)
+    local compose="python -m mpq_plugins.bin.quant_config --base ${asr_config} --finetune ${finetune_config}
+        --quant_conf ${qc} --token_list ${token_dir}/tokens.txt"
+    method=$(conf_method ${qc})
+    case ${method} in
+    ptq)
+        [ ${qexp}/${inference_model} -nt ${qc} ] && [ ${qexp}/${inference_model} -nt ${float_model} ] ||
+            ${qtime} train -- python -m mpq_plugins.bin.ptq --asr_train_config ${asr_exp}/config.yaml \
+                --asr_model_file ${float_model} --quant_conf ${qc} --out ${qexp}/${inference_model};;
+    float|qat|one_stage)
+        ${compose} --teacher_model ${float_model} --out ${qexp}/train_config.yaml
+        timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} \
+            --init_param ${float_model};;
+    kl|hessian|supernet)
         if [ ! ${qexp}/bits.yaml -nt ${qc} ]; then
+            if [ ${method} = supernet ]; then
+                ${compose} --search_run --teacher_model ${float_model} --out ${qexp}/search/train_config.yaml
+                timer="${qtime} search --" train_asr mpq_plugins.bin.asr_train ${qexp}/search/train_config.yaml \
+                    ${qexp}/search --init_param ${float_model}
+            fi
             ${qtime} search -- python -m mpq_plugins.bin.search_precision --quant_conf ${qc} \
-                --asr_train_config ${asr_exp}/config.yaml --asr_model_file ${asr_exp}/${inference_model} \
-                --data ${datadir}/${valid_set} --supernet ${qexp}/search --out ${qexp}/bits.yaml
+                --asr_train_config ${asr_exp}/config.yaml --asr_model_file ${float_model} \
+                --data ${datadir}/${valid_set} --supernet_dir ${qexp}/search --out ${qexp}/bits.yaml
         fi
-        confs="${confs} --conf ${qexp}/bits.yaml";;
+        ${compose} --bits ${qexp}/bits.yaml --out ${qexp}/train_config.yaml
+        timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} \
+            --init_param ${float_model};;
+    *) echo "$0: ${qc}: method '${method}' is not one of float ptq qat one_stage supernet kl hessian" >&2; exit 1;;
     esac
-    if [ "${method}" = ptq ]; then     # max_epoch 0: the float weights quantized (and the conf checked), no fine-tuning
-        [ ${qexp}/${inference_model} -nt ${qc} ] && [ ${qexp}/${inference_model} -nt ${asr_exp}/${inference_model} ] ||
-            ${qtime} train -- python -m mpq_plugins.bin.ptq \
-            --float_config ${asr_exp}/config.yaml --float_model ${asr_exp}/${inference_model} \
-            --quant_conf ${qc} --out ${qexp}/${inference_model}
-        cp ${qc} ${qexp}/quant_conf.yaml   # what made the system (read by the report)
-        pack ${qexp} "${qtime} pack --"; return
-    fi
-    python -m mpq_plugins.bin.quant_config --base ${asr_config} ${confs} --token_list ${token_dir}/tokens.txt \
-        --out ${qexp}/train_config.yaml
-    cp ${qc} ${qexp}/quant_conf.yaml   # what made the system (read by the report)
-    timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} \
-        --init_param ${asr_exp}/${inference_model}
     pack ${qexp} "${qtime} pack --"
+    python -m mpq_plugins.bin.record_system --exp_dir ${qexp} --quant_conf ${qc} --source_checkpoint ${float_model}
 }
 
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     log 6 "quantize: pack ${asr_exp}; fine-tune from it and pack:${qconfs:- (no --quant_confs)}"
     pack ${asr_exp}
+    python -m mpq_plugins.bin.record_system --exp_dir ${asr_exp} --source_checkpoint ${asr_exp}/${inference_model}
     for qc in ${qconfs}; do
         qexp=${asr_exp}_$(basename ${qc} .yaml)
         log 6 "quantize: ${qc} -> ${qexp}/ (log: ${qexp}/train.log)"
@@ -238,7 +241,7 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
             log 7 "decode: ${d} with ${sys}/packed.safetensors in ${nj} jobs"
             ${root}/local/decode.sh --nj ${nj} --config ${inference_config} --model ${sys}/packed.safetensors \
                 --asr_config ${sys}/config.yaml --data ${datadir}/${d} \
-                --args "${lm_opts} ${inference_args}" --dir ${sys}/${decode_name}/${d}
+                --args "${lm_opts} ${inference_args}" --output_dir ${sys}/${decode_name}/${d}
         done
     done
 fi
@@ -247,7 +250,7 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
     log 8 "score: sclite per system and test set"
     for sys in ${systems}; do
         for d in $(sets_of ${sys}); do
-            python -m mpq_plugins.bin.score --data ${datadir}/${d} --dir ${sys}/${decode_name}/${d}
+            python -m mpq_plugins.bin.score --data ${datadir}/${d} --decode_dir ${sys}/${decode_name}/${d}
         done
     done
 fi

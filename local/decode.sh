@@ -1,28 +1,28 @@
 #!/usr/bin/env bash
 # Decode one data dir with mpq_plugins.bin.asr_inference (ESPnet's beam search, our strict model loader) in nj parallel jobs
 # through ${decode_cmd}.
-#   local/decode.sh --data data/test --dir exp/asr/decode/test --model M.pth --asr_config config.yaml \
+#   local/decode.sh --data data/test --output_dir exp/asr/decode/test --model M.pth --asr_config config.yaml \
 #       --config conf/decode_asr.yaml [--nj 2] [--args "extra options, e.g. --word_lm_file F"]
-# Writes <dir>/text (utt-id hypothesis), <dir>/logdir/ (per-job logs).
+# Writes <output_dir>/text (utt-id hypothesis), <output_dir>/logdir/ (per-job logs).
 set -euo pipefail
-data=""; dir=""; model=""; asr_config=""; config=""; nj=2; args=""
+data=""; output_dir=""; model=""; asr_config=""; config=""; nj=2; args=""
 . "$(dirname "$0")/../utils/parse_options.sh"
 for f in ${data}/wav.scp ${model} ${asr_config} ${config}; do
     [ -f "$f" ] || { echo "$0: missing file $f" >&2; exit 1; }
 done
 : ${decode_cmd:=run.pl}
 export OMP_NUM_THREADS=1   # one thread per job: nj jobs share the cores
-python -m mpq_plugins.bin.validate_data_dir ${data} >/dev/null
+python -m mpq_plugins.bin.validate_data_dir --data ${data} >/dev/null
 n=$(wc -l < ${data}/wav.scp); [ ${nj} -gt ${n} ] && nj=${n}
 # up to date (a complete decode, newer than the model, config and data, with the same options): keep it
 sig="${model} ${config} ${args}"
-if [ -f ${dir}/text ] && [ "$(wc -l < ${dir}/text)" = "${n}" ] && [ "$(cat ${dir}/decode_args 2>/dev/null)" = "${sig}" ] \
-        && [ ${dir}/text -nt ${model} ] && [ ${dir}/text -nt ${config} ] && [ ${dir}/text -nt ${data}/wav.scp ]; then
-    echo "$0: ${dir}/text is up to date (${n} hypotheses); not decoding again"
+if [ -f ${output_dir}/text ] && [ "$(wc -l < ${output_dir}/text)" = "${n}" ] && [ "$(cat ${output_dir}/decode_args 2>/dev/null)" = "${sig}" ] \
+        && [ ${output_dir}/text -nt ${model} ] && [ ${output_dir}/text -nt ${config} ] && [ ${output_dir}/text -nt ${data}/wav.scp ]; then
+    echo "$0: ${output_dir}/text is up to date (${n} hypotheses); not decoding again"
     exit 0
 fi
-logdir=${dir}/logdir
-rm -rf ${logdir} ${dir}/text ${dir}/decode_args && mkdir -p ${logdir}
+logdir=${output_dir}/logdir
+rm -rf ${logdir} ${output_dir}/text ${output_dir}/decode_args && mkdir -p ${logdir}
 # contiguous split of the utterance ids into nj key files
 awk -v nj=${nj} -v n=${n} -v d=${logdir} '{ j = int((NR - 1) * nj / n) + 1; print $1 > (d "/keys." j ".scp") }' ${data}/wav.scp
 ${decode_cmd} JOB=1:${nj} ${logdir}/asr_inference.JOB.log \
@@ -30,7 +30,7 @@ ${decode_cmd} JOB=1:${nj} ${logdir}/asr_inference.JOB.log \
         --data_path_and_name_and_type ${data}/wav.scp,speech,sound --key_file ${logdir}/keys.JOB.scp \
         --asr_train_config ${asr_config} --asr_model_file ${model} \
         --config ${config} --output_dir ${logdir}/output.JOB ${args}
-cat ${logdir}/output.*/1best_recog/text | sort > ${dir}/text.tmp
-mv ${dir}/text.tmp ${dir}/text
-echo "${sig}" > ${dir}/decode_args
-echo "$0: $(wc -l < ${dir}/text) hypotheses in ${dir}/text"
+cat ${logdir}/output.*/1best_recog/text | sort > ${output_dir}/text.tmp
+mv ${output_dir}/text.tmp ${output_dir}/text
+echo "${sig}" > ${output_dir}/decode_args
+echo "$0: $(wc -l < ${output_dir}/text) hypotheses in ${output_dir}/text"

@@ -1,5 +1,35 @@
-"""Reading an ESPnet-style yaml config, without importing ESPnet (light entry points use it too)."""
+"""Reading yaml configs and composing quant confs, without importing ESPnet or torch.
+
+A quant conf (conf/quant/*.yaml) says what stage 6 makes of the float model:
+
+    method: qat            # float | ptq | qat | one_stage | supernet | kl | hessian (METHODS)
+    base: w4.yaml          # optional: the conf this one changes (a path relative to this file)
+    quantization: {...}    # the quantization section (mpq_plugins.quant.config)
+    max_epoch: 1           # any ESPnet training option, for the fine-tuning
+
+`compose` reads a conf with its chain of bases: the base's keys, then the conf's on top, mappings
+merged key by key (a variant is a few lines); `method` must be stated by the conf itself, the first
+thing a reader (and run.sh) looks at.
+"""
+import os
+
 import yaml
+
+METHODS = {
+    "float": "no quantization: the float model fine-tuned like the others (the control)",
+    "ptq": "post-training quantization: the float weights at their MSE-optimal steps, no fine-tuning",
+    "qat": "quantization-aware fine-tuning at the bit-widths of the quantization section",
+    "one_stage": "one-stage mixed precision: bit-widths learnt and weights fine-tuned in one run",
+    "supernet": "two-stage: a Gumbel-softmax supernet chooses the bit-widths, then QAT from the float model",
+    "kl": "two-stage: KL sensitivities of the float model choose the bit-widths, then QAT",
+    "hessian": "two-stage: Hessian-trace sensitivities of the float model choose the bit-widths, then QAT",
+}
+MIXED = ("one_stage", "supernet", "kl", "hessian")   # the methods with a mixed_precision part
+RECIPE_KEYS = ("method", "base")                     # keys of a quant conf that are not training options
+
+
+class ConfError(ValueError):
+    pass
 
 
 def read_config(path):
@@ -7,12 +37,58 @@ def read_config(path):
         with open(path, encoding="utf-8") as f:
             conf = yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read model config {path}: {e}") from None
+        raise ConfError(f"cannot read config {path}: {e}") from None
+    if conf is None:
+        return {}
     if not isinstance(conf, dict):
-        raise ValueError(f"{path}: not an ESPnet config (expected a mapping)")
+        raise ConfError(f"{path}: not a config (expected a mapping)")
     return conf
 
 
-def is_post_training(conf):
-    """A quant conf with `max_epoch: 0`: no fine-tuning, the float weights quantized (mpq_plugins.bin.ptq)."""
-    return conf.get("max_epoch") == 0
+def merge(base, top):
+    """top laid over base: mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def compose(path, _seen=()):
+    """The quant conf at path with its bases laid under it (its `base` key removed), checked:
+    a known method, stated by the conf itself, and a mixed_precision part exactly for the MIXED methods."""
+    conf = read_config(path)
+    real = os.path.realpath(path)
+    if real in _seen:
+        raise ConfError(f"{path}: base confs form a loop ({' -> '.join(_seen + (real,))})")
+    base = conf.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfError(f"{path}: base must be a path to another quant conf, got {base!r}")
+        base_path = os.path.join(os.path.dirname(path), base)
+        if not os.path.isfile(base_path):
+            raise ConfError(f"{path}: base {base}: no such file ({base_path})")
+        under = compose(base_path, _seen + (real,))
+        under.pop("method", None)
+        conf = merge(under, conf)
+    if _seen:
+        return conf
+    method = conf.get("method")
+    if method not in METHODS:
+        raise ConfError(f"{path}: method {method!r} is not one of {', '.join(METHODS)} "
+                        "(every quant conf states its method)")
+    quant = conf.get("quantization") or {}
+    if not isinstance(quant, dict):
+        raise ConfError(f"{path}: quantization must be a mapping")
+    if method == "float" and quant:
+        raise ConfError(f"{path}: method float trains without quantization; remove the quantization section")
+    if method != "float" and not quant:
+        raise ConfError(f"{path}: method {method} needs a quantization section")
+    if (method in MIXED) != ("mixed_precision" in quant):
+        raise ConfError(f"{path}: method {method} " + ("needs a quantization: mixed_precision part" if method in MIXED
+                                                      else "takes fixed bit-widths, not a mixed_precision part"))
+    return conf
+
+
+def training_options(conf):
+    """The ESPnet training options of a composed quant conf (without method and base)."""
+    return {k: v for k, v in conf.items() if k not in RECIPE_KEYS}

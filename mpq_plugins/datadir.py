@@ -3,6 +3,7 @@
 Every problem is reported as one line naming the file (and line) and what is wrong.
 """
 import os
+import re
 import shutil
 
 
@@ -10,20 +11,31 @@ class DataDirError(Exception):
     pass
 
 
-def read_table(path):
-    """Read "key value..." lines into a list of (key, value, line_no); strict UTF-8."""
-    rows = []
+_KEY_VALUE = re.compile(r"([^ \t]*)[ \t]?(.*)", re.S)  # key, one space or tab, value
+
+
+def read_lines(path):
+    """Yield (line, line_no) of a text file, newline removed; strict UTF-8, so a stray byte is an
+    error naming file:line instead of a UnicodeDecodeError (or, worse, a silently replaced character)."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataDirError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start})")
-            line = line.rstrip("\n")
-            if not line.strip():
-                raise DataDirError(f"{path}:{n}: empty line")
-            key, _, value = line.partition(" ")
-            rows.append((key, value.strip(), n))
+                raise DataDirError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            yield line.rstrip("\n"), n
+
+
+def read_table(path):
+    """Read "key value..." lines into a list of (key, value, line_no); strict UTF-8.
+
+    The key ends at the first space or tab (Kaldi's rule); the value is the rest, stripped."""
+    rows = []
+    for line, n in read_lines(path):
+        if not line.strip():
+            raise DataDirError(f"{path}:{n}: empty line")
+        key, value = _KEY_VALUE.fullmatch(line).groups()
+        rows.append((key, value.strip(), n))
     return rows
 
 

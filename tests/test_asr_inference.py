@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from mpq_plugins.bin.asr_inference import read_decode_config
+from mpq_plugins.espnet.decoding import read_decode_config
 
 
 def test_defaults_and_types(tmp_path):
@@ -20,7 +20,7 @@ def test_defaults_and_types(tmp_path):
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, message):
     (tmp_path / "d.yaml").write_text(text)
-    with pytest.raises(SystemExit, match="d.yaml") as e:
+    with pytest.raises(ValueError, match="d.yaml") as e:
         read_decode_config(tmp_path / "d.yaml")
     assert message in str(e.value)
 

@@ -1,4 +1,5 @@
-"""The synthetic corpus: text normalisation, speaker design, synthesis and resume."""
+"""The synthetic corpus (the default recipe's local/make_corpus.py and the modules beside it): text
+normalisation, speaker design, synthesis and resume."""
 import os
 import shutil
 import subprocess
@@ -7,9 +8,14 @@ import wave
 
 import pytest
 
-from mpq_plugins.corpus import speakers as spk
-from mpq_plugins.corpus.text import normalise, sentence_pool
 from tests.conftest import ROOT
+
+LOCAL = os.path.join(ROOT, "local")
+MAKE_CORPUS = os.path.join(LOCAL, "make_corpus.py")
+if LOCAL not in sys.path:
+    sys.path.insert(0, LOCAL)  # recipe code, not part of mpq_plugins: imported the way make_corpus.py does
+import corpus_speakers as spk  # noqa: E402
+from corpus_text import normalise, sentence_pool  # noqa: E402
 
 HAVE_TTS = all(shutil.which(t) for t in ("espeak-ng", "flite", "festival", "sox"))
 
@@ -67,10 +73,11 @@ def test_allocation_weights_engines():
 
 @pytest.mark.skipif(not HAVE_TTS, reason="Debian TTS tools not installed")
 def test_make_corpus_small_and_resume(tmp_path):
-    cmd = [sys.executable, "-m", "mpq_plugins.bin.make_corpus", "--datadir", str(tmp_path / "data"),
+    cmd = [sys.executable, MAKE_CORPUS, "--datadir", str(tmp_path / "data"),
            "--wavdir", str(tmp_path / "wav"), "--n_train", "20", "--n_dev", "8", "--n_test", "8",
            "--n_unseen", "8", "--chunk", "5"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))  # as local/data.sh
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     texts = {}
     for name in ("train", "dev", "test", "test_unseen_voice"):
@@ -85,7 +92,7 @@ def test_make_corpus_small_and_resume(tmp_path):
         assert w.getnframes() > 16000 * 0.5
     # a killed run is resumed: only the missing audio is made again
     os.remove(first_wav)
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "(1 new)" in r.stdout
     assert os.path.exists(first_wav)
@@ -108,7 +115,7 @@ def test_other_training_layouts_keep_the_held_out_speakers():
 
 
 def test_missing_tts_tool_is_one_clear_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "mpq_plugins.bin.make_corpus", "--datadir", str(tmp_path / "d")],
+    r = subprocess.run([sys.executable, MAKE_CORPUS, "--datadir", str(tmp_path / "d")],
                        cwd=ROOT, capture_output=True, text=True, env={"PATH": str(tmp_path), "PYTHONPATH": ROOT})
     assert r.returncode != 0
     assert "missing Debian tools: espeak-ng flite festival sox" in r.stderr

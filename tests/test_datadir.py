@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from mpq_plugins.datadir import DataDirError, validate_datadir, write_datadir
+from mpq_plugins.datadir import DataDirError, read_table, validate_datadir, write_datadir
 from tests.conftest import ROOT
 
 
@@ -80,8 +80,20 @@ def test_unsorted_and_speaker_prefix(tmp_path):
 def test_cli_exit_code(tmp_path):
     d = make_dir(tmp_path)
     os.remove(tmp_path / "a_0.wav")
-    r = subprocess.run([sys.executable, "-m", "mpq_plugins.bin.validate_data_dir", str(d)],
+    r = subprocess.run([sys.executable, "-m", "mpq_plugins.bin.validate_data_dir", "--data", str(d)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0
     assert "a_0.wav does not exist" in r.stderr
     assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "mpq_plugins.bin.validate_data_dir", "--data", str(d), "--no_audio"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and f"{d}: 3 utterances OK" in r.stdout, r.stderr
+
+
+def test_read_table(tmp_path):
+    f = tmp_path / "t"
+    f.write_text("a b  c \nk\tv w\nx\n")
+    assert read_table(str(f)) == [("a", "b  c", 1), ("k", "v w", 2), ("x", "", 3)]  # tab ends the key too
+    f.write_text("a b\n\nc d\n")
+    with pytest.raises(DataDirError, match="t:2: empty line"):
+        read_table(str(f))

@@ -1,26 +1,30 @@
 """Mixed precision learnt in training (one-stage MPQ and the differentiable search) on a real tiny
-ESPnet Conformer: the allocation is fixed within the budget, the model packs and decodes from its
-packed file, the same seed gives the same allocation, and bad configs fail before training."""
+ESPnet Conformer: schedules in optimizer updates, the allocation fixed within the budget, a finished
+run finalized into plain quantized checkpoints that pack and decode like the trained model, the same
+seed gives the same allocation, and bad configs fail before training."""
 import argparse
+import json
+import os
 
 import pytest
 import torch
+import yaml
 
-from mpq_plugins.espnet_task import MixedPrecisionASR, QuantASRTask
+from mpq_plugins.espnet.load import load_asr_model, load_packed, pack_asr_model
+from mpq_plugins.espnet.model import MixedPrecisionESPnetModel
+from mpq_plugins.espnet.task import QuantASRTask, finalize_run
 from mpq_plugins.quant import QuantConfigError, quantized_modules
-from mpq_plugins.quant.export import export_packed, load_packed
-from mpq_plugins.quant.mpq import (MixedWeightQuantizer, finalize, fixed_bytes, is_searching, mixed_quantizers,
-                                   numels, with_fixed_bits)
-from mpq_plugins.quant.search import average_bits
+from mpq_plugins.quant.allocation import average_bits
+from mpq_plugins.quant.mixed import MixedWeightQuantizer, is_searching, mixed_quantizers, numels
+from mpq_plugins.quant.packing import fixed_bytes
 from tests.fixtures import tiny_asr_conf, tiny_asr_model
 
-MPQ = {"method": "one_stage", "candidates": [2, 4, 8], "budget": {"avg_bits": 3.0}, "search_steps": 3,
-       "tau": [1.0, 0.2], "kl_weight": 1.0}
+MPQ = {"candidates": [2, 4, 8], "budget": {"avg_bits": 3.0}, "search_steps": 3, "tau": [1.0, 0.2], "kl_weight": 1.0}
 
 
-def build(quant, init_param=None, seed=0):
+def build(quant, teacher=None, seed=0):
     conf = tiny_asr_conf()
-    conf.update(quantization=quant, init_param=[init_param] if init_param else [])
+    conf.update(quantization=quant, teacher_model=teacher, model="mpq_espnet" if "mixed_precision" in quant else "espnet")
     torch.manual_seed(seed)
     return QuantASRTask.build_model(argparse.Namespace(**conf)), conf
 
@@ -38,7 +42,7 @@ def fp32_file(tmp_path_factory):
     return str(path)
 
 
-def train(fp32_file, mpq=MPQ, steps=5, seed=0):
+def train(fp32_file, mpq=MPQ, steps=5, seed=0, accum_grad=1):
     model, conf = build({"weight_bits": 4, "mixed_precision": mpq}, fp32_file, seed)
     model.load_state_dict(torch.load(fp32_file, weights_only=True), strict=False)   # as --init_param does
     args = argparse.Namespace(**conf)
@@ -49,16 +53,17 @@ def train(fp32_file, mpq=MPQ, steps=5, seed=0):
     stats = []
     for _ in range(steps):
         opt.zero_grad()
-        loss, st, _ = model(*batch())
-        loss.backward()
+        for _ in range(accum_grad):       # as ESPnet's trainer accumulates: one update every accum_grad batches
+            loss, st, _ = model(*batch())
+            loss.backward()
+            stats.append(st)
         opt.step()
-        stats.append(st)
     return model, conf, opt, stats
 
 
-def test_one_stage_fixes_an_allocation_within_budget_and_packs(fp32_file, tmp_path):
+def test_one_stage_fixes_an_allocation_within_budget(fp32_file):
     model, conf, opt, stats = train(fp32_file)
-    assert isinstance(model, MixedPrecisionASR) and int(model.mpq_steps) == 5
+    assert isinstance(model, MixedPrecisionESPnetModel) and int(model.mpq_updates) == 5
     assert not is_searching(model)
     mq = mixed_quantizers(model)
     assert set(mq) == set(quantized_modules(model))
@@ -69,20 +74,65 @@ def test_one_stage_fixes_an_allocation_within_budget_and_packs(fp32_file, tmp_pa
     assert stats[-1]["mpq_tau"] == pytest.approx(0.2)
     lrs = sorted({g["lr"] for g in opt.param_groups})
     assert lrs == [1e-3, 0.05]                                # the logits: their own rate (logit_lr)
-    # finalize to plain quantized layers, pack, and decode the same from the packed file
+    assert "teacher" not in "".join(model.state_dict())      # the teacher is not part of the model
+
+
+def test_schedules_count_optimizer_updates_not_batches(fp32_file):
+    model, _, _, stats = train(fp32_file, steps=2, accum_grad=2)
+    assert int(model.mpq_updates) == 2 and is_searching(model)        # 4 batches, 2 updates: not fixed yet
+    assert [float(st["mpq_tau"]) for st in stats[::2]] == pytest.approx([1.0, 0.2 ** (1 / 3)])
+    model, *_ = train(fp32_file, steps=3, accum_grad=2)
+    assert not is_searching(model)                                      # fixed after the 3rd update
+
+
+def write_run(model, conf, d):
+    """A finished run's output dir as ESPnet's trainer leaves it (1 epoch, keep_nbest_models 1)."""
+    torch.save(model.state_dict(), d / "1epoch.pth")
+    for link, target in (("latest.pth", "1epoch.pth"), ("valid.acc.best.pth", "1epoch.pth"),
+                         ("valid.acc.ave_1best.pth", "1epoch.pth"), ("valid.acc.ave.pth", "valid.acc.ave_1best.pth")):
+        os.symlink(target, d / link)
+    with open(d / "config.yaml", "w") as f:
+        yaml.safe_dump(conf, f)
+    args = argparse.Namespace(**conf)
+    args.output_dir = str(d)
+    return args
+
+
+def test_a_finished_run_is_finalized_into_plain_checkpoints_that_pack_and_decode_the_same(fp32_file, tmp_path):
+    model, conf, _, _ = train(fp32_file)
+    bits = {k: q.bits for k, q in mixed_quantizers(model).items()}
     model.eval()
     with torch.no_grad():
         want = model.encode(*batch()[:2])[0]
-    assert finalize(model) == bits
-    assert not any(isinstance(m, MixedWeightQuantizer) for m in model.modules())
-    conf = dict(conf, quantization=with_fixed_bits(conf["quantization"], bits))
-    path = tmp_path / "packed.safetensors"
-    report = export_packed(model, conf, path)
+    args = write_run(model, conf, tmp_path)
+    epoch = (tmp_path / "1epoch.pth").read_bytes()
+    finalize_run(QuantASRTask, args)
+    assert (tmp_path / "1epoch.pth").read_bytes() == epoch                     # resumption's files as trained
+    assert os.path.islink(tmp_path / "latest.pth") and os.path.islink(tmp_path / "valid.acc.ave.pth")
+    assert not os.path.islink(tmp_path / "valid.acc.ave_1best.pth")            # a finalized file of its own
+    final = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert final["model"] == "espnet" and "mixed_precision" not in final["quantization"]
+    record = json.loads((tmp_path / "mixed_precision.json").read_text())
+    assert record["bits"] == bits and record["updates"] == 5 and record["avg_bits"] <= 3.0
+    plain, _ = load_asr_model(tmp_path / "config.yaml", tmp_path / "valid.acc.ave.pth")   # strict
+    assert not any(isinstance(m, MixedWeightQuantizer) for m in plain.modules())
+    assert not any(k.startswith("mpq_") for k in plain.state_dict())
+    with torch.no_grad():
+        assert torch.equal(plain.encode(*batch()[:2])[0], want)
+    report = pack_asr_model(plain, final, tmp_path / "packed.safetensors")
     assert report["bits_per_layer"] == bits
-    assert report["disk_bytes"] <= fixed_bytes(model) + sum(-(-numels(model, bits)[k] * b // 8) for k, b in bits.items())
-    packed, _ = load_packed(path)
+    assert report["disk_bytes"] <= fixed_bytes(plain) + sum(-(-numels(plain, bits)[k] * b // 8) for k, b in bits.items())
+    packed, _ = load_packed(tmp_path / "packed.safetensors")
     with torch.no_grad():
         assert torch.equal(packed.encode(*batch()[:2])[0], want)
+    finalize_run(QuantASRTask, args)                                            # a rerun: nothing left to do
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == final
+
+
+def test_a_run_that_ends_before_the_fix_is_one_clear_error(fp32_file, tmp_path):
+    model, conf, _, _ = train(fp32_file, dict(MPQ, search_steps=50), steps=2)
+    with pytest.raises(QuantConfigError, match="ended after 2 optimizer updates, before mixed_precision search_steps 50"):
+        finalize_run(QuantASRTask, write_run(model, conf, tmp_path))
 
 
 def test_teacher_only_while_searching_when_kl_after_fix_is_off(fp32_file):
@@ -121,22 +171,23 @@ def test_same_seed_same_allocation(fp32_file):
     assert None not in a.values() and a == b                     # fixed (search_steps 3) and identical
 
 
-def test_supernet_keeps_searching_and_size_budget(fp32_file):
-    mpq = dict(MPQ, method="supernet", budget={"size_mb": 0.2}, search_steps=50, kl_weight=0.0)
+def test_size_budget_searches(fp32_file):
+    mpq = dict(MPQ, budget={"size_mb": 0.2}, search_steps=50, kl_weight=0.0)
     model, *_ = train(fp32_file, mpq, steps=3)
-    assert is_searching(model)                      # the supernet's bits are chosen after it, not in it
+    assert is_searching(model) and model.budget_bits > 2
 
 
 def test_size_weight_grows_while_above_the_budget_and_is_kept_in_checkpoints(fp32_file):
-    mpq = dict(MPQ, method="supernet", search_steps=50, kl_weight=0.0, size_weight_lr=100.0)
+    mpq = dict(MPQ, search_steps=50, kl_weight=0.0, size_weight_lr=100.0)
     model, conf, _, stats = train(fp32_file, mpq, steps=3)
     sw = [float(st["mpq_size_weight"]) for st in stats]
     bits = [float(st["mpq_bits"]) for st in stats]
-    assert sw[0] == pytest.approx(20.0 + 100.0 * (bits[0] - 3.0), rel=1e-5)   # (2+4+8)/3 bits at the start
-    assert sw[0] < sw[1] < sw[2]
+    assert sw[0] == 20.0                                                       # raised after each update:
+    assert sw[1] == pytest.approx(20.0 + 100.0 * (bits[0] - 3.0), rel=1e-5)   # (2+4+8)/3 bits at the start
+    assert sw[0] < sw[1] < sw[2] < float(model.mpq_size_weight)
     fresh, _ = build({"weight_bits": 4, "mixed_precision": mpq}, fp32_file)
     fresh.load_state_dict(model.state_dict())                      # strict: the weight is a checkpointed buffer
-    assert float(fresh.mpq_size_weight) == pytest.approx(sw[2])
+    assert float(fresh.mpq_size_weight) == float(model.mpq_size_weight)
     plain, _ = build({"weight_bits": 4, "mixed_precision": MPQ}, fp32_file)
     assert "mpq_size_weight" not in plain.state_dict()             # off by default: older checkpoints still load
 
@@ -148,8 +199,7 @@ def test_size_weight_grows_while_above_the_budget_and_is_kept_in_checkpoints(fp3
     (dict(MPQ, budget={"avg_bits": 40}), "above 32 bits"),
     (dict(MPQ, budget={"size_mb": 0.0001}), "below what the smallest candidates allow"),
     (dict(MPQ, budget=None), "budget is missing"),
-    (dict(MPQ, method="magic"), "method 'magic'"),
-    (dict(MPQ, method="kl"), "chooses the bits before training"),
+    (dict(MPQ, method="kl"), "unknown key"),
     (dict(MPQ, temperature=1), "unknown key"),
     (dict(MPQ, size_weight_lr=-1), "size_weight_lr"),
     (dict(MPQ, kl_after_fix="no"), "kl_after_fix"),
@@ -157,3 +207,15 @@ def test_size_weight_grows_while_above_the_budget_and_is_kept_in_checkpoints(fp3
 def test_bad_mixed_precision_configs_fail_before_training(fp32_file, mpq, message):
     with pytest.raises(QuantConfigError, match=message):
         build({"weight_bits": 4, "mixed_precision": mpq}, fp32_file)
+
+
+def test_the_mixed_model_and_a_mixed_precision_part_go_together(fp32_file):
+    conf = tiny_asr_conf()
+    conf.update(quantization={"weight_bits": 4, "mixed_precision": MPQ}, teacher_model=fp32_file)   # model: espnet
+    with pytest.raises(QuantConfigError, match="mpq_espnet"):
+        QuantASRTask.build_model(argparse.Namespace(**conf))
+    conf.update(quantization={"weight_bits": 4}, model="mpq_espnet")
+    with pytest.raises(QuantConfigError, match="mpq_espnet"):
+        QuantASRTask.build_model(argparse.Namespace(**conf))
+    with pytest.raises(QuantConfigError, match="--teacher_model"):
+        build({"weight_bits": 4, "mixed_precision": MPQ})                  # kl_weight 1 and no teacher

@@ -1,4 +1,4 @@
-"""mpq_plugins.bin.prep_librispeech and egs/librispeech_100/local/data.sh on a tiny fixture."""
+"""egs/librispeech_100/local/prep_librispeech.py and the data.sh that runs it, on a tiny fixture."""
 import glob
 import os
 import shutil
@@ -15,15 +15,17 @@ except ImportError:  # run with tests/ itself on sys.path
 from mpq_plugins.datadir import validate_datadir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREP = os.path.join(REPO, "egs", "librispeech_100", "local", "prep_librispeech.py")
 SETS = ("train-clean-100", "dev-clean")
 ALL_SETS = ("train-clean-100", "dev-clean", "dev-other", "test-clean", "test-other")
 
 
 def prep(corpus, datadir, sets=SETS):
+    # run as the recipe runs it: the script by path, mpq_plugins from the repository root on PYTHONPATH
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(
-        [sys.executable, "-m", "mpq_plugins.bin.prep_librispeech", "--corpus", str(corpus),
-         "--sets", ",".join(sets), "--datadir", str(datadir)],
-        cwd=REPO, capture_output=True, text=True, timeout=60)
+        [sys.executable, PREP, "--corpus", str(corpus), "--sets", ",".join(sets), "--datadir", str(datadir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
 
 
 def read(path):

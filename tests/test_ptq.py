@@ -1,17 +1,16 @@
-"""Post-training quantization (mpq_plugins.bin.ptq, quant confs with max_epoch 0) on a real tiny
+"""Post-training quantization (mpq_plugins.bin.ptq, quant confs with method: ptq) on a real tiny
 ESPnet model: the checkpoint it writes rebuilds strictly from the config beside it, holds the float
 weights and the MSE-optimal steps, and bad input is one clear error with nothing written."""
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
 from mpq_plugins.bin import ptq
-from mpq_plugins.bin.results import method_of
-from mpq_plugins.espnet_task import load_asr_model
+from mpq_plugins.espnet.load import load_asr_model
+from mpq_plugins.espnet.system import describe
 from mpq_plugins.quant import quantized_modules
 from mpq_plugins.quant.numerics import fake_quant, mse_step
 from tests.fixtures import tiny_asr_conf, tiny_asr_model
@@ -37,9 +36,9 @@ def write(path, conf):
 
 def test_ptq_checkpoint_rebuilds_strictly_and_holds_the_mse_steps(float_exp, tmp_path):
     d, fmodel = float_exp
-    qc = write(tmp_path / "w4_ptq.yaml", {"max_epoch": 0, "quantization": {"weight_bits": 4}})
+    qc = write(tmp_path / "w4_ptq.yaml", {"method": "ptq", "quantization": {"weight_bits": 4}})
     out = tmp_path / "sys" / "valid.acc.ave.pth"
-    ptq.main(["--float_config", str(d / "config.yaml"), "--float_model", str(d / "model.pth"),
+    ptq.main(["--asr_train_config", str(d / "config.yaml"), "--asr_model_file", str(d / "model.pth"),
               "--quant_conf", qc, "--out", str(out)])
     model, conf = load_asr_model(str(out.parent / "config.yaml"), str(out))   # strict: every tensor there
     assert conf["quantization"] == {"weight_bits": 4}
@@ -61,36 +60,38 @@ def test_ptq_bad_input_is_one_error_and_writes_nothing(float_exp, tmp_path):
     state = other.state_dict()
     state.pop(next(iter(state)))
     torch.save(state, tmp_path / "short.pth")
-    qc = write(tmp_path / "w8_ptq.yaml", {"max_epoch": 0, "quantization": {"weight_bits": 8}})
+    qc = write(tmp_path / "w8_ptq.yaml", {"method": "ptq", "quantization": {"weight_bits": 8}})
     cases = [
         (str(tmp_path / "short.pth"), qc, "does not fit"),
-        (str(d / "model.pth"), write(tmp_path / "w9.yaml", {"max_epoch": 0, "quantization": {"weight_bits": 9}}),
+        (str(d / "model.pth"), write(tmp_path / "w9.yaml", {"method": "ptq", "quantization": {"weight_bits": 9}}),
          "weight_bits"),
-        (str(d / "model.pth"), write(tmp_path / "mixed.yaml", {"max_epoch": 0, "quantization": {
-            "mixed_precision": {"method": "kl", "budget": {"avg_bits": 3}}}}), "fixed bit-widths"),
-        (str(d / "model.pth"), write(tmp_path / "a8.yaml", {"max_epoch": 0, "quantization": {"act_bits": 8}}),
+        (str(d / "model.pth"), write(tmp_path / "mixed.yaml", {"method": "ptq", "quantization": {
+            "mixed_precision": {"budget": {"avg_bits": 3}}}}), "fixed bit-widths"),
+        (str(d / "model.pth"), write(tmp_path / "qat.yaml", {"method": "qat", "quantization": {"weight_bits": 8}}),
+         "not ptq"),
+        (str(d / "model.pth"), write(tmp_path / "a8.yaml", {"method": "ptq", "quantization": {"act_bits": 8}}),
          "calibration"),
     ]
     for model_file, conf, message in cases:
         with pytest.raises(SystemExit) as e:
-            ptq.main(["--float_config", str(d / "config.yaml"), "--float_model", model_file,
+            ptq.main(["--asr_train_config", str(d / "config.yaml"), "--asr_model_file", model_file,
                       "--quant_conf", conf, "--out", str(out)])
         assert message in str(e.value)
         assert not out.parent.exists() or not os.listdir(out.parent)
 
 
-def describe(conf):
-    return subprocess.run([sys.executable, "-m", "mpq_plugins.bin.search_precision", "--describe", conf],
-                          cwd=ROOT, capture_output=True, text=True)
+def conf_method(conf):
+    """What run.sh reads of a quant conf (its conf_method function)."""
+    return subprocess.run(["bash", "-c", f"sed -n 's/^method: *\\([a-z_]*\\).*/\\1/p' {conf}"],
+                          capture_output=True, text=True).stdout.strip()
 
 
-def test_run_sh_is_told_which_confs_are_post_training(tmp_path):
-    r = describe(os.path.join(ROOT, "conf", "quant", "w8_ptq.yaml"))
-    assert r.returncode == 0 and r.stdout.split() == ["ptq", "0"]
-    assert describe(os.path.join(ROOT, "conf", "quant", "w8.yaml")).stdout.split() == ["none", "0"]
-    bad = write(tmp_path / "x.yaml", {"max_epoch": 0, "quantization": {"mixed_precision": {
-        "method": "kl", "budget": {"avg_bits": 3}}}})
-    r = describe(bad)
-    assert r.returncode != 0 and "max_epoch 0" in r.stderr
-    assert method_of({"weight_bits": 8}, False, None, ptq=True) == "uniform PTQ, weights"
-    assert method_of({"weight_bits": 8}, False) == "uniform QAT, weights"
+def test_run_sh_reads_the_method_from_the_conf_itself():
+    assert conf_method(os.path.join(ROOT, "conf", "quant", "w8_ptq.yaml")) == "ptq"
+    assert conf_method(os.path.join(ROOT, "conf", "quant", "w8.yaml")) == "qat"
+    assert conf_method(os.path.join(ROOT, "conf", "quant", "mpq_one_stage_2p5bit.yaml")) == "one_stage"
+    with open(os.path.join(ROOT, "run.sh")) as f:
+        assert "conf_method() { sed -n 's/^method: *\\([a-z_]*\\).*/\\1/p' \"$1\"; }" in f.read()
+    assert describe("ptq", {"weight_bits": 8}) == "uniform PTQ, weights"
+    assert describe("qat", {"weight_bits": 8}) == "uniform QAT, weights"
+    assert describe("qat", {"weight_bits": 8, "act_bits": 8, "bits": {"x": 4}}) == "mixed QAT, weights and activations"

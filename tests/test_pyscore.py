@@ -1,4 +1,4 @@
-"""mpq_plugins.pyscore, the pure-Python sclite / sc_stats: hand-worked cases, then agreement with
+"""mpq_plugins.eval.pyscore, the pure-Python sclite / sc_stats: hand-worked cases, then agreement with
 the real SCTK on the same inputs (skipped when SCTK is not installed)."""
 import math
 import os
@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
-from mpq_plugins import pyscore, scoring
-from mpq_plugins.scoring import ScoringError, parse_sum_avg, score_dir
+from mpq_plugins.eval import pyscore, scoring, sctk
+from mpq_plugins.eval.scoring import parse_sum_avg, score_dir
+from mpq_plugins.eval.sctk import ScoringError
 
 HAVE_SCTK = all(shutil.which(t) or os.path.exists(f"/usr/lib/sctk/bin/{t}") for t in ("sclite", "sc_stats"))
 needs_sctk = pytest.mark.skipif(not HAVE_SCTK, reason="SCTK (sclite, sc_stats) not installed: "
@@ -65,9 +66,9 @@ def write_set(tmp_path, ref, hyps):
     """Write ref.trn and one trn per system (name -> {utt: words}), as strings or lists."""
     def words(v):
         return v.split() if isinstance(v, str) else v
-    pyscore.write_trn(str(tmp_path / "ref.trn"), {u: words(v) for u, v in ref.items()})
+    sctk.write_trn(str(tmp_path / "ref.trn"), {u: words(v) for u, v in ref.items()})
     for name, hyp in hyps.items():
-        pyscore.write_trn(str(tmp_path / f"{name}.trn"), {u: words(v) for u, v in hyp.items()})
+        sctk.write_trn(str(tmp_path / f"{name}.trn"), {u: words(v) for u, v in hyp.items()})
 
 
 def test_counts_and_mapsswe_by_hand(tmp_path):
@@ -100,7 +101,7 @@ def test_mismatched_systems_are_refused(tmp_path):
     other = dict(a, **{"s2-u3": pyscore.align(["q"], ["q"])})
     with pytest.raises(ScoringError, match="different reference words"):
         pyscore.mapsswe(a, other)
-    pyscore.write_trn(str(tmp_path / "x.trn"), {"s9-u9": ["who"]})
+    sctk.write_trn(str(tmp_path / "x.trn"), {"s9-u9": ["who"]})
     with pytest.raises(ScoringError, match="not in"):
         pyscore.align_trn(str(tmp_path / "ref.trn"), str(tmp_path / "x.trn"))
 
@@ -110,9 +111,9 @@ def test_rounding_and_reading_like_sclite(tmp_path):
     assert pyscore.sclite_round(pyscore.sclite_pct(7, 80)) == 8.8
     assert pyscore.sclite_round(pyscore.sclite_pct(0, 5)) == 0.0
     (tmp_path / "x.trn").write_text("DON'T Stop\tNow (SPK_A-Utt1)\n\n;; a comment\n (spk_a-u2)\n")
-    assert pyscore.read_trn(str(tmp_path / "x.trn")) == {"spk_a-utt1": ["don't", "stop", "now"],
-                                                         "spk_a-u2": []}
-    assert pyscore.speaker_of("spk_a-utt1") == "spk_a" and pyscore.speaker_of("spk_b") == "spk"
+    assert sctk.read_trn(str(tmp_path / "x.trn")) == {"spk_a-utt1": ["don't", "stop", "now"],
+                                                      "spk_a-u2": []}
+    assert sctk.speaker_of("spk_a-utt1") == "spk_a" and sctk.speaker_of("spk_b") == "spk"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def random_set(seed, n=40):
 
 
 def sclite(d, hyp, *outputs):
-    tool = scoring.find_tool("sclite")
+    tool = sctk.find_tool("sclite")
     r = subprocess.run([tool, "-r", "ref.trn", "trn", "-h", hyp, "trn", "-i", "rm", "-o", *outputs,
                         "-O", "."], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert r.returncode == 0, r.stderr.decode()

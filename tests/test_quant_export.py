@@ -9,10 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpq_plugins.espnet_task import load_asr_model
+from mpq_plugins.espnet.decoding import DECODE_OPTIONS, Recognizer
+from mpq_plugins.espnet.groups import CONFORMER
+from mpq_plugins.espnet.load import load_asr_model, load_packed, model_config, pack_asr_model
 from mpq_plugins.quant import quantize_
-from mpq_plugins.quant.export import (PackedFileError, export_packed, load_packed, model_config, pack_bits,
-                                      unpack_bits)
+from mpq_plugins.quant.packing import PackedFileError, pack_bits, unpack_bits
 from tests.fixtures import tiny_asr_conf, tiny_asr_model
 
 
@@ -33,7 +34,7 @@ def test_unpack_rejects_wrong_length():
 
 def quantized_tiny(bits_map, act_bits=None):
     model = tiny_asr_model()
-    quantize_(model, {"weight_bits": 4, "act_bits": act_bits, "bits": bits_map})
+    quantize_(model, {"weight_bits": 4, "act_bits": act_bits, "bits": bits_map}, CONFORMER)
     model.eval()
     return model
 
@@ -59,7 +60,7 @@ def test_packed_model_is_the_fake_quantized_model(tmp_path, act_bits):
     forward_all(model)                                   # steps initialised (lazily) before packing
     conf = conf_of(model)
     conf["quantization"] = {"weight_bits": 4, "act_bits": act_bits, "bits": bits}
-    report = export_packed(model, conf, tmp_path / "m.safetensors")
+    report = pack_asr_model(model, conf, tmp_path / "m.safetensors")
     back, _ = load_packed(tmp_path / "m.safetensors")
     for a, b in zip(forward_all(model), forward_all(back)):
         assert torch.equal(a, b)
@@ -72,11 +73,11 @@ def test_sizes_follow_the_bit_widths(tmp_path):
     sizes = {}
     for b in (2, 3, 4, 6, 8):
         model = tiny_asr_model()
-        quantize_(model, {"weight_bits": b})
+        quantize_(model, {"weight_bits": b}, CONFORMER)
         forward_all(model)
         conf = conf_of(model)
         conf["quantization"] = {"weight_bits": b}
-        sizes[b] = export_packed(model, conf, tmp_path / f"w{b}.safetensors")
+        sizes[b] = pack_asr_model(model, conf, tmp_path / f"w{b}.safetensors")
     nq = sum(m.weight.numel() for m in model.modules() if hasattr(m, "weight_quantizer"))
     for b in (2, 3, 4, 6):     # each extra bit a weight costs nq/8 bytes, give or take byte rounding per layer
         extra = sizes[8]["accounted_bytes"] - sizes[b]["accounted_bytes"]
@@ -89,7 +90,7 @@ def test_damaged_files_are_one_clear_error(tmp_path):
     forward_all(model)
     conf = conf_of(model)
     conf["quantization"] = {"weight_bits": 4}
-    export_packed(model, conf, tmp_path / "m.safetensors")
+    pack_asr_model(model, conf, tmp_path / "m.safetensors")
     data = (tmp_path / "m.safetensors").read_bytes()
     (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(PackedFileError, match="trunc.safetensors"):
@@ -128,13 +129,11 @@ def test_checkpoint_that_does_not_fit_its_config_is_rejected(tmp_path):
 
 
 def test_packed_file_decodes_to_the_same_hypotheses(tmp_path):
-    from mpq_plugins.bin.asr_inference import DECODE_OPTIONS
-    from mpq_plugins.decoding import Recognizer
     model = quantized_tiny({"ctc.ctc_lo": 3})
     forward_all(model)
     conf = conf_of(model)
     conf["quantization"] = {"weight_bits": 4, "bits": {"ctc.ctc_lo": 3}}
-    export_packed(model, conf, tmp_path / "m.safetensors")
+    pack_asr_model(model, conf, tmp_path / "m.safetensors")
     back, _ = load_packed(tmp_path / "m.safetensors")
     opts = {k: d for k, (_, d) in DECODE_OPTIONS.items()}
     opts.update(beam_size=3, maxlenratio=0.2)

@@ -3,7 +3,10 @@ parameter names (float checkpoints load), and its config errors are clear."""
 import pytest
 import torch
 
-from mpq_plugins.quant import GROUPS, QuantConfigError, bit_allocation, quantize_
+from mpq_plugins.espnet.groups import CONFORMER as GROUPS
+from mpq_plugins.espnet.groups import groups_for
+from mpq_plugins.espnet.task import QuantASRTask
+from mpq_plugins.quant import QuantConfigError, bit_allocation, quantize_
 from mpq_plugins.quant.layers import QUANT_LAYERS, QConv1d, QEmbedding, QLinear
 from tests.fixtures import tiny_asr_model
 
@@ -20,7 +23,7 @@ def test_swap_covers_every_target_and_nothing_else():
     before = {n: type(m) for n, m in model.named_modules()}
     targets = expected_targets(model)
     names_before = [n for n, _ in model.named_parameters()]
-    chosen = quantize_(model, {"weight_bits": 4})
+    chosen = quantize_(model, {"weight_bits": 4}, GROUPS)
     assert sorted(chosen) == targets
     # every Linear/Conv/Embedding of the Conformer is a target: nothing float is left
     assert not [n for n, m in model.named_modules()
@@ -42,7 +45,7 @@ def test_swap_covers_every_target_and_nothing_else():
 def test_float_checkpoint_loads_and_model_runs():
     fp32 = tiny_asr_model()
     q = tiny_asr_model()
-    quantize_(q, {"weight_bits": 8, "modules": ["attention", "feed_forward"]})
+    quantize_(q, {"weight_bits": 8, "modules": ["attention", "feed_forward"]}, GROUPS)
     missing, unexpected = q.load_state_dict(fp32.state_dict(), strict=False)
     assert unexpected == [] and all("quantizer" in k for k in missing)
     speech = torch.randn(2, 8000)
@@ -58,7 +61,7 @@ def test_float_checkpoint_loads_and_model_runs():
 
 def test_per_module_bits_and_activation_quantizers():
     model = tiny_asr_model()
-    quantize_(model, {"weight_bits": 4, "act_bits": 8, "bits": {r"encoder\.embed\..*": 8, "ctc.ctc_lo": 2}})
+    quantize_(model, {"weight_bits": 4, "act_bits": 8, "bits": {r"encoder\.embed\..*": 8, "ctc.ctc_lo": 2}}, GROUPS)
     alloc = bit_allocation(model)
     assert alloc["encoder.embed.conv.0"] == 8 and alloc["ctc.ctc_lo"] == 2
     assert alloc["encoder.encoders.0.feed_forward.w_1"] == 4
@@ -79,15 +82,14 @@ def test_per_module_bits_and_activation_quantizers():
 def test_bad_config_is_one_clear_error(conf, message):
     model = tiny_asr_model()
     with pytest.raises(QuantConfigError) as e:
-        quantize_(model, conf, where="conf/quant/x.yaml: quantization")
+        quantize_(model, conf, GROUPS, where="conf/quant/x.yaml: quantization")
     assert message in str(e.value) and "conf/quant/x.yaml" in str(e.value)
     assert not any(isinstance(m, QUANT_LAYERS) for m in model.modules())   # nothing was swapped
 
 
 def test_quant_task_optimizer_keeps_weight_decay_off_the_steps():
-    from mpq_plugins.espnet_task import QuantASRTask
     model = tiny_asr_model()
-    quantize_(model, {"weight_bits": 8, "act_bits": 8})
+    quantize_(model, {"weight_bits": 8, "act_bits": 8}, GROUPS)
     args = QuantASRTask.get_parser().parse_args([])
     args.optim, args.optim_conf = "adam", {"lr": 1e-3, "weight_decay": 1e-6}
     (opt,) = QuantASRTask.build_optimizers(args, model)
@@ -97,3 +99,13 @@ def test_quant_task_optimizer_keeps_weight_decay_off_the_steps():
     for n, p in names.items():
         assert decay[id(p)] == (0.0 if "_quantizer." in n else 1e-6), n
     assert all(g["lr"] == 1e-3 for g in opt.param_groups)
+
+
+def test_groups_are_the_callers_and_all_without_groups_is_every_layer():
+    model = tiny_asr_model()
+    assert groups_for(model) == GROUPS                          # the Conformer's, from its encoder's class
+    every = sorted(n for n, m in model.named_modules()
+                   if type(m) in (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Embedding))
+    assert sorted(quantize_(model, {"weight_bits": 4})) == every
+    with pytest.raises(QuantConfigError, match="groups: none"):
+        quantize_(tiny_asr_model(), {"weight_bits": 4, "modules": ["attention"]})   # a name needs the groups

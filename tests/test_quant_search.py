@@ -7,9 +7,12 @@ import random
 import pytest
 import torch
 
+from mpq_plugins.espnet.groups import CONFORMER
+from mpq_plugins.espnet.sensitivity import espnet_hessian_sensitivity, posteriors
+from mpq_plugins.quant.allocation import (Budget, BudgetError, allocate, average_bits, fill_budget, knapsack,
+                                          layer_costs)
 from mpq_plugins.quant.config import QuantConfig, plan
-from mpq_plugins.quant.search import (Budget, BudgetError, allocate, average_bits, hessian_sensitivity,
-                                      fill_budget, hutchinson_traces, kl_sensitivity, knapsack, layer_costs)
+from mpq_plugins.quant.sensitivity import hutchinson_traces, kl_sensitivity
 from tests.fixtures import tiny_asr_model
 
 
@@ -124,18 +127,18 @@ def tiny_batch():
 def test_sensitivities_of_a_conformer_grow_as_bits_shrink(method):
     model = tiny_asr_model()
     names = list(plan(model, QuantConfig(modules=[r"encoder\.encoders\.0\.feed_forward\.w_[12]", "ctc",
-                                                  "decoder_output"])))
+                                                  "decoder_output"]), CONFORMER))
     batch = [tiny_batch()]
     if method == "kl":
-        s = kl_sensitivity(model, batch, names, [2, 4, 8])
+        s = kl_sensitivity(model, batch, names, [2, 4, 8], posteriors)
     else:
-        s = hessian_sensitivity(model, batch, names, [2, 4, 8], n_samples=4)
+        s = espnet_hessian_sensitivity(model, batch, names, [2, 4, 8], n_samples=4)
     assert set(s) == set(names)
     total = {b: sum(s[n][b] for n in names) for b in (2, 4, 8)}
     assert total[2] > total[4] > total[8] >= 0
     assert all(s[n][b] >= 0 for n in names for b in (2, 4, 8))
-    again = (kl_sensitivity(model, batch, names, [2, 4, 8]) if method == "kl"
-             else hessian_sensitivity(model, batch, names, [2, 4, 8], n_samples=4))
+    again = (kl_sensitivity(model, batch, names, [2, 4, 8], posteriors) if method == "kl"
+             else espnet_hessian_sensitivity(model, batch, names, [2, 4, 8], n_samples=4))
     flat = lambda d: [d[n][b] for n in names for b in (2, 4, 8)]   # noqa: E731
     assert flat(again) == pytest.approx(flat(s))            # same seed, same data: same numbers
     copy.deepcopy(model)                                    # no autograd graph left in the model

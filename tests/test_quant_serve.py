@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.ao.nn.quantized.dynamic as nnqd
 
+from mpq_plugins.espnet.groups import CONFORMER
 from mpq_plugins.quant import quantize_
 from mpq_plugins.quant.layers import QConv1d, QConv2d, QLinear
 from mpq_plugins.quant.serve import Int8Pointwise, StaticInt8ConvReLU, to_int8_serving
@@ -47,13 +48,13 @@ def test_layers_match_their_fake_quantized_selves():
 def test_whole_encoder_served_in_int8_agrees(calibrated):
     torch.manual_seed(0)
     model = tiny_asr_model()
-    quantize_(model, {"weight_bits": 8})
+    quantize_(model, {"weight_bits": 8}, CONFORMER)
     model.eval()
     speech, lengths = torch.randn(1, 16000), torch.tensor([16000])
     calib = [(torch.randn(1, 12000), torch.tensor([12000])) for _ in range(2)] if calibrated else None
     with torch.no_grad():
         want = model.encode(speech, lengths)[0]
-        names = to_int8_serving(model, calibration=calib)
+        names = to_int8_serving(model, calibration=calib and (lambda: [model.encode(*b) for b in calib]))
         got = model.encode(speech, lengths)[0]
     if calibrated:       # the subsampling as one static int8 chain
         assert "encoder.embed.conv" in names and isinstance(model.encoder.embed.conv, StaticInt8ConvReLU)
@@ -64,7 +65,7 @@ def test_whole_encoder_served_in_int8_agrees(calibrated):
 
 
 class _Subsampling(torch.nn.Module):
-    """A Conv2d+ReLU chain behind an `encode`, as the calibration drives it."""
+    """A Conv2d+ReLU chain behind an `encode`, which the calibration runs."""
 
     def __init__(self, bits, chans=16):
         super().__init__()
@@ -84,7 +85,7 @@ def test_conv_relu_chain_served_statically_from_calibration():
     with torch.no_grad():
         want = net.encode(x)
         levels = [c.weight_quantizer.int_weight(c.weight)[0] for c in net.conv[0::2]]
-        swapped = to_int8_serving(net, calibration=calib)
+        swapped = to_int8_serving(net, calibration=lambda: [net.encode(*b) for b in calib])
         got = net.encode(x)
     assert swapped == ["conv"]                                        # the chain, not its convs one by one
     assert isinstance(net.conv, StaticInt8ConvReLU) and len(net.conv.convs) == 2
@@ -105,5 +106,5 @@ def test_chain_stays_as_is_without_calibration_or_when_not_quantized():
     plain.conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())
     plain.encode = lambda x, _l=None: plain.conv(x)
     with torch.no_grad():
-        assert to_int8_serving(plain, calibration=[(torch.randn(1, 1, 9, 9), None)]) == []
+        assert to_int8_serving(plain, calibration=lambda: plain.encode(torch.randn(1, 1, 9, 9))) == []
     assert isinstance(plain.conv, torch.nn.Sequential)

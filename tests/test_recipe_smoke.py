@@ -9,8 +9,10 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
-from mpq_plugins.scoring import parse_sum_avg
+from mpq_plugins.eval.scoring import parse_sum_avg
+from mpq_plugins.quant.packing import read_packed
 from tests.conftest import ROOT
 
 TOOLS = ("espeak-ng", "flite", "festival", "sox")
@@ -74,7 +76,11 @@ def test_all_stages_agree(recipe):
             assert f"|{DECODE}/{s}|6|" in results
         size = json.loads((recipe / "exp" / system / "packed.size.json").read_text())
         assert size["disk_bytes"] == (recipe / "exp" / system / "packed.safetensors").stat().st_size
-        assert f"|{system}|" in results
+        record = yaml.safe_load((recipe / "exp" / system / "system.yaml").read_text())   # one record per system
+        assert record["system"] == system and record["sizes"]["disk_bytes"] == size["disk_bytes"]
+        assert record["bits_per_layer"] == size["bits_per_layer"]
+        assert record["source_checkpoint"] == "exp/asr_train_tiny/valid.acc.ave.pth"
+        assert f"|{system}|{record['description']}|" in results
     assert (recipe / "results" / "asr_train_tiny_training_curve.png").exists()
 
 
@@ -86,16 +92,27 @@ def test_quantized_systems(recipe):
         log = json.loads((recipe / "exp" / s / "compression_time.json").read_text())
         assert [e["what"] for e in log] == ["train", "pack"] and all(e["rc"] == 0 for e in log)
         assert "init_param" in (recipe / "exp" / s / "train.log").read_text()
+        record = yaml.safe_load((recipe / "exp" / s / "system.yaml").read_text())
+        assert record["compression_time"]["total_s"] == pytest.approx(sum(e["wall_s"] for e in log), abs=0.02)
+    records = {s: yaml.safe_load((recipe / "exp" / s / "system.yaml").read_text()) for s in SYSTEMS}
+    assert [records[s]["method"] for s in SYSTEMS] == ["float", "qat", "one_stage"]
+    assert records[SYSTEMS[0]]["training"]["epochs"] >= 1 and records[SYSTEMS[0]]["compression_time"] is None
+    assert records[SYSTEMS[1]]["description"] == "uniform QAT, weights" and records[SYSTEMS[1]]["weight_bits"] == 4
 
 
 def test_one_stage_mixed_precision_system(recipe):
     exp = recipe / "exp" / "asr_train_tiny_mpq_one_stage_tiny"
     size = json.loads((exp / "packed.size.json").read_text())
     assert size["avg_weight_bits"] <= 3.0 and len(set(size["bits_per_layer"].values())) >= 1
-    assert "bit-widths fixed at step 2" in (exp / "train.log").read_text()
-    assert (exp / "quant_conf.yaml").read_text() == open(f"{ROOT}/tests/conf/quant/mpq_one_stage_tiny.yaml").read()
-    assert "mixed_precision" not in __import__("mpq_plugins.quant.export", fromlist=["x"]).read_packed(
-        exp / "packed.safetensors")[1]["quantization"]           # the packed file is a plain quantized model
+    assert "bit-widths fixed after 2 updates" in (exp / "train.log").read_text()
+    record = yaml.safe_load((exp / "system.yaml").read_text())
+    assert record["method"] == "one_stage" and record["budget"] == {"avg_bits": 3.0}
+    assert record["conf"]["quantization"]["mixed_precision"]["search_steps"] == 2
+    assert json.loads((exp / "mixed_precision.json").read_text())["bits"] == size["bits_per_layer"]
+    config = yaml.safe_load((exp / "config.yaml").read_text())      # training ended with a plain quantized model
+    assert config["model"] == "espnet" and "mixed_precision" not in config["quantization"]
+    _, meta, _ = read_packed(exp / "packed.safetensors")
+    assert yaml.safe_load(meta["config"])["quantization"] == config["quantization"]
 
 
 def test_two_stage_mixed_precision_searches_then_trains(recipe):
@@ -111,6 +128,10 @@ def test_two_stage_mixed_precision_searches_then_trains(recipe):
         log = json.loads((exp / "compression_time.json").read_text())
         whats = [e["what"] for e in log]
         assert whats == (["search", "train", "pack"] if m == "kl" else ["search", "search", "train", "pack"])
+        record = yaml.safe_load((exp / "system.yaml").read_text())
+        assert record["method"] == m and record["bits_per_layer"] == search["bits"]
+        assert record["compression_time"]["search_s"] == pytest.approx(
+            sum(e["wall_s"] for e in log if e["what"] == "search"), abs=0.02)
     assert (recipe / "exp" / "asr_train_tiny_mpq_supernet_tiny" / "search" / "latest.pth").exists()
 
 
@@ -123,6 +144,7 @@ def test_post_training_conf_quantizes_without_training(recipe):
     assert size["avg_weight_bits"] == 8 and set(size["bits_per_layer"].values()) == {8}
     log = json.loads((exp / "compression_time.json").read_text())
     assert [e["what"] for e in log] == ["train", "pack"]
+    assert yaml.safe_load((exp / "system.yaml").read_text())["description"] == "uniform PTQ, weights"
     model_mtime = (exp / "valid.acc.ave.pth").stat().st_mtime_ns
     r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", f"{ROOT}/conf/quant/w8_ptq.yaml")
     assert r.returncode == 0 and (exp / "valid.acc.ave.pth").stat().st_mtime_ns == model_mtime   # up to date: kept
@@ -146,7 +168,7 @@ def test_stock_espnet_loader_drops_the_quantizers_ours_does_not(recipe, monkeypa
     import torch
     from espnet2.tasks.asr import ASRTask
 
-    from mpq_plugins.espnet_task import load_asr_model
+    from mpq_plugins.espnet.load import load_asr_model
     from mpq_plugins.quant.layers import QUANT_LAYERS
     monkeypatch.chdir(recipe)                        # config.yaml names the stats file relative to the recipe
     exp = recipe / "exp" / "asr_train_tiny_w4"
@@ -259,8 +281,12 @@ def test_espnet_rnn_lm_still_works(recipe):
 
 def test_bad_quant_conf_fails_before_training(recipe, tmp_path):
     bad = tmp_path / "w9.yaml"
-    bad.write_text("quantization:\n    weight_bits: 9\n")
+    bad.write_text("method: qat\nquantization:\n    weight_bits: 9\n")
     r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(bad))
     assert r.returncode != 0
     assert "w9.yaml: quantization: weight_bits 9 is outside 2..8" in r.stderr and "Traceback" not in r.stderr
+    assert not (recipe / "exp" / "asr_train_tiny_w9").exists()
+    bad.write_text("quantization:\n    weight_bits: 4\n")                 # no method
+    r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(bad))
+    assert r.returncode != 0 and "w9.yaml: method '' is not one of" in r.stderr
     assert not (recipe / "exp" / "asr_train_tiny_w9").exists()

@@ -1,19 +1,28 @@
 """The report stage on hand-made systems: real sclite and sc_stats on hand-written hypotheses, the
-float reference chosen per test set, the lossless verdicts, the table, the plots and the errors."""
+float reference chosen per test set, the lossless verdicts, the table, the plots and the errors.
+Each system is what the report reads: a system.yaml record and the score files of its decodes."""
 import json
 import os
+import re
 
 import pytest
+import yaml
 
 from mpq_plugins.bin import results
-from mpq_plugins.scoring import ScoringError, score_dir
-from mpq_plugins.significance import two_tailed_p
+from mpq_plugins.eval import report
+from mpq_plugins.eval.pyscore import two_tailed_p
+from mpq_plugins.eval.scoring import score_dir
+from mpq_plugins.eval.sctk import ScoringError
+from mpq_plugins.record import RecordError, read_system
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/lib/sctk/bin/sc_stats"), reason="SCTK not installed")
 
 DECODE = "decode_asr_packed"
 N = 30
 REF = {f"spk{u % 3}_{u:03d}": "the cat sat on the mat near the door" for u in range(N)}
+DESCRIPTION = {"float": "float32", "float_control": "float32, fine-tuned (control)", "qat": "uniform QAT, weights",
+               "ptq": "uniform PTQ, weights", "one_stage": "one-stage MPQ", "kl": "two-stage MPQ (KL)",
+               "hessian": "two-stage MPQ (Hessian)", "supernet": "two-stage MPQ (supernet search)"}
 
 
 def write_text(path, texts):
@@ -23,17 +32,37 @@ def write_text(path, texts):
             f.write(f"{k} {texts[k]}\n".replace("  ", " "))
 
 
-def make_system(root, name, hyps, quant=None, size=1000, sets=("test",)):
+def record(name, method="float", weight_bits=None, size=1000, bits_per_layer=None, budget=None, times=None,
+           training=None, description=None):
+    """A system.yaml record as the quantize stage writes it. times: [(what, wall seconds)] of
+    search / train / pack (CPU time twice the wall time)."""
+    is_float = method in ("float", "float_control")
+    bits = 32.0 if is_float else float(weight_bits)
+    if bits_per_layer is None:
+        bits_per_layer = {} if is_float else {"a": int(bits), "b": int(bits)}
+    time = None
+    if times:
+        parts = {w: float(sum(t for what, t in times if what == w)) for w in ("search", "train", "pack")}
+        time = {"search_s": parts["search"], "train_s": parts["train"], "pack_s": parts["pack"],
+                "total_s": float(sum(t for _, t in times)), "cpu_s": float(sum(2 * t for _, t in times))}
+    return {"format": 1, "system": name, "method": method, "description": description or DESCRIPTION[method],
+            "quant_conf": None if method == "float" else f"conf/quant/{name}.yaml",
+            "conf": {} if is_float else {"quantization": {"weight_bits": weight_bits}},
+            "budget": budget, "is_float": is_float, "weight_bits": bits, "bits_per_layer": bits_per_layer,
+            "sizes": {"fp32_bytes": 4000, "disk_bytes": size, "accounted_bytes": size - 40, "header_bytes": 40,
+                      "compression_ratio": 4000 / size, "params": 1000, "quantized_fraction": 0.0 if is_float else 0.9},
+            "compression_time": time, "source_checkpoint": "exp/asr_x/valid.acc.ave.pth", "seed": 0,
+            "training": training}
+
+
+def make_system(root, name, hyps, method="float", sets=("test",), **rec):
+    """exp/<name>/: system.yaml (record's keywords) and, per set, hyps decoded and scored."""
     exp = root / "exp" / name
     for s in sets:
         d = exp / DECODE / s
         write_text(str(d / "text"), hyps)
         score_dir(str(root / "data" / s / "text"), str(d / "text"), str(root / "data" / s / "utt2spk"), str(d))
-    (exp / "config.yaml").write_text(json.dumps({"quantization": quant} if quant else {}))
-    bits = {"a": 4, "b": 4} if quant else {}
-    (exp / "packed.size.json").write_text(json.dumps({
-        "disk_bytes": size, "compression_ratio": 4000 / size, "avg_weight_bits": 4.0 if quant else 32.0,
-        "quantized_fraction": 0.9 if quant else 0.0, "bits_per_layer": bits}))
+    (exp / "system.yaml").write_text(yaml.safe_dump(record(name, method, **rec), sort_keys=False))
     return str(exp)
 
 
@@ -57,12 +86,16 @@ def recipe(tmp_path):
 
 
 def test_verdicts_reference_choice_and_table(recipe):
-    base = make_system(recipe, "asr_x", edit(lambda u: 1 if u < 2 else 0), size=4000)        # 2 errors
-    ctrl = make_system(recipe, "asr_x_fp32_cont", edit(lambda u: 0), size=4000)               # perfect
-    good = make_system(recipe, "asr_x_w8", edit(lambda u: 1 if u == 5 else 0), {"weight_bits": 8}, size=1000)
-    bad = make_system(recipe, "asr_x_w2", edit(lambda u: 1 + u % 2), {"weight_bits": 2}, size=250)
+    base = make_system(recipe, "asr_x", edit(lambda u: 1 if u < 2 else 0), size=4000,        # 2 errors
+                       training={"epochs": 30, "train_seconds": 6000.0, "best_valid_acc": 0.9, "best_epoch": 28})
+    (recipe / "exp" / "asr_x" / "training_curve.png").write_bytes(b"\x89PNG curve")
+    ctrl = make_system(recipe, "asr_x_fp32_cont", edit(lambda u: 0), "float_control", size=4000,   # perfect
+                       times=[("train", 240), ("pack", 2)])
+    good = make_system(recipe, "asr_x_w8", edit(lambda u: 1 if u == 5 else 0), "qat", weight_bits=8, size=1000,
+                       times=[("train", 300), ("pack", 12)])
+    bad = make_system(recipe, "asr_x_w2", edit(lambda u: 1 + u % 2), "qat", weight_bits=2, size=250)
     out = str(recipe / "RESULTS.md")
-    lines = results.report(base, [good, bad, ctrl], "test", "dev", out, DECODE)
+    lines = report.report(base, [good, bad, ctrl], "test", "dev", out, DECODE)
     text = open(out).read()
     assert lines == text.splitlines()
     # the control is the better float row (0 errors), so significance is against it
@@ -85,13 +118,23 @@ def test_verdicts_reference_choice_and_table(recipe):
     assert row["asr_x_w8"][col["ratio"]] == "4.00x"
     assert "|uniform QAT, weights|4.00x|asr_x_w8|" in text                # highest lossless ratio per method
     assert os.path.getsize(recipe / "results" / "wer_vs_size.png") > 1000
+    # the numbers of system.yaml: bits, sizes, compression time (against the baseline's training time)
+    assert row["asr_x_w8"][col["weight bits"]] == "8.00" and row["asr_x"][col["weight bits"]] == "32 (float)"
+    assert row["asr_x_w2"][col["size on disk (bytes)"]] == "250" and row["asr_x"][col["size on disk (bytes)"]] == "4,000"
+    assert [row["asr_x_w8"][col[c]] for c in ("compression time, wall (min)", "over FP32 training", "CPU (min)")] \
+        == ["5.2", "0.05x", "10.4"]
+    assert [row["asr_x_w2"][col[c]] for c in ("compression time, wall (min)", "over FP32 training", "CPU (min)")] \
+        == ["", "", ""]
+    assert "FP32 training: 100.0 min wall-clock (asr_x)." in lines
+    assert "- training: 30 epochs in 100.0 min, best validation accuracy 90.0% at epoch 28 (" in text
+    assert (recipe / "results" / "asr_x_training_curve.png").read_bytes() == b"\x89PNG curve"
 
 
 def test_baseline_better_than_control_is_the_reference(recipe):
     base = make_system(recipe, "asr_y", edit(lambda u: 0))
-    ctrl = make_system(recipe, "asr_y_fp32_cont", edit(lambda u: 1 if u < 3 else 0))
-    q = make_system(recipe, "asr_y_w4", edit(lambda u: 0), {"weight_bits": 4})
-    results.report(base, [q, ctrl], "test", "dev", str(recipe / "RESULTS.md"), DECODE)
+    ctrl = make_system(recipe, "asr_y_fp32_cont", edit(lambda u: 1 if u < 3 else 0), "float_control")
+    q = make_system(recipe, "asr_y_w4", edit(lambda u: 0), "qat", weight_bits=4)
+    report.report(base, [q, ctrl], "test", "dev", str(recipe / "RESULTS.md"), DECODE)
     r = json.load(open(os.path.join(q, DECODE, "test", "mapsswe", "result.json")))
     assert r["baseline"] == "asr_y" and r["z"] != r["z"] or r["p"] == 1.0   # identical output: no difference
     r_ctrl = json.load(open(os.path.join(ctrl, DECODE, "test", "mapsswe", "result.json")))
@@ -100,40 +143,39 @@ def test_baseline_better_than_control_is_the_reference(recipe):
 
 def test_mixed_precision_system_gets_a_bit_allocation_plot(recipe):
     base = make_system(recipe, "asr_z", edit(lambda u: 0))
-    q = make_system(recipe, "asr_z_mpq", edit(lambda u: 0), {"weight_bits": 4, "bits": {"a": 8}})
-    size = json.load(open(os.path.join(q, "packed.size.json")))
-    size["bits_per_layer"] = {"encoder.encoders.0.w": 8, "encoder.encoders.1.w": 3}
-    json.dump(size, open(os.path.join(q, "packed.size.json"), "w"))
-    text = "\n".join(results.report(base, [q], "test", "dev", str(recipe / "RESULTS.md"), DECODE))
-    assert "results/asr_z_mpq_bits.png" in text and "mixed QAT, weights" in text
+    q = make_system(recipe, "asr_z_mpq", edit(lambda u: 0), "qat", weight_bits=5.5, description="mixed QAT, weights",
+                    bits_per_layer={"encoder.encoders.0.w": 8, "encoder.encoders.1.w": 3})
+    text = "\n".join(report.report(base, [q], "test", "dev", str(recipe / "RESULTS.md"), DECODE))
+    assert "results/asr_z_mpq_bits.png" in text and "|asr_z_mpq|mixed QAT, weights|5.50|" in text
     assert os.path.getsize(recipe / "results" / "asr_z_mpq_bits.png") > 1000
-
-
-def made_by(exp, mixed, times):
-    """What the quantize stage leaves beside a mixed-precision system: its quant conf and its times."""
-    with open(os.path.join(exp, "quant_conf.yaml"), "w") as f:
-        json.dump({"quantization": {"mixed_precision": mixed}}, f)
-    with open(os.path.join(exp, "compression_time.json"), "w") as f:
-        json.dump([{"what": w, "wall_s": t, "cpu_s": 2 * t, "rc": 0} for w, t in times], f)
+    assert "## Mixed precision at equal budget" not in text      # per-layer bits, but no budget (not an MPQ method)
 
 
 def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
     base = make_system(recipe, "asr_m", edit(lambda u: 0))
-    one = make_system(recipe, "asr_m_one", edit(lambda u: 0), {"weight_bits": 8, "mixed_precision": {}})
-    kl = make_system(recipe, "asr_m_kl", edit(lambda u: 1 if u < 2 else 0), {"weight_bits": 8, "bits": {"a": 2}})
-    w3 = make_system(recipe, "asr_m_w3", edit(lambda u: 1 + u % 2), {"weight_bits": 3})
-    other = make_system(recipe, "asr_m_w4", edit(lambda u: 0), {"weight_bits": 4})
-    half = make_system(recipe, "asr_m_one_half", edit(lambda u: 1 if u == 4 else 0),
-                       {"weight_bits": 8, "mixed_precision": {}})
-    made_by(one, {"method": "one_stage", "budget": {"avg_bits": 3}}, [("train", 300), ("pack", 12)])
-    made_by(half, {"method": "one_stage", "budget": {"avg_bits": 3}}, [("train", 150), ("pack", 12)])
-    made_by(kl, {"method": "kl", "budget": {"avg_bits": 3.0}}, [("search", 240), ("train", 300), ("pack", 12)])
-    lines = results.report(base, [one, half, kl, w3, other], "test", "dev", str(recipe / "RESULTS.md"), DECODE)
+    mixed = {"bits_per_layer": {"a": 2, "b": 4}, "weight_bits": 3.0}
+    one = make_system(recipe, "asr_m_one", edit(lambda u: 0), "one_stage", budget={"avg_bits": 3},
+                      times=[("train", 300), ("pack", 12)], **mixed)
+    kl = make_system(recipe, "asr_m_kl", edit(lambda u: 1 if u < 2 else 0), "kl", budget={"avg_bits": 3.0},
+                     times=[("search", 240), ("train", 300), ("pack", 12)], **mixed)
+    w3 = make_system(recipe, "asr_m_w3", edit(lambda u: 1 + u % 2), "qat", weight_bits=3)
+    other = make_system(recipe, "asr_m_w4", edit(lambda u: 0), "qat", weight_bits=4)
+    w3_ptq = make_system(recipe, "asr_m_w3_ptq", edit(lambda u: 1 + u % 2), "ptq", weight_bits=3)
+    w3_layers = make_system(recipe, "asr_m_w3_layers", edit(lambda u: 0), "qat", weight_bits=3,   # per-layer bits
+                            bits_per_layer={"a": 2, "b": 4}, description="mixed QAT, weights")
+    half = make_system(recipe, "asr_m_one_half", edit(lambda u: 1 if u == 4 else 0), "one_stage",
+                       budget={"avg_bits": 3}, times=[("train", 150), ("pack", 12)], **mixed)
+    sn = make_system(recipe, "asr_m_sn", edit(lambda u: 0), "supernet", budget={"size_mb": 1.2}, **mixed)
+    lines = report.report(base, [one, half, kl, w3, other, w3_ptq, w3_layers, sn], "test", "dev",
+                          str(recipe / "RESULTS.md"), DECODE)
     i = lines.index("### Budget 3 bits")
     rows = {r.split("|")[1]: r.split("|") for r in lines[i:] if r.startswith("|asr_m")}
     rows = {k: v for k, v in rows.items() if k in ("asr_m_one", "asr_m_kl", "asr_m_w3", "asr_m_w4")}
     block = lines[i + 4: lines.index("", i + 3)]
-    assert [r.split("|")[1] for r in block] == ["asr_m_one", "asr_m_one_half", "asr_m_kl", "asr_m_w3"]  # not w4
+    # uniform QAT and PTQ systems of 3 bits belong to the budget; not w4, nor a QAT system with per-layer bits
+    assert [r.split("|")[1] for r in block] == ["asr_m_one", "asr_m_one_half", "asr_m_kl", "asr_m_w3", "asr_m_w3_ptq"]
+    j = lines.index("### Budget 1.2 MB")                                   # a size budget: its own table
+    assert [r.split("|")[1] for r in lines[j + 4: lines.index("", j + 3)]] == ["asr_m_sn"]
     assert rows["asr_m_one"][2] == "one-stage MPQ" and rows["asr_m_kl"][2] == "two-stage MPQ (KL)"
     # search, fine-tuning, pack, total (min), time over one-stage
     assert rows["asr_m_kl"][9:14] == ["4.0", "5.0", "0.2", "9.2", "1.77x"]
@@ -146,29 +188,71 @@ def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
     # a second one-stage system (e.g. shorter fine-tuning) is tested against the other methods too
     line = next(x for x in lines[i:] if x.startswith("asr_m_one_half against the others"))
     assert "asr_m_kl: -1 errors, p " in line and "time 0.29x" in line     # 162 s against 552 s
-    assert "asr_m_w3: -44 errors, p <0.001 (**sig.**)." in line and "asr_m_one:" not in line   # w3: no times
+    assert "asr_m_w3: -44 errors, p <0.001 (**sig.**);" in line and "asr_m_one:" not in line   # w3: no times
+    assert line.endswith("asr_m_w3_ptq: -44 errors, p <0.001 (**sig.**).")
 
 
 def test_errors_are_clear_and_leave_results_alone(recipe):
     base = make_system(recipe, "asr_e", edit(lambda u: 0), sets=("dev",))
-    q = make_system(recipe, "asr_e_w4", edit(lambda u: 0), {"weight_bits": 4})
+    q = make_system(recipe, "asr_e_w4", edit(lambda u: 0), "qat", weight_bits=4)
     out = recipe / "RESULTS.md"
     out.write_text("earlier results\n")
     with pytest.raises(ScoringError, match="not scored on test"):
-        results.report(base, [q], "test", "dev", str(out), DECODE)
+        report.report(base, [q], "test", "dev", str(out), DECODE)
     with pytest.raises(ScoringError, match="float32 system"):              # a quantized system as the baseline
-        results.report(q, [base], "test", "dev", str(out), DECODE)
+        report.report(q, [base], "test", "dev", str(out), DECODE)
     # the same set scored against different references
     base2 = make_system(recipe, "asr_f", edit(lambda u: 0))
-    q2 = make_system(recipe, "asr_f_w4", edit(lambda u: 0), {"weight_bits": 4})
+    q2 = make_system(recipe, "asr_f_w4", edit(lambda u: 0), "qat", weight_bits=4)
     ref = os.path.join(q2, DECODE, "test", "score_wer", "ref.trn")
     with open(ref) as f:
         lines = f.readlines()
     with open(ref, "w") as f:
         f.writelines(lines[1:])
     with pytest.raises(ScoringError, match="different references"):
-        results.report(base2, [q2], "test", "dev", str(out), DECODE)
+        report.report(base2, [q2], "test", "dev", str(out), DECODE)
     assert out.read_text() == "earlier results\n"
-    with pytest.raises(SystemExit, match="results: .*packed.size.json"):
+    with pytest.raises(SystemExit, match="results: .*nothing/system.yaml: missing"):
         results.main(["--baseline", str(recipe / "exp" / "nothing"), "--out", str(out)])
+    assert out.read_text() == "earlier results\n"
+
+
+def test_system_record_missing_or_incomplete_is_one_clear_error(recipe):
+    base = make_system(recipe, "asr_r", edit(lambda u: 0))
+    q = make_system(recipe, "asr_r_w4", edit(lambda u: 0), "qat", weight_bits=4)
+    path = os.path.join(q, "system.yaml")
+    assert read_system(q) == yaml.safe_load(open(path))
+    out = recipe / "RESULTS.md"
+    out.write_text("earlier results\n")
+
+    def fails(match):
+        with pytest.raises(RecordError, match=match) as e:
+            report.report(base, [q], "test", "dev", str(out), DECODE)
+        assert "\n" not in str(e.value) and str(e.value).startswith(path + ":")
+        assert out.read_text() == "earlier results\n"
+
+    good = record("asr_r_w4", "qat", weight_bits=4)
+    for key in ("sizes", "description", "training"):                      # a key missing (even a nullable one)
+        (recipe / "exp" / "asr_r_w4" / "system.yaml").write_text(
+            yaml.safe_dump({k: v for k, v in good.items() if k != key}))
+        fails(f"not a valid system record: missing keys {key}$")
+    bad = [({"method": "qat8"}, "method 'qat8' is not one of float, "),
+           ({"system": "asr_r_w8"}, "system 'asr_r_w8' is not the dir's name 'asr_r_w4'"),
+           ({"sizes": {"disk_bytes": 10}}, "sizes lacks fp32_bytes, accounted_bytes"),
+           ({"compression_time": {"total_s": 1.0}}, "compression_time lacks search_s"),
+           ({"method": "kl"}, "method kl needs a budget"),
+           ({"is_float": True}, "is_float True does not fit method qat"),
+           ({"weight_bits": None}, "weight_bits is null"),
+           ({"format": 2}, "format 2, this reader knows format 1")]
+    for change, match in bad:
+        (recipe / "exp" / "asr_r_w4" / "system.yaml").write_text(yaml.safe_dump({**good, **change}))
+        fails(match)
+    (recipe / "exp" / "asr_r_w4" / "system.yaml").write_text("format: 1\nsystem: [asr\n")
+    fails("system.yaml:3: not valid YAML")
+    (recipe / "exp" / "asr_r_w4" / "system.yaml").write_text("- a list\n")
+    fails("not a system record")
+    os.remove(path)
+    fails("system.yaml: missing")
+    with pytest.raises(SystemExit, match=f"^results: {re.escape(path)}: missing"):
+        results.main(["--baseline", base, "--systems", q, "--decode", DECODE, "--out", str(out)])
     assert out.read_text() == "earlier results\n"

@@ -1,10 +1,12 @@
 """sclite scoring on hand-made transcripts whose error counts are known."""
+import json
 import os
 import shutil
 
 import pytest
 
-from mpq_plugins.scoring import ScoringError, parse_sum_avg, score_dir, to_units
+from mpq_plugins.bin import score
+from mpq_plugins.eval.scoring import ScoringError, parse_sum_avg, read_text, score_dir, to_units
 
 pytestmark = pytest.mark.skipif(not (shutil.which("sclite") or os.path.exists("/usr/lib/sctk/bin/sclite")),
                                 reason="sctk not installed")
@@ -58,3 +60,37 @@ def test_unknown_hypothesis_is_an_error(data):
 def test_char_units():
     assert to_units(["ab", "c"], "char") == ["a", "b", "<space>", "c"]
     assert to_units(["ab", "c"], "word") == ["ab", "c"]
+
+
+def test_read_text_is_the_kaldi_table_reader_with_scoring_errors(tmp_path):
+    p = tmp_path / "text"
+    p.write_text("a_1 the  cat\na_2 \n")
+    assert read_text(str(p), allow_empty=True) == {"a_1": ["the", "cat"], "a_2": []}
+    with pytest.raises(ScoringError, match=r"text:2: empty transcript for a_2$"):
+        read_text(str(p))
+    p.write_text("a_1 x\na_1 y\n")
+    with pytest.raises(ScoringError, match=r"text:2: duplicate utterance a_1$"):
+        read_text(str(p))
+    p.write_text("a_1 x\n\n")
+    with pytest.raises(ScoringError, match=r"text:2: empty line$"):
+        read_text(str(p))
+    p.write_bytes(b"a_1 x\na_2 caf\xe9\n")                           # Latin-1, not UTF-8
+    with pytest.raises(ScoringError, match=r"text:2: not valid UTF-8"):
+        read_text(str(p))
+
+
+def test_score_cli_writes_scoring_json(data, capsys):
+    tmp, ref, u2s = data
+    datadir, decode = tmp / "data", tmp / "decode"
+    datadir.mkdir()
+    decode.mkdir()
+    os.replace(ref, datadir / "text")
+    os.replace(u2s, datadir / "utt2spk")
+    write(decode / "text", [("a_1", "the cat sat on the mat"), ("b_1", "one more word")])
+    score.main(["--data", str(datadir), "--decode_dir", str(decode)])
+    assert json.loads((decode / "scoring.json").read_text()) == {"data": str(datadir), "missing": 1}
+    out = capsys.readouterr()
+    assert "1 utterances of" in out.err and f"score: {decode} WER 18.2% (3 sentences, 11 units)" in out.out
+    write(decode / "text", [("zz_9", "who")])
+    with pytest.raises(SystemExit, match="^score: .*not in"):
+        score.main(["--data", str(datadir), "--decode_dir", str(decode)])

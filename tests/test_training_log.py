@@ -1,5 +1,12 @@
-"""Reading ESPnet's train.log: epochs, metrics, resumed runs and the wall-clock time."""
-from mpq_plugins.training_log import read_epochs, training_seconds
+"""Reading ESPnet's train.log: epochs, metrics, resumed runs and the wall-clock time; the summary and
+the learning curve of a run (bin/plot_training)."""
+import json
+import os
+
+import pytest
+
+from mpq_plugins.bin import plot_training
+from mpq_plugins.eval.training_log import read_epochs, run_logs, training_seconds
 
 LOG = """\
 [vm] 2026-11-22 05:41:20,600 (trainer:336) INFO: 1/40epoch started
@@ -29,3 +36,25 @@ def test_rotated_logs_are_read_in_order(tmp_path):
     (tmp_path / "train.log").write_text(second)
     ep = read_epochs(str(tmp_path / "train.log.1"), str(tmp_path / "train.log"))
     assert [e["epoch"] for e in ep] == [1, 2] and ep[1]["valid"]["acc"] == 0.180
+
+
+def test_plot_training_reads_rotated_logs_and_writes_curve_and_summary(tmp_path, capsys):
+    first, second = LOG.split("some other line\n")
+    exp = tmp_path / "asr_x"
+    exp.mkdir()
+    (exp / "train.log.1").write_text(first)
+    (exp / "train.log").write_text(second)
+    (exp / "train.log.bak").write_text("not a rotated log\n")
+    assert run_logs(str(exp)) == [str(exp / "train.log.1"), str(exp / "train.log")]
+    plot_training.main(["--exp_dir", str(exp)])
+    summary = json.loads((exp / "training_summary.json").read_text())
+    assert summary == {"epochs": 2, "best_epoch": 2, "best_valid_acc": 0.180, "last_valid_acc": 0.180,
+                       "train_seconds": 87 + 60}
+    assert os.path.getsize(exp / "training_curve.png") > 1000
+    assert "plot_training: " in capsys.readouterr().out
+    (exp / "train.log").write_text("no epoch here\n")
+    (exp / "train.log.1").unlink()
+    with pytest.raises(SystemExit, match="train.log holds no finished epoch"):
+        plot_training.main(["--exp_dir", str(exp)])
+    with pytest.raises(SystemExit, match="nothing/train.log does not exist"):
+        plot_training.main(["--exp_dir", str(tmp_path / "nothing")])

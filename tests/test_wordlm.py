@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mpq_plugins.decoding import NEG, WordLMScorer
-from mpq_plugins.wordlm import NgramLM
+from mpq_plugins.espnet.decoding import NEG, WordLMScorer
+from mpq_plugins.espnet.wordlm import NgramLM
 
 TOKENS = ["<blank>", "<unk>", "<space>", "a", "b", "c", "<sos/eos>"]
 EOS = len(TOKENS) - 1
@@ -104,3 +104,26 @@ def test_train_word_lm_cli(tmp_path):
                         "--valid", str(tmp_path / "bad"), "--out", str(tmp_path / "x.json")], capture_output=True, text=True)
     assert r.returncode != 0 and "bad" in r.stderr and "zebra" in r.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_train_word_lm_plain_text_and_bad_input(tmp_path):
+    def train(*args):
+        return subprocess.run([sys.executable, "-m", "mpq_plugins.bin.train_word_lm", *map(str, args)],
+                              capture_output=True, text=True)
+    (tmp_path / "corpus.txt").write_text("a b\na c\n")               # one sentence a line, no ids
+    (tmp_path / "dev").write_text("d1 a b\n")
+    r = train("--text", tmp_path / "corpus.txt", "--text_format", "plain", "--valid", tmp_path / "dev",
+              "--out", tmp_path / "lm.json")
+    assert r.returncode == 0, r.stderr
+    assert NgramLM.load(tmp_path / "lm.json").words == ["a", "b", "c"]
+    (tmp_path / "bad.txt").write_bytes(b"u1 a b\nu2 caf\xe9\n")
+    (tmp_path / "vocab").write_text("a\nb\n")
+    for args, expected in (((tmp_path / "bad.txt",), "bad.txt:2: not valid UTF-8"),
+                           ((tmp_path / "bad.txt", "--text_format", "plain"), "bad.txt:2: not valid UTF-8"),
+                           ((tmp_path / "corpus.txt", "--text_format", "plain", "--vocab", tmp_path / "vocab"),
+                            "corpus.txt: sentence 2: word 'c' is not in the vocabulary"),
+                           ((tmp_path / "missing",), "cannot read")):
+        r = train("--text", *args, "--out", tmp_path / "x.json")
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("train_word_lm: ") and expected in r.stderr, r.stderr
+        assert not (tmp_path / "x.json").exists()

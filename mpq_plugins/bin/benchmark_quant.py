@@ -24,10 +24,16 @@ import os
 import statistics
 import time
 
+import jiwer
+import soundfile
 import torch
 
-from mpq_plugins.espnet_task import build_from_config, read_config
-from mpq_plugins.quant.serve import espnet_dynamic_int8, to_int8_serving
+from mpq_plugins.confio import read_config
+from mpq_plugins.datadir import read_table
+from mpq_plugins.espnet.decoding import Recognizer, read_decode_config
+from mpq_plugins.espnet.load import build_from_config, load_asr_model
+from mpq_plugins.espnet.wordlm import NgramLM
+from mpq_plugins.quant.serve import dynamic_int8_linears, to_int8_serving
 
 DEFAULT_CONF = "conf/train_asr_conformer.yaml"
 PAPER_CONF = "egs/librispeech_100/conf/train_asr_conformer.yaml"
@@ -109,30 +115,27 @@ def encoder_times(conf_path, repeats):
     to_int8_serving(w8_dyn)
     systems["ours: 8-bit, int8 kernels, dynamic subsampling"] = w8_dyn
     calib = [(torch.randn(1, 160000, generator=torch.Generator().manual_seed(3 + i)) * 0.1, lengths) for i in range(4)]
-    to_int8_serving(w8, calibration=calib)             # other random utterances than the timed one
+    to_int8_serving(w8, calibration=encode_all(w8, calib))   # other random utterances than the timed one
     systems["ours: 8-bit, int8 kernels"] = w8
-    systems["ESPnet dynamic int8 (--quantize_asr_model)"] = espnet_dynamic_int8(build(conf_path, 30).eval())
+    systems["ESPnet dynamic int8 (--quantize_asr_model)"] = dynamic_int8_linears(build(conf_path, 30).eval())
     with torch.no_grad():
         return interleaved_medians({n: (lambda m=m: m.encode(speech, lengths)) for n, m in systems.items()}, repeats)
 
 
+def encode_all(model, batches):
+    """The calibration of to_int8_serving: the model's encoder over (speech, lengths) batches."""
+    return lambda: [model.encode(speech, lengths) for speech, lengths in batches]
+
+
 def read_utts(data, n_utts):
     """[(utt id, samples)] of the first n_utts of a data dir."""
-    import soundfile
-    with open(os.path.join(data, "wav.scp")) as f:
-        wavs = [line.split(maxsplit=1) for line in f][:n_utts]
-    return [(k, soundfile.read(p.strip(), dtype="float32")[0]) for k, p in wavs]
+    wavs = read_table(os.path.join(data, "wav.scp"))[:n_utts]
+    return [(k, soundfile.read(p.strip(), dtype="float32")[0]) for k, p, _ in wavs]
 
 
 def decode_rtf(expdir, tag, data, n_utts, decode_conf, word_lm, calib_data, n_calib):
     """(rows, n) for the trained float and w8 systems: RTF and WER of the first n_utts of data; the
     int8-served system's static subsampling is calibrated on the first n_calib utterances of calib_data."""
-    import jiwer
-
-    from mpq_plugins.bin.asr_inference import read_decode_config
-    from mpq_plugins.decoding import Recognizer
-    from mpq_plugins.espnet_task import load_asr_model
-    from mpq_plugins.wordlm import NgramLM
     fp32_dir = os.path.join(expdir, f"asr_{tag}")
     w8_dir = next((d for d in (f"{fp32_dir}_w8_ptq", f"{fp32_dir}_w8")
                    if os.path.exists(os.path.join(d, "packed.safetensors"))), f"{fp32_dir}_w8_ptq")
@@ -140,11 +143,7 @@ def decode_rtf(expdir, tag, data, n_utts, decode_conf, word_lm, calib_data, n_ca
         os.path.join(d, "wav.scp") for d in (data, calib_data)]
     if not all(os.path.exists(p) for p in need):
         return None, 0, None
-    refs = {}
-    with open(os.path.join(data, "text")) as f:
-        for line in f:
-            k, _, v = line.strip().partition(" ")
-            refs[k] = v
+    refs = {k: v for k, v, _ in read_table(os.path.join(data, "text"))}
     audio = read_utts(data, n_utts)
     calib = [(torch.from_numpy(a)[None], torch.tensor([len(a)])) for _, a in read_utts(calib_data, n_calib)]
     seconds = sum(len(a) for _, a in audio) / 16000
@@ -156,10 +155,10 @@ def decode_rtf(expdir, tag, data, n_utts, decode_conf, word_lm, calib_data, n_ca
     w8, conf8 = load_asr_model(None, os.path.join(w8_dir, "packed.safetensors"))
     systems["w8 packed, fake-quant (float kernels)"] = (w8, conf8)
     w8i, _ = load_asr_model(None, os.path.join(w8_dir, "packed.safetensors"))
-    to_int8_serving(w8i.eval(), calibration=calib)
+    to_int8_serving(w8i.eval(), calibration=encode_all(w8i, calib))
     systems["w8 packed, int8 kernels"] = (w8i, conf8)
     fp32d, _ = load_asr_model(None, os.path.join(fp32_dir, "packed.safetensors"))
-    systems["float32 + ESPnet dynamic int8"] = (espnet_dynamic_int8(fp32d), conf)
+    systems["float32 + ESPnet dynamic int8"] = (dynamic_int8_linears(fp32d), conf)
     recs = {name: Recognizer(model, c, opts, word_lm=lm) for name, (model, c) in systems.items()}
     names = list(recs)
     spent, hyps = {n: 0.0 for n in names}, {n: [] for n in names}

@@ -1,10 +1,11 @@
 """Train the token model and write ESPnet's token list.
 
     python -m mpq_plugins.bin.make_tokens --text data/train/text --token_type bpe --nbpe 300 \
-        --outdir data/token_list/bpe_unigram300
+        --output_dir data/token_list/bpe_unigram300
 
-token_type bpe: a sentencepiece unigram model (<outdir>/bpe.model); char: characters; word: words.
-tokens.txt is ESPnet's token list: <blank>, <unk>, the tokens, <sos/eos>.
+token_type bpe: a sentencepiece unigram model (<output_dir>/bpe.model); char: characters; word: words.
+tokens.txt is ESPnet's token list: <blank>, <unk>, the tokens, <sos/eos>. The output dir is built
+beside it (<output_dir>.tmp) and swapped in whole, so a failed run leaves the previous one in place.
 """
 import argparse
 import collections
@@ -12,16 +13,25 @@ import os
 import shutil
 import sys
 
+from mpq_plugins.datadir import DataDirError, read_table
+
 
 def read_text(path):
-    lines = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split(" ", 1)
-            if len(parts) < 2 or not parts[1].strip():
-                sys.exit(f"make_tokens: {path}:{n}: empty transcript")
-            lines.append(parts[1].strip())
-    return lines
+    """The transcripts of a Kaldi text file; every bad line is one error naming file:line."""
+    try:
+        rows = read_table(path)
+    except DataDirError as e:
+        sys.exit(f"make_tokens: {e}")
+    except OSError as e:
+        sys.exit(f"make_tokens: cannot read {path}: {e.strerror}")
+    for key, text, n in rows:
+        if not key:
+            sys.exit(f"make_tokens: {path}:{n}: the line starts with a space (no utterance id)")
+        if not text:
+            sys.exit(f"make_tokens: {path}:{n}: empty transcript")
+    if not rows:
+        sys.exit(f"make_tokens: {path}: no transcripts")
+    return [text for _, text, _ in rows]
 
 
 def main(argv=None):
@@ -30,20 +40,26 @@ def main(argv=None):
     p.add_argument("--token_type", choices=["bpe", "char", "word"], default="bpe")
     p.add_argument("--nbpe", type=int, default=300)
     p.add_argument("--bpemode", default="unigram", choices=["unigram", "bpe"])
-    p.add_argument("--outdir", required=True)
+    p.add_argument("--output_dir", required=True, help="where tokens.txt (and bpe.model) go")
     a = p.parse_args(argv)
     lines = read_text(a.text)
-    tmp = a.outdir.rstrip("/") + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
+    tmp = a.output_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run; must not leak an old bpe.model
+    os.makedirs(tmp)
     if a.token_type == "bpe":
         import sentencepiece as spm
         corpus = os.path.join(tmp, "train.txt")
         with open(corpus, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
-        spm.SentencePieceTrainer.train(
-            input=corpus, model_prefix=os.path.join(tmp, "bpe"), vocab_size=a.nbpe,
-            model_type=a.bpemode, character_coverage=1.0, input_sentence_size=100000000,
-            minloglevel=2)
+        try:
+            spm.SentencePieceTrainer.train(
+                input=corpus, model_prefix=os.path.join(tmp, "bpe"), vocab_size=a.nbpe,
+                model_type=a.bpemode, character_coverage=1.0, input_sentence_size=100000000,
+                minloglevel=2)
+        except RuntimeError as e:  # e.g. "Vocabulary size too high (300). Please set it to a value <= 14."
+            shutil.rmtree(tmp, ignore_errors=True)
+            sys.exit(f"make_tokens: sentencepiece failed on {a.text} with --nbpe {a.nbpe}: "
+                     f"{str(e).split('] ')[-1].strip()}")
         sp = spm.SentencePieceProcessor(model_file=os.path.join(tmp, "bpe.model"))
         tokens = [sp.id_to_piece(i) for i in range(sp.get_piece_size())
                   if not (sp.is_unknown(i) or sp.is_control(i))]
@@ -56,10 +72,10 @@ def main(argv=None):
         tokens = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     with open(os.path.join(tmp, "tokens.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(["<blank>", "<unk>"] + tokens + ["<sos/eos>"]) + "\n")
-    if os.path.isdir(a.outdir):
-        shutil.rmtree(a.outdir)
-    os.replace(tmp, a.outdir)
-    print(f"make_tokens: {len(tokens) + 3} tokens in {a.outdir}/tokens.txt")
+    if os.path.isdir(a.output_dir):
+        shutil.rmtree(a.output_dir)
+    os.replace(tmp, a.output_dir)
+    print(f"make_tokens: {len(tokens) + 3} tokens in {a.output_dir}/tokens.txt")
 
 
 if __name__ == "__main__":

@@ -5,16 +5,14 @@
 
 Writes the file and <out without suffix>.size.json: bytes of the float32 model, of the file on
 disk and by the bit accounting (quantized weights at their bit-widths, steps, float tensors),
-compression ratio (float32 bytes / bytes on disk) and average bits.
+compression ratio (float32 bytes / bytes on disk), average bits and the bits of every layer.
 """
 import argparse
 import json
 import sys
 
-from mpq_plugins.espnet_task import load_asr_model
+from mpq_plugins.espnet.load import load_asr_model, pack_asr_model
 from mpq_plugins.quant import QuantConfigError
-from mpq_plugins.quant.export import export_packed
-from mpq_plugins.quant.mpq import finalize, mixed_quantizers, with_fixed_bits
 
 
 def main(argv=None):
@@ -27,10 +25,7 @@ def main(argv=None):
         sys.exit(f"pack: --out {a.out}: the packed file's name must end in .safetensors")
     try:
         model, conf = load_asr_model(a.asr_train_config, a.asr_model_file)
-        if mixed_quantizers(model):   # learnt mixed precision: its fixed bit-widths, as plain quantized layers
-            bits = finalize(model)
-            conf = {**conf, "quantization": with_fixed_bits(conf["quantization"], bits)}
-        report = export_packed(model, conf, a.out)
+        report = pack_asr_model(model, conf, a.out)
     except (ValueError, QuantConfigError) as e:
         sys.exit(f"pack: {e}")
     with open(a.out[: -len(".safetensors")] + ".size.json", "w") as f:

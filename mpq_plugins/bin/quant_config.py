@@ -1,15 +1,19 @@
-"""Write the training config of a quantized system: the float model's config with a quant conf on top.
+"""Write the training config of a quantized system: the float model's config, the shared fine-tuning
+options and a quant conf on top.
 
-    python -m mpq_plugins.bin.quant_config --base conf/train_asr_conformer.yaml --conf conf/finetune.yaml \
-        --conf conf/quant/w4.yaml --token_list data/token_list/char/tokens.txt \
+    python -m mpq_plugins.bin.quant_config --base conf/train_asr_conformer.yaml --finetune conf/finetune.yaml \\
+        --quant_conf conf/quant/w4.yaml --token_list data/token_list/char/tokens.txt \\
         --out exp/asr_train_asr_conformer_w4/train_config.yaml
 
-Each --conf is laid over the ones before it, then each --set KEY=VALUE.
-
-The quant conf holds a `quantization:` section (mpq_plugins/quant/config.py) and any ESPnet training
-options to change for the fine-tuning (max_epoch, optim_conf, ...); a conf without `quantization:`
-continues float training (the control system). The quantization section is checked against the
-real model before anything is written, so a bad bit-width or pattern fails before training starts.
+The quant conf (mpq_plugins.confio: its `method`, an optional `base`, a `quantization:` section and
+ESPnet training options) decides the rest:
+- float: no quantization (the control); qat: its quantization section;
+- one_stage: the mixed-precision model (`model: mpq_espnet`), which learns the bits in this run, with
+  the float checkpoint it learns from (--teacher_model);
+- supernet --search_run: the same model trained for `search_steps` optimizer updates (stage 1);
+- kl, hessian, supernet with --bits FILE: QAT with the bit-widths the search wrote there (stage 2).
+Then each --set KEY=VALUE. The result is built into the real model before anything is written, so a
+bad option, bit-width or pattern fails before training starts.
 """
 import argparse
 import os
@@ -17,41 +21,73 @@ import sys
 
 import yaml
 
-from mpq_plugins.espnet_task import QuantASRTask, build_from_config, read_config
-from mpq_plugins.quant import QuantConfigError
+from mpq_plugins.confio import ConfError, compose, merge, read_config, training_options
+from mpq_plugins.espnet.load import build_from_config
+from mpq_plugins.espnet.task import MIXED_MODEL, QuantASRTask
+from mpq_plugins.quant import QuantConfig, QuantConfigError
+
+
+def training_config(base, finetune, quant_conf, bits=None, search_run=False, teacher_model=None, sets=()):
+    """The merged training config (dict) of a quant conf; see the module doc."""
+    conf = compose(quant_conf)
+    method = conf["method"]
+    known = set(vars(QuantASRTask.get_parser().parse_args([])))
+    for path, options in ((finetune, read_config(finetune)), (quant_conf, training_options(conf))):
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    merged = merge(merge(read_config(base), read_config(finetune)), training_options(conf))
+    if method == "ptq":
+        raise ValueError(f"{quant_conf}: method ptq does not train (mpq_plugins.bin.ptq)")
+    if search_run != (method == "supernet" and bits is None):
+        raise ValueError(f"{quant_conf}: --search_run is the first stage of method supernet only")
+    if method in ("kl", "hessian", "supernet") and not search_run:
+        if bits is None:
+            raise ValueError(f"{quant_conf}: method {method} trains the bit-widths its search chose (--bits FILE)")
+        merged["quantization"] = read_config(bits).get("quantization")
+        QuantConfig.from_dict(merged["quantization"], f"{bits}: quantization")
+    if method in ("one_stage", "supernet") and bits is None:
+        merged["model"] = MIXED_MODEL
+        if teacher_model is not None:
+            if not os.path.isfile(teacher_model):
+                raise ValueError(f"--teacher_model {teacher_model}: no such file")
+            merged["teacher_model"] = teacher_model
+    if search_run:
+        steps = QuantConfig.from_dict(merged["quantization"], f"{quant_conf}: quantization").mpq.search_steps
+        merged.update(max_epoch=1, num_iters_per_epoch=steps * int(merged.get("accum_grad", 1)))
+    for kv in sets:
+        key, eq, value = kv.partition("=")
+        if not eq or key not in known:
+            raise ValueError(f"--set {kv}: expected KEY=VALUE with an ESPnet training option as KEY")
+        merged[key] = yaml.safe_load(value)
+    return merged
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="the float model's training config")
-    p.add_argument("--conf", required=True, action="append", help="fine-tuning options, then the quant conf")
+    p.add_argument("--finetune", required=True, help="the fine-tuning options shared by every system")
+    p.add_argument("--quant_conf", required=True, help="the quant conf (conf/quant/*.yaml)")
+    p.add_argument("--bits", default=None, help="bits.yaml of a two-stage search (mpq_plugins.bin.search_precision)")
+    p.add_argument("--search_run", action="store_true", help="the supernet's search run (method supernet)")
+    p.add_argument("--teacher_model", default=None,
+                   help="the float checkpoint a mixed-precision run learns from (one_stage, supernet --search_run)")
     p.add_argument("--token_list", required=True, help="token list (to build the model for the check)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="one more option on top of every conf (the value is read as yaml)")
+                   help="one more option on top (the value is read as yaml)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:
-        merged = read_config(a.base)
-        known = set(vars(QuantASRTask.get_parser().parse_args([])))
-        for path in a.conf:
-            conf = read_config(path)
-            unknown = sorted(set(conf) - known)
-            if unknown:
-                raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)}")
-            merged.update(conf)
-        for kv in a.set:
-            key, eq, value = kv.partition("=")
-            if not eq or key not in known:
-                raise ValueError(f"--set {kv}: expected KEY=VALUE with an ESPnet training option as KEY")
-            merged[key] = yaml.safe_load(value)
+        merged = training_config(a.base, a.finetune, a.quant_conf, a.bits, a.search_run, a.teacher_model, a.set)
         with open(a.token_list, encoding="utf-8") as f:
             tokens = [t.strip() for t in f if t.strip()]
-        build_from_config({**merged, "token_list": tokens, "normalize": None}, a.conf[-1])
-    except (ValueError, OSError, QuantConfigError) as e:
+        build_from_config({**merged, "token_list": tokens, "normalize": None}, a.quant_conf)
+    except (ValueError, OSError, QuantConfigError, ConfError) as e:
         sys.exit(f"quant_config: {e}")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out + ".tmp", "w", encoding="utf-8") as f:
-        f.write(f"# {a.base} with {' and '.join(a.conf)} on top (mpq_plugins.bin.quant_config)\n")
+        f.write(f"# {a.base} with {a.finetune}, {a.quant_conf}{' and ' + a.bits if a.bits else ''} on top "
+                "(mpq_plugins.bin.quant_config)\n")
         yaml.safe_dump(merged, f, sort_keys=False)
     os.replace(a.out + ".tmp", a.out)
     print(f"quant_config: {a.out}")

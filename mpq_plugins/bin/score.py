@@ -1,35 +1,31 @@
-"""Score a decode dir with sclite: python -m mpq_plugins.bin.score --data data/test --dir DECODE_DIR
+"""Score a decode dir with sclite: python -m mpq_plugins.bin.score --data data/test --decode_dir DECODE_DIR
 
-Reads <data>/text, <data>/utt2spk and <dir>/text; writes <dir>/score_{wer,cer}/{ref.trn,hyp.trn,
-result.txt,*.sgml}, <dir>/scoring.json (utterances without hypothesis) and prints the Sum/Avg rows. Utterances with no hypothesis are scored as deletions
-and reported; hypotheses for unknown utterances are an error.
+Reads <data>/text, <data>/utt2spk and <decode_dir>/text; writes <decode_dir>/score_{wer,cer}/{ref.trn,
+hyp.trn,result.txt,*.sgml}, <decode_dir>/scoring.json (utterances without hypothesis) and prints the
+Sum/Avg rows. Utterances with no hypothesis are scored as deletions and reported; hypotheses for
+unknown utterances are an error. See mpq_plugins/eval/scoring.py.
 """
 import argparse
-import json
-import os
 import sys
 
-from mpq_plugins.scoring import ScoringError, score_dir
+from mpq_plugins.eval.scoring import ScoringError, score_decode_dir
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
-    p.add_argument("--dir", required=True)
+    p.add_argument("--data", required=True, help="the data dir decoded (text, utt2spk)")
+    p.add_argument("--decode_dir", required=True, help="the decode dir: its text is scored, the scores go there")
     a = p.parse_args(argv)
     try:
-        r = score_dir(os.path.join(a.data, "text"), os.path.join(a.dir, "text"),
-                      os.path.join(a.data, "utt2spk"), a.dir)
+        r = score_decode_dir(a.data, a.decode_dir)
     except (ScoringError, FileNotFoundError) as e:
         sys.exit(f"score: {e}")
-    with open(os.path.join(a.dir, "scoring.json"), "w") as f:   # read by the report: rows with missing hyps
-        json.dump({"data": a.data, "missing": r["missing"]}, f)
     if r["missing"]:
-        print(f"score: WARNING: {r['missing']} utterances of {a.data} have no hypothesis in {a.dir}/text; "
+        print(f"score: WARNING: {r['missing']} utterances of {a.data} have no hypothesis in {a.decode_dir}/text; "
               "scored as deletions", file=sys.stderr)
     for k in ("wer", "cer"):
         row = r[k]
-        print(f"score: {a.dir} {k.upper()} {row['Err']:.1f}% ({row['Snt']} sentences, {row['Wrd']} units)")
+        print(f"score: {a.decode_dir} {k.upper()} {row['Err']:.1f}% ({row['Snt']} sentences, {row['Wrd']} units)")
 
 
 if __name__ == "__main__":

@@ -3,51 +3,80 @@
     python -m mpq_plugins.bin.train_word_lm --text data/local/corpus/lm_train.txt \
         --valid data/dev/text --order 3 --out exp/wordlm_3gram/lm.json [--vocab data/local/corpus/vocab.txt]
 
---text and --valid are Kaldi text files (utt-id words...). The vocabulary (the lexicon of the
-search) is --vocab, one word a line, or else every word of --text. Prints the perplexity on --valid
-and writes it to <out dir>/perplexity.
+--text and --valid are Kaldi text files (utt-id words...); with --text_format plain, --text is a
+corpus with one sentence a line and no ids (e.g. LibriSpeech's LM text). The vocabulary (the lexicon
+of the search) is --vocab, one word a line, or else every word of --text. Prints the perplexity on
+--valid and writes it to <out dir>/perplexity.
 """
 import argparse
 import os
 import sys
 import time
 
-from mpq_plugins.wordlm import NgramLM
+from mpq_plugins.datadir import DataDirError, read_lines, read_table
+from mpq_plugins.espnet.wordlm import NgramLM
 
 
-def read_sentences(path):
+def read_sentences(path, text_format="kaldi"):
+    """The word lists of a Kaldi text file (kaldi) or of one sentence a line (plain); strict UTF-8,
+    and every bad line is a ValueError naming file:line."""
     out = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                parts = line.split()
-                if len(parts) < 2:
-                    raise ValueError(f"{path}:{n}: empty transcript")
-                out.append(parts[1:])
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid UTF-8 ({e.reason})")
+        if text_format == "kaldi":
+            rows = read_table(path)
+            for key, _, n in rows:
+                if not key:
+                    raise ValueError(f"{path}:{n}: the line starts with a space (no utterance id)")
+            lines = ((text, n) for _, text, n in rows)
+        else:
+            lines = read_lines(path)
+        for text, n in lines:
+            words = text.split()
+            if not words:
+                raise ValueError(f"{path}:{n}: {'empty transcript' if text_format == 'kaldi' else 'empty line'}")
+            out.append(words)
+    except DataDirError as e:
+        raise ValueError(str(e))
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror}")
+    if not out:
+        raise ValueError(f"{path}: no sentences")
     return out
+
+
+def read_vocab(path):
+    """The words of a word list (one a line); strict UTF-8 like the texts."""
+    try:
+        return [w for line, _ in read_lines(path) for w in line.split()]
+    except DataDirError as e:
+        raise ValueError(str(e))
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--text", required=True)
-    p.add_argument("--valid", default=None)
-    p.add_argument("--vocab", default=None)
+    p.add_argument("--text", required=True, help="the LM training text")
+    p.add_argument("--text_format", choices=["kaldi", "plain"], default="kaldi",
+                   help="of --text: kaldi (utt-id words...) or plain (one sentence a line)")
+    p.add_argument("--valid", default=None, help="Kaldi text file for the perplexity")
+    p.add_argument("--vocab", default=None, help="word list, one a line (default: the words of --text)")
     p.add_argument("--order", type=int, default=3)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     t0 = time.time()
     try:
-        sents = read_sentences(a.text)
+        sents = read_sentences(a.text, a.text_format)
         if a.vocab:
-            with open(a.vocab, encoding="utf-8") as f:
-                vocab = [w for w in f.read().split()]
+            vocab = read_vocab(a.vocab)
         else:
             vocab = sorted({w for s in sents for w in s})
-        lm = NgramLM.train(sents, vocab, a.order)
+        try:
+            lm = NgramLM.train(sents, vocab, a.order)
+        except ValueError as e:
+            if str(e).startswith("sentence "):  # a word outside --vocab; sentence n is line n of --text
+                raise ValueError(f"{a.text}: {e} {a.vocab}")
+            raise
         valid = read_sentences(a.valid) if a.valid else []
         oov = sorted({w for s in valid for w in s if not lm.is_word(w)})
         if oov:

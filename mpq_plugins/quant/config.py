@@ -1,38 +1,29 @@
-"""The `quantization:` section of a training yaml, and `quantize_(model, config)`.
+"""The `quantization:` section of a training yaml, and `quantize_(model, config, groups)`.
 
     quantization:
       weight_bits: 4          # bit-width of every quantized weight (2..8)
       per_channel: true       # one step per output channel (false: one per tensor)
       act_bits: null          # 8 or 4: quantize the inputs of Linear and conv layers too
       act_mode: lsq           # lsq (learnt step) or minmax (moving average of the largest value)
-      modules: [all]          # groups (GROUPS below) or regular expressions over module names
+      modules: [all]          # group names (see `groups`) or regular expressions over module names
       bits:                   # per-module bit-widths: regular expression -> bits, first match wins
         'encoder\\.embed\\..*': 8
-      mixed_precision:        # learn the bit-widths (mpq_plugins/quant/mpq.py)
-        method: one_stage
+      mixed_precision:        # learn or search the bit-widths (MixedPrecisionConfig below)
         budget: {avg_bits: 3.0}
 
 Every module whose full name matches one of `modules` and is a Linear, Conv1d, Conv2d or
-Embedding is swapped for its quantization-aware version (mpq_plugins.quant.layers).
+Embedding is swapped for its quantization-aware version (mpq_plugins.quant.layers). Which names
+make a group ("attention", "feed_forward", ...) depends on the model: the caller passes `groups`
+({group name: regular expression}); the ESPnet adapter has them per encoder type
+(mpq_plugins.espnet.groups). Without groups, "all" is every supported layer.
 """
 import dataclasses
 import re
 
+from mpq_plugins.quant.allocation import Budget, BudgetError, check_candidates
 from mpq_plugins.quant.layers import QUANT_CLASS, QUANT_LAYERS
+from mpq_plugins.quant.mixed import attach_mixed
 from mpq_plugins.quant.numerics import check_bits
-
-_N = r"\d+"
-GROUPS = {   # the parts of an ESPnet Conformer that can be quantized, by module name
-    "subsampling": r"encoder\.embed\.(conv\.\d+|out\.0)",
-    "attention": rf"encoder\.encoders\.{_N}\.self_attn\.linear_(q|k|v|out|pos)",
-    "feed_forward": rf"encoder\.encoders\.{_N}\.feed_forward(_macaron)?\.w_[12]",
-    "conv_module": rf"encoder\.encoders\.{_N}\.conv_module\.(pointwise_conv1|depthwise_conv|pointwise_conv2)",
-    "decoder_attention": rf"decoder\.decoders\.{_N}\.(self_attn|src_attn)\.linear_(q|k|v|out)",
-    "decoder_feed_forward": rf"decoder\.decoders\.{_N}\.feed_forward\.w_[12]",
-    "decoder_embed": r"decoder\.embed\.0",
-    "decoder_output": r"decoder\.output_layer",
-    "ctc": r"ctc\.ctc_lo",
-}
 
 
 class QuantConfigError(ValueError):
@@ -48,6 +39,66 @@ def from_mapping(cls, d, where, error=QuantConfigError):
     if unknown:
         raise error(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     return cls(**d)
+
+
+@dataclasses.dataclass
+class MixedPrecisionConfig:
+    """The `mixed_precision:` part of a `quantization:` section: the candidates, the budget, and the
+    options of the search. Which method uses it (one-stage, supernet, KL or Hessian search) is the
+    quant conf's `method:`; a training config with this part trains a supernet (mixed.py).
+
+        candidates: [2, 3, 4, 6, 8]
+        budget: {avg_bits: 3.0}    # or {size_mb: 1.2}: the packed file
+        search_steps: 200          # optimizer updates before the bits are fixed (one_stage, supernet)
+        tau: [1.0, 0.1]            # Gumbel-softmax temperature, annealed geometrically over search_steps
+        size_weight: 20.0          # penalty per average bit above the budget (expected size): strong
+                                   # enough that the search reaches the budget before the fix (at 2.0
+                                   # a 3-bit search on the default corpus still expected 4.0 bits)
+        size_weight_lr: 0.0        # > 0: after each update above the budget the weight grows by this times
+                                   # the excess in average bits (dual ascent), so the search reaches any
+                                   # budget (at 2.5 bits a fixed 20 left it at 2.76: the KL pulled back as hard)
+        kl_weight: 1.0             # KL from the float teacher's posteriors (CTC and decoder) to the model's
+        kl_after_fix: true         # keep the KL once the bits are fixed (false: the teacher runs only
+                                   # while searching; its forward is ~20% of a fine-tuning step)
+        logit_lr: 0.05             # peak learning rate of the precision logits (their own group; the
+                                   # scheduler shapes it as the model's), whatever the fine-tuning lr
+        n_utts: 32                 # kl, hessian: held-out utterances for the sensitivities
+        hutchinson_samples: 16     # hessian: Rademacher probes
+    """
+    candidates: list = dataclasses.field(default_factory=lambda: [2, 3, 4, 6, 8])
+    budget: dict = None
+    search_steps: int = 200
+    tau: list = dataclasses.field(default_factory=lambda: [1.0, 0.1])
+    size_weight: float = 20.0
+    size_weight_lr: float = 0.0
+    kl_weight: float = 1.0
+    kl_after_fix: bool = True
+    logit_lr: float = 0.05
+    n_utts: int = 32
+    hutchinson_samples: int = 16
+
+    @classmethod
+    def from_dict(cls, d, where="mixed_precision"):
+        c = from_mapping(cls, d, where)
+        try:
+            c.candidates = check_candidates(c.candidates, f"{where}: candidates")
+            if c.budget is None:
+                raise QuantConfigError(f"{where}: budget is missing (avg_bits or size_mb)")
+            c.budget_obj = Budget.from_dict(c.budget, f"{where}: budget")
+        except BudgetError as e:
+            raise QuantConfigError(str(e)) from None
+        if c.budget_obj.avg_bits is not None and c.budget_obj.avg_bits < min(c.candidates):
+            raise QuantConfigError(f"{where}: budget avg_bits {c.budget_obj.avg_bits} is below what the smallest "
+                                   f"candidate ({min(c.candidates)} bits) allows")
+        if not (isinstance(c.tau, list) and len(c.tau) == 2 and all(t > 0 for t in c.tau)):
+            raise QuantConfigError(f"{where}: tau must be [start, end], both positive")
+        if not isinstance(c.size_weight_lr, (int, float)) or c.size_weight_lr < 0:
+            raise QuantConfigError(f"{where}: size_weight_lr must be a number >= 0")
+        if not isinstance(c.kl_after_fix, bool):
+            raise QuantConfigError(f"{where}: kl_after_fix must be true or false")
+        if not isinstance(c.search_steps, int) or isinstance(c.search_steps, bool) or c.search_steps < 1:
+            raise QuantConfigError(f"{where}: search_steps must be a positive integer")
+        return c
 
 
 @dataclasses.dataclass
@@ -75,13 +126,8 @@ class QuantConfig:
             raise QuantConfigError(f"{where}: act_mode {c.act_mode!r} is not lsq or minmax")
         if not isinstance(c.modules, list) or not c.modules:
             raise QuantConfigError(f"{where}: modules must be a non-empty list")
-        if c.mixed_precision is not None:
-            from mpq_plugins.quant.mpq import MixedPrecisionConfig
-            from mpq_plugins.quant.search import BudgetError
-            try:
-                c.mpq = MixedPrecisionConfig.from_dict(c.mixed_precision, f"{where}: mixed_precision")
-            except BudgetError as e:
-                raise QuantConfigError(str(e)) from None
+        c.mpq = (MixedPrecisionConfig.from_dict(c.mixed_precision, f"{where}: mixed_precision")
+                 if c.mixed_precision is not None else None)
         return c
 
 
@@ -92,21 +138,23 @@ def _compile(pattern, where):
         raise QuantConfigError(f"{where}: {pattern!r} is not a valid regular expression ({e})") from None
 
 
-def plan(model, config, where="quantization"):
-    """{module name: bits} of the modules config quantizes; every pattern must match something."""
+def plan(model, config, groups=None, where="quantization"):
+    """{module name: bits} of the modules config quantizes; every pattern must match something.
+    groups: {group name: regular expression over module names} of this kind of model."""
+    groups = groups or {}
+    layers = [n for n, mod in model.named_modules() if type(mod) in QUANT_CLASS or isinstance(mod, QUANT_LAYERS)]
     pats = []
     for m in config.modules:
         if m == "all":
-            pats += [(m, _compile(p, where)) for p in GROUPS.values()]
+            pats += [(m, _compile(p, where)) for p in groups.values()] if groups else [(m, re.compile(".*"))]
         else:
-            pats.append((m, _compile(GROUPS.get(m, m), where)))
-    names = [n for n, mod in model.named_modules() if type(mod) in QUANT_CLASS or isinstance(mod, QUANT_LAYERS)]
+            pats.append((m, _compile(groups.get(m, m), where)))
     chosen = {}
     for label, rx in pats:
-        hit = [n for n in names if rx.fullmatch(n)]
+        hit = [n for n in layers if rx.fullmatch(n)]
         if not hit and label != "all":
             raise QuantConfigError(f"{where}: modules entry {label!r} matches no Linear, Conv or Embedding "
-                                   f"module of the model (groups: {', '.join(GROUPS)})")
+                                   f"module of the model (groups: {', '.join(groups) or 'none'})")
         chosen.update({n: config.weight_bits for n in hit})
     for pat, b in config.bits.items():
         rx = _compile(pat, where)
@@ -118,31 +166,26 @@ def plan(model, config, where="quantization"):
     return dict(sorted(chosen.items()))
 
 
-def quantize_(model, config, where="quantization"):
-    """Swap the modules config chooses for quantization-aware ones, in place. Returns {name: bits}."""
+def quantize_(model, config, groups=None, where="quantization"):
+    """Swap the modules config chooses for quantization-aware ones, in place (with a mixed_precision
+    part, each gets the candidates' quantizers of a search). Returns {name: bits}."""
     if isinstance(config, dict):
         config = QuantConfig.from_dict(config, where)
-    chosen = plan(model, config, where)
+    chosen = plan(model, config, groups, where)
     for name, bits in chosen.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        mod = getattr(parent, child)
+        mod = model.get_submodule(name)
         if isinstance(mod, QUANT_LAYERS):
             raise QuantConfigError(f"{where}: {name} is quantized already")
-        new = QUANT_CLASS[type(mod)].from_float(mod, bits, config.per_channel, config.act_bits, config.act_mode)
-        setattr(parent, child, new)
-    if config.mixed_precision is not None:
-        from mpq_plugins.quant.mpq import attach_mixed
-        if config.mpq.method not in ("one_stage", "supernet"):
-            raise QuantConfigError(f"{where}: mixed_precision method {config.mpq.method} chooses the bits before "
-                                   "training (run.sh stage 6 runs its search, then trains with the bits it chose)")
+        model.set_submodule(name, QUANT_CLASS[type(mod)].from_float(mod, bits, config.per_channel,
+                                                                    config.act_bits, config.act_mode))
+    if config.mpq is not None:
         attach_mixed(model, list(chosen), config.mpq.candidates, config.per_channel)
     return chosen
 
 
-def quantized_modules(model):
-    return {n: m for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)}
-
-
-def bit_allocation(model):
-    return {n: m.weight_quantizer.bits for n, m in quantized_modules(model).items()}
+def with_fixed_bits(quant, bits):
+    """The quantization section that rebuilds a model whose mixed precision is fixed: the same
+    options, every layer's bit-width by its exact name, no mixed_precision part."""
+    out = {k: v for k, v in (quant or {}).items() if k != "mixed_precision"}
+    out["bits"] = {**(out.get("bits") or {}), **{re.escape(n): b for n, b in bits.items()}}
+    return out

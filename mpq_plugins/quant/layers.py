@@ -65,3 +65,13 @@ class QEmbedding(_QMixin, torch.nn.Embedding):
 QUANT_CLASS = {torch.nn.Linear: QLinear, torch.nn.Conv1d: QConv1d, torch.nn.Conv2d: QConv2d,
                torch.nn.Embedding: QEmbedding}
 QUANT_LAYERS = tuple(QUANT_CLASS.values())
+
+
+def quantized_modules(model):
+    """{name: layer} of the quantization-aware layers of a model, in module order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QUANT_LAYERS)}
+
+
+def bit_allocation(model):
+    """{name: bits} of the quantized layers (None for a layer whose mixed-precision search is still open)."""
+    return {n: m.weight_quantizer.bits for n, m in quantized_modules(model).items()}

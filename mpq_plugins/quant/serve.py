@@ -15,8 +15,9 @@
 Other layers (depthwise convolutions: fbgemm's dynamic depthwise conv is 14x slower than float;
 embeddings) keep their dequantized float weights.
 
-With `calibration` (a few utterances), the convolutional subsampling (ESPnet's Conv2dSubsampling*:
-a Sequential of Conv2d and ReLU pairs, all quantized) is served statically instead: the features are
+With `calibration` (a function that runs the model on a few inputs; for ESPnet, model.encode on a
+few utterances), every chain of Conv2d and ReLU pairs (a Sequential, all quantized, such as ESPnet's
+convolutional subsampling Conv2dSubsampling*) is served statically instead: the features are
 quantized once, each conv runs as fbgemm's int8 conv with its ReLU fused and its output kept in
 8 bits (activation scales from the calibration), and only the last output is dequantized. On the
 default Conformer this takes the subsampling from 19 ms (float first conv, dynamic int8 second
@@ -113,9 +114,9 @@ def _static_conv_relu(chain, ranges):
     return StaticInt8ConvReLU(max(ranges[0], 1e-8) / 63.0, convs)
 
 
-def observe_conv_relu_ranges(model, chains, calibration):
+def observe_conv_relu_ranges(chains, calibration):
     """{name: [input absmax, output max of each ReLU]} of the Conv2d+ReLU chains ({name: Sequential})
-    over the calibration utterances (an iterable of (speech, lengths) for model.encode)."""
+    while calibration() runs the model on its calibration inputs."""
     ranges = {name: [0.0] * (1 + len(mod) // 2) for name, mod in chains.items()}
     hooks = []
     for name, mod in chains.items():
@@ -128,8 +129,7 @@ def observe_conv_relu_ranges(model, chains, calibration):
             hooks.append(relu.register_forward_hook(relu_seen))
     try:
         with torch.no_grad():
-            for speech, lengths in calibration:
-                model.encode(speech, lengths)
+            calibration()
     finally:
         for h in hooks:
             h.remove()
@@ -151,12 +151,12 @@ def _int8_kind(mod):
 
 def to_int8_serving(model, calibration=None):
     """Swap quantized Linear, pointwise Conv1d and dense Conv2d layers for int8 kernels; returns their names.
-    With calibration (an iterable of (speech, lengths) batches for model.encode), Conv2d+ReLU chains
-    such as the convolutional subsampling are served statically in int8 (StaticInt8ConvReLU)."""
+    With calibration (a function that runs the model on a few inputs), Conv2d+ReLU chains such as
+    the convolutional subsampling are served statically in int8 (StaticInt8ConvReLU)."""
     swapped = []
     if calibration is not None:
         chains = {name: mod for name, mod in model.named_modules() if _conv_relu_chain(mod)}
-        for name, rng in observe_conv_relu_ranges(model, chains, calibration).items():
+        for name, rng in observe_conv_relu_ranges(chains, calibration).items():
             model.set_submodule(name, _static_conv_relu(_conv_relu_chain(chains[name]), rng))
             swapped.append(name)
     for name, mod in list(model.named_modules()):
@@ -175,6 +175,7 @@ def to_int8_serving(model, calibration=None):
     return swapped
 
 
-def espnet_dynamic_int8(model):
-    """ESPnet's own --quantize_asr_model: torch dynamic int8 quantization of every float Linear."""
+def dynamic_int8_linears(model):
+    """torch's dynamic int8 quantization of every float Linear (what ESPnet's --quantize_asr_model does):
+    the baseline the benchmark compares our serving with."""
     return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

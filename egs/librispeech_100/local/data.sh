@@ -28,8 +28,10 @@ if [ ! -d "${corpus}" ]; then
     exit 1
 fi
 
-# mpq_plugins lives at the repository root, three levels up from this script
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+# prep_librispeech.py sits beside this script and imports mpq_plugins from the repository root,
+# three levels up
+local_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_root="$(cd "${local_dir}/../../.." && pwd)"
 export PYTHONPATH="${repo_root}${PYTHONPATH:+:${PYTHONPATH}}"
 
-python -m mpq_plugins.bin.prep_librispeech --corpus "${corpus}" --sets "${sets}" --datadir "${datadir}"
+python "${local_dir}/prep_librispeech.py" --corpus "${corpus}" --sets "${sets}" --datadir "${datadir}"

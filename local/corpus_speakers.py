@@ -8,7 +8,7 @@ espeak-ng is the least natural engine, so it gets a smaller share of the utteran
 import itertools
 import random
 
-from .tts import Speaker
+from corpus_tts import Speaker
 
 ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-029"]
 ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]

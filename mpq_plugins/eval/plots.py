@@ -1,14 +1,26 @@
-"""The report's plots: WER against model size (lossless frontier marked) and per-layer bit
-allocation of mixed-precision systems. PNG files, small enough to commit next to RESULTS.md."""
+"""The report's plots: WER against model size (lossless frontier marked), per-layer bit allocation
+of mixed-precision systems, and the learning curve of a training run. PNG files, small enough to
+commit next to RESULTS.md."""
 import math
 import os
 
 
 def _plt():
+    # Imported on first use, not at the top: matplotlib is slow to import and only drawing needs
+    # it; the headless Agg backend has to be chosen before pyplot is imported.
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def _save(fig, path, **kwargs):
+    """Save a figure as PNG through a temporary file (never half a PNG), then close it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    fig.savefig(tmp, format="png", **kwargs)
+    os.replace(tmp, path)
+    _plt().close(fig)
 
 
 def lossless_frontier(points):
@@ -59,9 +71,7 @@ def wer_vs_size(systems, path, test_set):
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=80, bbox_inches="tight")
 
 
 def bit_allocation(name, bits_per_layer, path):
@@ -80,6 +90,23 @@ def bit_allocation(name, bits_per_layer, path):
     ax.set_yticks(range(0, 9))
     ax.set_title(f"{name}: bit-width per layer")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path, dpi=80)
+
+
+def training_curve(epochs, title, path):
+    """Token accuracy and loss per epoch, train and valid (epochs: training_log.read_epochs)."""
+    plt = _plt()
+    x = [e["epoch"] for e in epochs]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    for split, style in (("train", "--"), ("valid", "-")):
+        ax[0].plot(x, [e[split].get("acc", float("nan")) * 100 for e in epochs], style, marker="o", ms=3, label=split)
+        ax[1].plot(x, [e[split].get("loss", float("nan")) for e in epochs], style, marker="o", ms=3, label=split)
+    ax[0].set_ylabel("token accuracy (%)")
+    ax[1].set_ylabel("loss")
+    for axis in ax:
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path, dpi=80)

@@ -1,4 +1,5 @@
-"""ESPnet decoding glue: a word-LM scorer for ESPnet's beam search, and the recogniser that uses both.
+"""Decoding with ESPnet's beam search over models we load ourselves (float, quantized or packed),
+with our word-LM scorer; `decode_datadir` is what mpq_plugins.bin.asr_inference runs.
 
 `WordLMScorer` is an ESPnet batch scorer over character tokens. Its state is the word history
 and the letters of the word being spelt. Each letter scores the change of the look-ahead (the
@@ -7,13 +8,53 @@ space or the end of the sentence closes the word and scores its exact log-probab
 over a word, the scores give log P(word | history), so the search ranks sentences by the word
 LM, and a spelling that is no vocabulary word's prefix gets `NEG` and drops out of the beam.
 """
+import time
+
 import numpy as np
 import torch
+import yaml
+from espnet.nets.batch_beam_search import BatchBeamSearch
 from espnet.nets.scorer_interface import BatchScorerInterface
+from espnet.nets.scorers.ctc import CTCPrefixScorer
+from espnet.nets.scorers.length_bonus import LengthBonus
+from espnet2.fileio.datadir_writer import DatadirWriter
+from espnet2.tasks.asr import ASRTask
+from espnet2.text.build_tokenizer import build_tokenizer
+from espnet2.text.token_id_converter import TokenIDConverter
+from espnet2.train.collate_fn import CommonCollateFn
 
-from mpq_plugins.wordlm import NgramLM
+from mpq_plugins.espnet.load import load_asr_model, load_lm
+from mpq_plugins.espnet.wordlm import NgramLM
 
 NEG = -1.0e4   # score of a token that leaves the lexicon (finite: sums of scores stay finite)
+DECODE_OPTIONS = {   # yaml key of a decoding config: (type, default)
+    "beam_size": (int, 10), "ctc_weight": (float, 0.5), "lm_weight": (float, 0.5),
+    "word_lm_weight": (float, 1.0), "penalty": (float, 0.0), "nbest": (int, 1),
+    "maxlenratio": (float, 0.0), "minlenratio": (float, 0.0), "normalize_length": (bool, False),
+}
+
+
+def read_decode_config(path):
+    """The decoding options of a yaml file (DECODE_OPTIONS); an unknown key is an error, not an ignored line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            conf = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read decoding config {path}: {e}") from None
+    if not isinstance(conf, dict):
+        raise ValueError(f"{path}: expected a mapping of decoding options")
+    unknown = sorted(set(conf) - set(DECODE_OPTIONS))
+    if unknown:
+        raise ValueError(f"{path}: unknown decoding option(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(DECODE_OPTIONS)})")
+    out = {k: d for k, (_, d) in DECODE_OPTIONS.items()}
+    for k, v in conf.items():
+        typ = DECODE_OPTIONS[k][0]
+        try:
+            out[k] = typ(v) if typ is not bool else bool(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: {k}: {v!r} is not a {typ.__name__}") from None
+    return out
 
 
 class WordState:
@@ -88,19 +129,13 @@ class WordLMScorer(BatchScorerInterface):
 
 class Recognizer:
     """Joint CTC/attention beam search (ESPnet's BatchBeamSearch and scorers) over a model we built
-    and loaded ourselves (float, quantized or packed: mpq_plugins.espnet_task.load_asr_model).
+    and loaded ourselves (float, quantized or packed: mpq_plugins.espnet.load.load_asr_model).
 
-    opts: the decoding options of mpq_plugins.bin.asr_inference (beam_size, ctc_weight, ...).
+    opts: the decoding options (read_decode_config: beam_size, ctc_weight, ...).
     word_lm: an NgramLM (char tokens); rnn_lm: an ESPnet LM module (its .lm scorer is used).
     """
 
     def __init__(self, model, conf, opts, word_lm=None, rnn_lm=None, device="cpu"):
-        from espnet.nets.batch_beam_search import BatchBeamSearch
-        from espnet.nets.scorers.ctc import CTCPrefixScorer
-        from espnet.nets.scorers.length_bonus import LengthBonus
-        from espnet2.text.build_tokenizer import build_tokenizer
-        from espnet2.text.token_id_converter import TokenIDConverter
-
         self.model, self.opts, self.device = model, opts, device
         tokens = list(model.token_list)
         scorers = {"decoder": model.decoder, "ctc": CTCPrefixScorer(ctc=model.ctc, eos=model.eos),
@@ -131,3 +166,35 @@ class Recognizer:
             toks = self.converter.ids2tokens(ids)
             out.append((self.tokenizer.tokens2text(toks), toks, hyp))
         return out
+
+
+def build_recognizer(asr_train_config, asr_model_file, opts, lm_train_config=None, lm_file=None,
+                     word_lm_file=None, device="cpu"):
+    """Our model loader (strict, weights_only; float, quantized or packed) + ESPnet's beam search."""
+    model, conf = load_asr_model(asr_train_config, asr_model_file, device)
+    word_lm = NgramLM.load(word_lm_file) if word_lm_file else None
+    rnn_lm = load_lm(lm_train_config, lm_file, device) if lm_train_config else None
+    return Recognizer(model, conf, opts, word_lm=word_lm, rnn_lm=rnn_lm, device=device)
+
+
+def decode_datadir(rec, data_path_and_name_and_type, key_file, output_dir, log=print):
+    """Decode the utterances of a wav.scp (those of key_file) into ESPnet's
+    <output_dir>/<n>best_recog/{text,token,score}; returns the number of utterances."""
+    path, name, typ = data_path_and_name_and_type.split(",")
+    # speech only: ESPnet's training preprocessor leaves the waveform as it is read
+    loader = ASRTask.build_streaming_iterator(
+        [(path, name, typ)], dtype="float32", batch_size=1, key_file=key_file, num_workers=0,
+        preprocess_fn=None, collate_fn=CommonCollateFn(float_pad_value=0.0, int_pad_value=-1), inference=True)
+    t0, n = time.time(), 0
+    with DatadirWriter(output_dir) as writer:
+        for keys, batch in loader:
+            for i, (text, tokens, hyp) in enumerate(rec(batch[name][0]), 1):
+                w = writer[f"{i}best_recog"]
+                w["text"][keys[0]] = text
+                w["token"][keys[0]] = " ".join(tokens)
+                w["score"][keys[0]] = f"{float(hyp.score):.4f}"
+            n += 1
+            if n % 20 == 0:
+                log(f"asr_inference: {n} utterances in {time.time() - t0:.0f}s")
+    log(f"asr_inference: decoded {n} utterances in {time.time() - t0:.1f}s")
+    return n

@@ -1,10 +1,12 @@
-"""Synthesise the embedded default corpus into Kaldi data dirs.
+"""Synthesise the embedded default corpus into Kaldi data dirs (stage 1 of the default recipe, local/data.sh).
 
-    python -m mpq_plugins.bin.make_corpus --datadir data --wavdir data/local/wav --nj 2
+    python local/make_corpus.py --datadir data --wavdir data/local/wav --nj 2
 
-Writes <datadir>/{train,dev,test,test_unseen_voice}/ and <datadir>/local/corpus/ (vocabulary,
-speaker table, and the language-model text: every pool sentence not used in dev or test).
-Audio already on disk is kept, so an interrupted run resumes where it stopped.
+Sentence text comes from Debian's word lists, speech from Debian's TTS engines; the modules beside this
+script do the work (corpus_text.py: sentence pool, corpus_speakers.py: who speaks in which set,
+corpus_tts.py: synthesis). Writes <datadir>/{train,dev,test,test_unseen_voice}/ and
+<datadir>/local/corpus/ (vocabulary, speaker table, and the language-model text: every pool sentence
+not used in dev or test). Audio already on disk is kept, so an interrupted run resumes where it stopped.
 """
 import argparse
 import concurrent.futures
@@ -14,12 +16,26 @@ import shutil
 import sys
 import time
 
-from mpq_plugins.corpus import speakers as spk_mod
-from mpq_plugins.corpus.text import sentence_pool
-from mpq_plugins.corpus.tts import ENGINE_TOOLS, synthesise
-from mpq_plugins.datadir import DataDirError, validate_datadir, write_datadir
+# python puts this script's dir first on sys.path, so the recipe's own modules are found beside it
+import corpus_speakers as spk_mod
+from corpus_text import sentence_pool
+from corpus_tts import ENGINE_TOOLS, synthesise
+
+try:
+    from mpq_plugins.datadir import DataDirError, validate_datadir, write_datadir
+except ModuleNotFoundError as e:
+    if e.name != "mpq_plugins":
+        raise
+    sys.exit("make_corpus: cannot import mpq_plugins; source path.sh first (it puts the repository root on PYTHONPATH)")
 
 SETS = ("train", "dev", "test", "test_unseen_voice")
+
+
+def write_file(path, text):
+    """Write through a temp file, so a killed run never leaves a half-written file in place."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def check_tools():
@@ -108,15 +124,10 @@ def main(argv=None):
         print(f"  {a.datadir}/{name}: {n} utterances")
     local = os.path.join(a.datadir, "local", "corpus")
     os.makedirs(local, exist_ok=True)
-    with open(os.path.join(local, "vocab.txt"), "w") as f:
-        f.write("\n".join(vocab) + "\n")
-    with open(os.path.join(local, "lm_train.txt"), "w") as f:
-        f.write("".join(f"lm_{i:06d} {t}\n" for i, t in enumerate(lm_text)))
-    with open(os.path.join(local, "speakers.tsv"), "w") as f:
-        f.write("spk_id\tengine\tvoice\trate\tpitch\tset\n")
-        for name in SETS:
-            for s in design[name]:
-                f.write(f"{s.describe()}\t{name}\n")
+    write_file(os.path.join(local, "vocab.txt"), "\n".join(vocab) + "\n")
+    write_file(os.path.join(local, "lm_train.txt"), "".join(f"lm_{i:06d} {t}\n" for i, t in enumerate(lm_text)))
+    write_file(os.path.join(local, "speakers.tsv"), "spk_id\tengine\tvoice\trate\tpitch\tset\n" + "".join(
+        f"{s.describe()}\t{name}\n" for name in SETS for s in design[name]))
     print(f"make_corpus: done in {time.time() - t0:.0f}s")
 
 

@@ -11,14 +11,16 @@ one test set and keeps the evidence next to the system's scores:
 
 sc_stats tells systems apart by the SGML `title`, which sclite takes from the hypothesis file's
 name (hyp.trn for every system here), so the alignments are copied with the systems' names as
-titles. Without SCTK the same statistic comes from mpq_plugins.pyscore (tested to agree).
+titles. Without SCTK the same statistic comes from mpq_plugins.eval.pyscore (tested to agree).
 """
 import json
 import math
 import os
 import re
 
-from mpq_plugins.scoring import ScoringError, find_tool
+from mpq_plugins.eval import pyscore
+from mpq_plugins.eval.pyscore import two_tailed_p
+from mpq_plugins.eval.sctk import ScoringError, find_tool, write_atomic
 
 ALPHA = 0.05
 
@@ -30,12 +32,7 @@ def retitle(src, dst, title):
     new, n = re.subn(r'(<SYSTEM title=")[^"]*(")', lambda m: m.group(1) + title + m.group(2), text, count=1)
     if n != 1:
         raise ScoringError(f"{src}: not an sclite SGML alignment (no <SYSTEM title=...>)")
-    with open(dst, "w", encoding="utf-8") as f:
-        f.write(new)
-
-
-def two_tailed_p(z):
-    return math.erfc(abs(z) / math.sqrt(2.0))
+    write_atomic(dst, new)
 
 
 def verdict(result, alpha=ALPHA):
@@ -50,7 +47,6 @@ def compare(sys_sgml, base_sgml, sys_name, base_name, outdir):
     """MAPSSWE of a system against its baseline (both sclite SGML files of one test set).
     Writes outdir/result.json and returns its dict: z, p, n_segments, err_a (baseline), err_b
     (system), significant, worse, lossless, tool."""
-    from mpq_plugins import pyscore
     for path in (sys_sgml, base_sgml):
         if not os.path.exists(path):
             raise ScoringError(f"{path}: no sclite alignment (run the score stage first)")
@@ -69,13 +65,10 @@ def compare(sys_sgml, base_sgml, sys_name, base_name, outdir):
         if "not found" not in str(e):
             raise
         result = pyscore.mapsswe(pyscore.read_sgml(a)[1], pyscore.read_sgml(b)[1])
-        tool = "mpq_plugins.pyscore (SCTK not installed)"
+        tool = "mpq_plugins.eval.pyscore (SCTK not installed)"
     z = result["z"]   # sc_stats reports z = 0 (p = 1) when every segment differs alike, and so do we
     result = verdict({**result, "p": 1.0 if math.isnan(z) else two_tailed_p(z)})
     result.update({"tool": tool, "system": sys_name, "baseline": base_name,
                    "system_sgml": sys_sgml, "baseline_sgml": base_sgml})
-    tmp = os.path.join(outdir, "result.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, os.path.join(outdir, "result.json"))
+    write_atomic(os.path.join(outdir, "result.json"), json.dumps(result, indent=1))
     return result

@@ -8,10 +8,11 @@ what this project runs, and only that:
 
 sclite's rules, as reproduced here (found by reading SCTK's source and checked by experiment):
 
-* Reading trn: a line is "w1 w2 ... (id)"; the id is the text between the last "(" and the last ")".
-  Without -s sclite is case-insensitive: it lowercases the whole line, id included, ASCII letters only
-  (bytes of UTF-8 characters are left alone). The speaker ("-i rm") is the id up to its first "-"
-  (or, without one, its first "_"). Only the hypothesis file's utterances are scored, in its order.
+* Reading trn (sctk.read_trn): a line is "w1 w2 ... (id)"; the id is the text between the last
+  "(" and the last ")". Without -s sclite is case-insensitive: it lowercases the whole line, id
+  included, ASCII letters only (bytes of UTF-8 characters are left alone). The speaker ("-i rm")
+  is the id up to its first "-" (or, without one, its first "_"). Only the hypothesis file's
+  utterances are scored, in its order.
 * Alignment: a Levenshtein table over (reference word i, hypothesis word j) with costs correct 0,
   substitution 4, insertion 3, deletion 3. Each cell keeps ONE way in: the diagonal (correct or
   substitution) when it is no dearer than both others, else the deletion when strictly cheaper than
@@ -58,12 +59,9 @@ import re
 import subprocess
 import time
 
-from mpq_plugins.scoring import ScoringError, find_tool
+from mpq_plugins.eval.sctk import ScoringError, find_tool, read_trn, speaker_of, write_atomic
 
 COST_SUB, COST_INS, COST_DEL = 4, 3, 3   # sclite's default word weights (a correct word costs 0)
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-_BLANKS = re.compile(r"[ \t\n\r\f\v]+")   # C isspace(): what sclite splits words on
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,41 +121,7 @@ def count(path):
 
 
 # ----------------------------------------------------------------------------------------------
-# trn files
-
-def speaker_of(utt_id):
-    """sclite's "-i rm" speaker: the id up to its first "-" (or, lacking one, its first "_")."""
-    for sep in "-_":
-        if sep in utt_id:
-            return utt_id.split(sep, 1)[0]
-    raise ScoringError(f"utterance id {utt_id!r} has no '-' or '_' to find the speaker by")
-
-
-def read_trn(path):
-    """Read a trn file as sclite does: {utt_id: [words]} in file order, the id without its
-    parentheses, everything lowercased (ASCII letters). Empty lines and ";;" comments are skipped."""
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.translate(_ASCII_LOWER)
-            if not line.strip() or line.startswith(";;"):
-                continue
-            left, right = line.rfind("("), line.rfind(")")
-            if left < 0 or right < left:
-                raise ScoringError(f"{path}:{n}: no utterance id '(...)' at the end of the line")
-            utt = line[left + 1:right]
-            if utt in out:
-                raise ScoringError(f"{path}:{n}: utterance ({utt}) appears twice")
-            out[utt] = [w for w in _BLANKS.split(line[:left]) if w]
-    return out
-
-
-def write_trn(path, texts):
-    """Write {utt_id: [words]} as trn lines "w1 w2 (utt_id)"."""
-    with open(path, "w", encoding="utf-8") as f:
-        for utt, words in texts.items():
-            f.write(f"{' '.join(words)} ({utt})\n")
-
+# Aligning trn files (read by sctk.read_trn, with sclite's rules)
 
 def align_trn(ref_trn, hyp_trn):
     """Align every hypothesis utterance with its reference: {utt_id: path}, in hyp file order."""
@@ -196,8 +160,7 @@ def write_sgml(path, title, ref_trn, hyp_trn):
             lines.append("</PATH>")
         lines.append("</SPEAKER>")
     lines.append("</SYSTEM>")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     return paths
 
 
@@ -319,8 +282,7 @@ def write_result(path, ref_trn, hyp_trn):
     for r in rows[:-1]:
         out += [rule, line(r)]
     out += ["|" + "=" * inner + "|", line(rows[-1]), "`" + "-" * inner + "'"]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(out) + "\n")
+    write_atomic(path, "\n".join(out) + "\n")
     return total
 
 
@@ -415,6 +377,7 @@ def mapsswe(align_a, align_b, min_boundary=2):
 
 
 def two_tailed_p(z):
+    """The two-tailed p of a standard normal statistic (what sc_stats' Z is tested against)."""
     return math.erfc(abs(z) / math.sqrt(2.0))
 
 
@@ -441,9 +404,8 @@ def run_sc_stats(sgml_a, sgml_b, workdir):
         os.remove(report)
     ours = mapsswe(align_a, align_b)
     if ours["n_segments"] == 0:
-        with open(report, "w", encoding="utf-8") as f:
-            f.write(f"sc_stats not run on {sgml_a} and {sgml_b}: neither system makes an error, so there "
-                    "is no segment to test (sc_stats crashes on that). Z = 0, no difference.\n")
+        write_atomic(report, f"sc_stats not run on {sgml_a} and {sgml_b}: neither system makes an error, so "
+                     "there is no segment to test (sc_stats crashes on that). Z = 0, no difference.\n")
         return ours
     with open(sgml_a, "rb") as fa, open(sgml_b, "rb") as fb:
         piped = fa.read() + fb.read()

@@ -2,42 +2,52 @@
 
 A trn line is "<tokens> (<speaker>-<utt-id>)"; sclite's "-i rm" id format groups by speaker.
 WER scores words; CER scores characters, a space written as <space>.
-Without SCTK, score_dir writes the same files with mpq_plugins.pyscore (a pure-Python sclite).
+Without SCTK, score_dir writes the same files with mpq_plugins.eval.pyscore (a pure-Python sclite).
 """
+import json
 import os
-import shutil
 import subprocess
 import sys
 
-SCLITE_DIRS = ["/usr/lib/sctk/bin", "/usr/bin", "/usr/local/bin"]
+from mpq_plugins.datadir import DataDirError, read_table
+from mpq_plugins.eval import pyscore
+from mpq_plugins.eval.sctk import ScoringError, find_tool, write_atomic, write_trn
 
 
-class ScoringError(Exception):
-    pass
-
-
-def find_tool(name):
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in SCLITE_DIRS:
-        if os.path.exists(os.path.join(d, name)):
-            return os.path.join(d, name)
-    raise ScoringError(f"{name} not found: install Debian's sctk package (apt-get install sctk)")
+def _rows(path):
+    """The (key, value, line_no) rows of a Kaldi table (datadir.read_table), each key once."""
+    try:
+        rows = read_table(path)
+    except DataDirError as e:
+        raise ScoringError(str(e)) from None
+    seen = set()
+    for key, _, n in rows:
+        if not key:
+            raise ScoringError(f"{path}:{n}: no utterance id (the line starts with a blank)")
+        if key in seen:
+            raise ScoringError(f"{path}:{n}: duplicate utterance {key}")
+        seen.add(key)
+    return rows
 
 
 def read_text(path, allow_empty=False):
+    """{utt: [words]} of a Kaldi text file; an empty transcript is an error unless allow_empty
+    (a hypothesis may be empty, a reference may not)."""
     out = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            key, _, value = line.rstrip("\n").partition(" ")
-            if not key:
-                raise ScoringError(f"{path}:{n}: empty line")
-            if key in out:
-                raise ScoringError(f"{path}:{n}: duplicate utterance {key}")
-            if not value.strip() and not allow_empty:
-                raise ScoringError(f"{path}:{n}: empty transcript for {key}")
-            out[key] = value.split()
+    for key, value, n in _rows(path):
+        if not value and not allow_empty:
+            raise ScoringError(f"{path}:{n}: empty transcript for {key}")
+        out[key] = value.split()
+    return out
+
+
+def read_utt2spk(path):
+    """{utt: speaker} of a Kaldi utt2spk file."""
+    out = {}
+    for key, value, n in _rows(path):
+        if not value:
+            raise ScoringError(f"{path}:{n}: no speaker for {key}")
+        out[key] = value.split()[0]
     return out
 
 
@@ -45,12 +55,6 @@ def to_units(words, unit):
     if unit == "word":
         return words
     return ["<space>" if c == " " else c for c in " ".join(words)]
-
-
-def write_trn(path, texts, utt2spk, unit):
-    with open(path, "w", encoding="utf-8") as f:
-        for utt in sorted(texts):
-            f.write(f"{' '.join(to_units(texts[utt], unit))} ({utt2spk[utt]}-{utt})\n")
 
 
 def parse_sum_avg(result_txt):
@@ -66,6 +70,11 @@ def parse_sum_avg(result_txt):
     raise ScoringError(f"{result_txt}: no Sum/Avg line (sclite failed?)")
 
 
+def _trn_texts(texts, utt2spk, unit):
+    """{"<speaker>-<utt>": units} in utterance order: what write_trn writes for sclite's "-i rm"."""
+    return {f"{utt2spk[utt]}-{utt}": to_units(texts[utt], unit) for utt in sorted(texts)}
+
+
 def score_dir(ref_text, hyp_text, utt2spk_file, outdir):
     """Score one decode dir with sclite; returns {"wer": row, "cer": row, "missing": n}."""
     ref = read_text(ref_text)
@@ -77,22 +86,25 @@ def score_dir(ref_text, hyp_text, utt2spk_file, outdir):
     missing = sorted(set(ref) - set(hyp))
     for utt in missing:  # scored as all deletions, as sclite does for an empty hypothesis
         hyp[utt] = []
-    utt2spk = {k: v[0] for k, v in read_text(utt2spk_file).items()}
+    utt2spk = read_utt2spk(utt2spk_file)
+    no_speaker = sorted(set(ref) - set(utt2spk))
+    if no_speaker:
+        raise ScoringError(f"{utt2spk_file}: no speaker for {len(no_speaker)} utterances of {ref_text} "
+                           f"(e.g. {no_speaker[0]})")
     try:
         sclite = find_tool("sclite")
     except ScoringError:
         sclite = None  # the same files from the pure-Python stand-in, tested to agree with sclite
-        print("scoring: sclite not found, scoring with the pure-Python fallback (mpq_plugins.pyscore)",
+        print("scoring: sclite not found, scoring with the pure-Python fallback (mpq_plugins.eval.pyscore)",
               file=sys.stderr)
     out = {"missing": len(missing)}
     for unit, name in (("word", "score_wer"), ("char", "score_cer")):
         d = os.path.join(outdir, name)
         os.makedirs(d, exist_ok=True)
-        write_trn(os.path.join(d, "ref.trn"), ref, utt2spk, unit)
-        write_trn(os.path.join(d, "hyp.trn"), hyp, utt2spk, unit)
+        ref_trn, hyp_trn = os.path.join(d, "ref.trn"), os.path.join(d, "hyp.trn")
+        write_trn(ref_trn, _trn_texts(ref, utt2spk, unit))
+        write_trn(hyp_trn, _trn_texts(hyp, utt2spk, unit))
         if sclite is None:
-            from mpq_plugins import pyscore
-            ref_trn, hyp_trn = os.path.join(d, "ref.trn"), os.path.join(d, "hyp.trn")
             pyscore.write_result(os.path.join(d, "result.txt.tmp"), ref_trn, hyp_trn)
             pyscore.write_sgml(os.path.join(d, "hyp.trn.sgml"), "hyp.trn", ref_trn, hyp_trn)
         else:
@@ -113,3 +125,12 @@ def score_dir(ref_text, hyp_text, utt2spk_file, outdir):
                                f"but the reference has {len(ref)} / {n_ref}")
         out["wer" if unit == "word" else "cer"] = row
     return out
+
+
+def score_decode_dir(data, decode_dir):
+    """Score <decode_dir>/text against the data dir's text and utt2spk (score_dir) and write
+    <decode_dir>/scoring.json, which the report reads for the utterances without a hypothesis."""
+    r = score_dir(os.path.join(data, "text"), os.path.join(decode_dir, "text"),
+                  os.path.join(data, "utt2spk"), decode_dir)
+    write_atomic(os.path.join(decode_dir, "scoring.json"), json.dumps({"data": data, "missing": r["missing"]}))
+    return r

@@ -1,6 +1,6 @@
-"""Turn a LibriSpeech corpus into Kaldi data dirs.
+"""Turn a LibriSpeech corpus into Kaldi data dirs (stage 1 of this recipe, local/data.sh).
 
-    python -m mpq_plugins.bin.prep_librispeech --corpus /data/LibriSpeech \\
+    python local/prep_librispeech.py --corpus /data/LibriSpeech \\
         --sets train-clean-100,dev-clean,dev-other,test-clean,test-other --datadir data
 
 Reads <corpus>/<set>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac and
@@ -19,7 +19,13 @@ import re
 import shutil
 import sys
 
-from mpq_plugins.datadir import DataDirError, validate_datadir, write_datadir
+try:
+    from mpq_plugins.datadir import DataDirError, read_table, validate_datadir, write_datadir
+except ModuleNotFoundError as e:
+    if e.name != "mpq_plugins":
+        raise
+    sys.exit("prep_librispeech: cannot import mpq_plugins; run local/data.sh, or put the repository root on "
+             "PYTHONPATH")
 
 PROG = "prep_librispeech"
 DEFAULT_SETS = "train-clean-100,dev-clean,dev-other,test-clean,test-other"
@@ -37,31 +43,20 @@ def _fail(problems):
 
 
 def read_transcripts(path, spk, chap, problems):
-    """Parse one <spk>-<chap>.trans.txt; return {utt_id: (text, line_no)}."""
-    out = {}
+    """Parse one <spk>-<chap>.trans.txt ("utt-id TEXT" lines, a Kaldi text table); return
+    {utt_id: (text, line_no)}, or None when the file cannot be read at all (bad bytes, empty line)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        rows = read_table(path)
+    except DataDirError as e:
+        problems.append(str(e))
+        return None
     except OSError as e:
         problems.append(f"{path}: cannot read ({e.strerror})")
-        return out
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the final newline
-    if not lines:
+        return None
+    if not rows:
         problems.append(f"{path}: transcript file is empty")
-    for n, raw in enumerate(lines, 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            problems.append(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start})")
-            continue
-        line = line.rstrip("\r")
-        if not line.strip():
-            problems.append(f"{path}:{n}: empty line")
-            continue
-        parts = line.split(None, 1)
-        utt, text = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+    out = {}
+    for utt, text, n in rows:
         m = UTT_RE.fullmatch(utt)
         if not m:
             problems.append(f"{path}:{n}: malformed utterance id {utt!r} "
@@ -116,6 +111,8 @@ def scan_chapter(chap_dir, spk, chap, problems):
             problems.append(f"{chap_dir}: chapter dir holds no .flac files and no {trans_name}")
         return []
     trans = read_transcripts(trans_path, spk, chap, problems)
+    if trans is None:
+        return []  # already reported; matching its flacs against nothing would only add noise
     utts = []
     for utt, (text, n) in trans.items():
         if utt not in flacs:

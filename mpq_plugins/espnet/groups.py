@@ -1,0 +1,34 @@
+"""Module groups of ESPnet ASR models for `quantization: modules:` (mpq_plugins.quant.config), per
+encoder type: {group name: regular expression over module names}."""
+_N = r"\d+"
+DECODER = {
+    "decoder_attention": rf"decoder\.decoders\.{_N}\.(self_attn|src_attn)\.linear_(q|k|v|out)",
+    "decoder_feed_forward": rf"decoder\.decoders\.{_N}\.feed_forward\.w_[12]",
+    "decoder_embed": r"decoder\.embed\.0",
+    "decoder_output": r"decoder\.output_layer",
+    "ctc": r"ctc\.ctc_lo",
+}
+ENCODERS = {
+    "ConformerEncoder": {
+        "subsampling": r"encoder\.embed\.(conv\.\d+|out\.0)",
+        "attention": rf"encoder\.encoders\.{_N}\.self_attn\.linear_(q|k|v|out|pos)",
+        "feed_forward": rf"encoder\.encoders\.{_N}\.feed_forward(_macaron)?\.w_[12]",
+        "conv_module": rf"encoder\.encoders\.{_N}\.conv_module\.(pointwise_conv1|depthwise_conv|pointwise_conv2)",
+    },
+    "TransformerEncoder": {
+        "subsampling": r"encoder\.embed\.(conv\.\d+|out\.0)",
+        "attention": rf"encoder\.encoders\.{_N}\.self_attn\.linear_(q|k|v|out)",
+        "feed_forward": rf"encoder\.encoders\.{_N}\.feed_forward\.w_[12]",
+    },
+}
+
+
+CONFORMER = {**ENCODERS["ConformerEncoder"], **DECODER}   # the default model's groups
+
+
+def groups_for(model):
+    """The groups of an ESPnet ASR model: its encoder's, then the attention decoder's and CTC's; None
+    for an encoder without groups here (then `modules: [all]` is every Linear, Conv and Embedding,
+    and other entries must be regular expressions)."""
+    encoder = type(getattr(model, "encoder", None)).__name__
+    return {**ENCODERS[encoder], **DECODER} if encoder in ENCODERS else None

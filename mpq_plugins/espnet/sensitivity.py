@@ -1,0 +1,137 @@
+"""Stage 1 of the two-stage mixed-precision methods on an ESPnet model: choose every layer's
+bit-width within the budget.
+
+- kl, hessian: sensitivities of the float model (mpq_plugins.quant.sensitivity) on held-out
+  utterances, over its output posteriors: CTC and the teacher-forced attention decoder. The
+  Hessian's loss is the attention loss plus the KL of the CTC posteriors to the float model's:
+  torch's CTC loss has no second derivative, and at the float point that KL's Hessian is the CTC
+  posteriors' Fisher. Then the exact knapsack (mpq_plugins.quant.allocation).
+- supernet: the allocation its search run fixed (mpq_plugins.espnet.task finalizes every
+  mixed-precision run and records it in mixed_precision.json).
+"""
+import argparse
+import copy
+import json
+import os
+import time
+
+import numpy as np
+import soundfile
+import torch
+from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
+from espnet.nets.pytorch_backend.transformer.add_sos_eos import add_sos_eos
+from espnet2.tasks.asr import ASRTask
+
+from mpq_plugins.datadir import read_table
+from mpq_plugins.espnet.groups import groups_for
+from mpq_plugins.quant import QuantConfig, quantize_
+from mpq_plugins.quant.allocation import allocate, average_bits
+from mpq_plugins.quant.config import plan
+from mpq_plugins.quant.mixed import numels
+from mpq_plugins.quant.packing import fixed_bytes
+from mpq_plugins.quant.sensitivity import hessian_sensitivity, kl_div, kl_sensitivity
+
+
+def posteriors(model, batch):
+    """[(CTC log-posteriors, mask), (attention-decoder log-posteriors under teacher forcing, mask)];
+    (None, None) for a part the model lacks."""
+    speech, speech_lengths, text, text_lengths = batch
+    enc, enc_lens = model.encode(speech, speech_lengths)
+    ctc = (model.ctc.log_softmax(enc), ~make_pad_mask(enc_lens, maxlen=enc.size(1)).to(enc.device)) \
+        if getattr(model, "ctc", None) is not None else (None, None)
+    att = (None, None)
+    if getattr(model, "decoder", None) is not None:
+        ys_in, _ = add_sos_eos(text, model.sos, model.eos, model.ignore_id)
+        dec, _ = model.decoder(enc, enc_lens, ys_in, text_lengths + 1)
+        att = (dec.log_softmax(-1), ~make_pad_mask(text_lengths + 1, maxlen=ys_in.size(1)).to(enc.device))
+    return [ctc, att]
+
+
+def hessian_loss(model, batch, teacher, ctc_weight):
+    """(1 - ctc_weight) * attention NLL + ctc_weight * KL(float CTC posteriors || the model's)."""
+    (ctc, mask), (att, att_mask) = posteriors(model, batch)
+    loss = 0.0
+    if ctc is not None and ctc_weight > 0:
+        loss = loss + ctc_weight * kl_div(teacher[0][0], ctc, mask)
+    if att is not None and ctc_weight < 1:
+        _, ys_out = add_sos_eos(batch[2], model.sos, model.eos, model.ignore_id)
+        nll = -att.gather(-1, ys_out.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        loss = loss + (1 - ctc_weight) * (nll * att_mask).sum() / att_mask.sum()
+    return loss
+
+
+def espnet_hessian_sensitivity(model, batches, names, candidates, n_samples=16, seed=0, ctc_weight=None):
+    model.eval()
+    if ctc_weight is None:
+        ctc_weight = float(getattr(model, "ctc_weight", 0.5))
+    with torch.no_grad():
+        teachers = [posteriors(model, b) for b in batches]
+    loss_fns = [lambda b=b, t=t: hessian_loss(model, b, t, ctc_weight) for t, b in zip(teachers, batches)]
+    out = hessian_sensitivity(model, loss_fns, names, candidates, n_samples, seed)
+    for m in model.modules():   # ESPnet's attention keeps its last weights (for plots), here with their graph
+        if isinstance(getattr(m, "attn", None), torch.Tensor):
+            m.attn = m.attn.detach()
+    return out
+
+
+def held_out_batches(conf, data, n_utts, batch_size=8):
+    """The first n_utts utterances of a Kaldi data dir as padded (speech, lengths, text, lengths)."""
+    args = argparse.Namespace(**conf)
+    args.use_preprocessor = True
+    prep = ASRTask.build_preprocess_fn(args, train=False)
+    wavs = {k: v for k, v, _ in read_table(os.path.join(data, "wav.scp"))}
+    texts = {k: v for k, v, _ in read_table(os.path.join(data, "text"))}
+    utts = [u for u in wavs if u in texts][:n_utts]
+    if not utts:
+        raise ValueError(f"{data}: no utterance with both audio and text")
+    items = []
+    for u in utts:
+        try:
+            audio, _ = soundfile.read(wavs[u].strip(), dtype="float32")
+        except Exception as e:
+            raise ValueError(f"{data}/wav.scp: {u}: {wavs[u]} is not readable audio ({e})") from None
+        out = prep(u, {"speech": audio, "text": texts[u]})
+        items.append((torch.from_numpy(out["speech"]), torch.from_numpy(np.asarray(out["text"])).long()))
+    batches = []
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        sl = torch.tensor([len(s) for s, _ in chunk])
+        tl = torch.tensor([len(t) for _, t in chunk])
+        speech = torch.zeros(len(chunk), int(sl.max()))
+        text = torch.full((len(chunk), int(tl.max())), -1, dtype=torch.long)
+        for j, (s, t) in enumerate(chunk):
+            speech[j, :len(s)] = s
+            text[j, :len(t)] = t
+        batches.append((speech, sl, text, tl))
+    return batches
+
+
+def sensitivity_search(method, model, conf, qcfg, data, progress=None):
+    """({layer: bits}, record) of the kl or hessian search on the float model (loaded from its config)."""
+    groups = groups_for(model)
+    names = list(plan(model, qcfg, groups))
+    mp = qcfg.mpq
+    batches = held_out_batches(conf, data, mp.n_utts)
+    t0 = time.time()
+    if method == "kl":
+        sens = kl_sensitivity(model, batches, names, mp.candidates, posteriors, progress=progress)
+    else:
+        sens = espnet_hessian_sensitivity(model, batches, names, mp.candidates, n_samples=mp.hutchinson_samples)
+    # the size budget's fixed part: the packed file of this model quantized at any bit-width
+    probe = copy.deepcopy(model)
+    fixed = QuantConfig.from_dict({k: v for k, v in vars(qcfg).items() if k not in ("mixed_precision", "mpq")})
+    quantize_(probe, fixed, groups)
+    nums = numels(model, names)
+    bits = allocate(sens, nums, mp.candidates, mp.budget_obj, fixed_bytes(probe))
+    return bits, {"sensitivity": sens, "search_seconds": time.time() - t0, "avg_bits": average_bits(bits, nums),
+                  "utterances": sum(len(b[1]) for b in batches)}
+
+
+def supernet_allocation(search_dir):
+    """({layer: bits}, record) that a finished supernet run fixed (its mixed_precision.json)."""
+    path = os.path.join(search_dir, "mixed_precision.json")
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: missing: the supernet run in {search_dir} has not finished")
+    with open(path) as f:
+        record = json.load(f)
+    return record["bits"], {"probabilities": record["probabilities"], "avg_bits": record["avg_bits"]}

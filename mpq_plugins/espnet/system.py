@@ -1,0 +1,74 @@
+"""The record of one compressed system (the schema: mpq_plugins/record.py), made at the end of stage 6
+from what that stage left: the quant conf, the packed file's size report, the compression-time log and
+the training summary."""
+import json
+import os
+
+from mpq_plugins import record
+from mpq_plugins.confio import compose, read_config
+MIXED_NAMES = {"one_stage": "one-stage MPQ", "kl": "two-stage MPQ (KL)", "hessian": "two-stage MPQ (Hessian)",
+               "supernet": "two-stage MPQ (supernet search)"}
+
+
+def describe(method, quant):
+    """The method as the report names it, from the conf's method and quantization section."""
+    if method == "float":
+        return "float32"
+    if method == "float_control":
+        return "float32, fine-tuned (control)"
+    if method in MIXED_NAMES:
+        return MIXED_NAMES[method]
+    kind = "weights and activations" if quant.get("act_bits") else "weights"
+    return f"{'mixed' if quant.get('bits') else 'uniform'} {'PTQ' if method == 'ptq' else 'QAT'}, {kind}"
+
+
+def _json(path, default=None):
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def compression_time(exp_dir):
+    """{search_s, train_s, pack_s, total_s, cpu_s} from compression_time.json (mpq_plugins.bin.timed), or None."""
+    log = _json(os.path.join(exp_dir, "compression_time.json"), [])
+    if not log:
+        return None
+    parts = {f"{w}_s": round(sum(e["wall_s"] for e in log if e["what"] == w), 2) for w in ("search", "train", "pack")}
+    return {**parts, "total_s": round(sum(e["wall_s"] for e in log), 2), "cpu_s": round(sum(e["cpu_s"] for e in log), 2)}
+
+
+def system_record(exp_dir, quant_conf, source_checkpoint):
+    """The record of the system in exp_dir, made by quant_conf (None: exp_dir is the float baseline)."""
+    size = _json(os.path.join(exp_dir, "packed.size.json"))
+    if size is None:
+        raise ValueError(f"{exp_dir}/packed.size.json: missing (the system is not packed yet)")
+    config = read_config(os.path.join(exp_dir, "config.yaml"))
+    quant = config.get("quantization") or {}
+    conf = compose(quant_conf) if quant_conf else {}
+    method = conf.get("method", "float")
+    if method == "float" and quant_conf:
+        method = "float_control"
+    mixed = (conf.get("quantization") or {}).get("mixed_precision") or {}
+    summary = _json(os.path.join(exp_dir, "training_summary.json"))
+    is_float = method in ("float", "float_control")
+    return {
+        "format": record.FORMAT, "system": os.path.basename(os.path.normpath(exp_dir)), "method": method,
+        "description": describe(method, quant), "quant_conf": quant_conf, "conf": conf,
+        "budget": mixed.get("budget"), "is_float": is_float,
+        "weight_bits": 32.0 if is_float else float(size["avg_weight_bits"]), "act_bits": quant.get("act_bits"),
+        "bits_per_layer": size.get("bits_per_layer") or {},
+        "sizes": {k: size[k] for k in ("fp32_bytes", "disk_bytes", "accounted_bytes", "header_bytes",
+                                        "compression_ratio", "params", "quantized_fraction")},
+        "compression_time": compression_time(exp_dir) if quant_conf else None,
+        "source_checkpoint": source_checkpoint, "seed": config.get("seed"),
+        "training": ({k: summary[k] for k in ("epochs", "train_seconds", "best_valid_acc", "best_epoch")}
+                     if summary else None),
+    }
+
+
+def write_system(exp_dir, quant_conf, source_checkpoint):
+    """Write exp_dir/system.yaml; returns the record."""
+    rec = system_record(exp_dir, quant_conf, source_checkpoint)
+    record.write_system(exp_dir, rec)
+    return rec

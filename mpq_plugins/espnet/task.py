@@ -1,0 +1,189 @@
+"""ESPnet's ASR task with a `quantization:` section: build, train and finalize quantized models.
+
+`QuantASRTask` is ESPnet's ASRTask plus two options:
+- `--quantization`: the yaml section of mpq_plugins.quant.config. The float ESPnet model is built,
+  then the chosen modules are swapped for quantization-aware ones that keep ESPnet's parameter
+  names, so `--init_param` of a float checkpoint, the trainer, checkpoint averaging and DDP work
+  unchanged.
+- `--teacher_model`: the float checkpoint whose posteriors a mixed-precision run learns from (KL).
+
+A `quantization:` with a `mixed_precision:` part trains `model: mpq_espnet`
+(MixedPrecisionESPnetModel, registered here with ESPnet's model choices). Its optimizer calls the
+model's schedules after every update (torch's optimizer step hooks), and when the run ends the task
+finalizes it (`main_worker`): the inference checkpoints (averaged and best models) are rewritten as
+plain quantized models at the fixed bit-widths, config.yaml says so (`model: espnet`, every layer's
+bits), and `mixed_precision.json` records the allocation and the learnt probabilities. Packing then
+only serializes. Train with `python -m mpq_plugins.bin.asr_train` (the options of espnet2.bin.asr_train),
+through espnet2.bin.launch for several GPUs, nodes or Slurm.
+"""
+import copy
+import json
+import logging
+import os
+import re
+
+import torch
+import torch.distributed
+import yaml
+from espnet2.tasks import asr as espnet_asr
+from espnet2.tasks.asr import ASRTask
+from espnet2.utils.nested_dict_action import NestedDictAction
+from espnet2.utils.types import str_or_none
+
+from mpq_plugins.espnet.checkpoint import load_checkpoint, load_state_strict
+from mpq_plugins.espnet.groups import groups_for
+from mpq_plugins.espnet.model import MixedPrecisionESPnetModel, Teacher
+from mpq_plugins.quant import QuantConfig, QuantConfigError, quantize_, with_fixed_bits
+from mpq_plugins.quant.allocation import average_bits
+from mpq_plugins.quant.mixed import finalize, mixed_quantizers, numels
+
+MIXED_MODEL = "mpq_espnet"
+espnet_asr.model_choices.classes.setdefault(MIXED_MODEL, MixedPrecisionESPnetModel)   # ESPnet's registry
+
+
+class QuantASRTask(ASRTask):
+    @classmethod
+    def add_task_arguments(cls, parser):
+        super().add_task_arguments(parser)
+        group = parser.add_argument_group(description="mpq-asr quantization")
+        group.add_argument("--quantization", action=NestedDictAction, default=None,
+                           help="quantization section: weight_bits, per_channel, act_bits, act_mode, modules, bits, "
+                                "mixed_precision (see mpq_plugins/quant/config.py)")
+        group.add_argument("--teacher_model", type=str_or_none, default=None,
+                           help="float checkpoint whose posteriors a mixed-precision run learns from (KL)")
+
+    @classmethod
+    def build_model(cls, args):
+        q = getattr(args, "quantization", None)
+        where = f"{getattr(args, 'config', None) or 'config'}: quantization"
+        config = QuantConfig.from_dict(q, where) if q else None
+        mixed = config is not None and config.mpq is not None
+        if mixed != (getattr(args, "model", "espnet") == MIXED_MODEL):
+            raise QuantConfigError(f"{where}: a mixed_precision part trains `model: {MIXED_MODEL}`, and that model "
+                                   "needs one (quant confs are turned into training configs by "
+                                   "mpq_plugins.bin.quant_config, which sets both)")
+        model = super().build_model(args)
+        if config is None:
+            return model
+        quantize_(model, config, groups_for(model), where=where)
+        if mixed:
+            teacher = getattr(args, "teacher_model", None)
+            model.setup_mixed_precision(config.mpq, Teacher(lambda: cls.build_teacher(args)) if teacher else None)
+        return model
+
+    @classmethod
+    def build_teacher(cls, args):
+        """The float model of a mixed-precision run's config, with the --teacher_model weights."""
+        float_args = copy.copy(args)
+        float_args.quantization, float_args.model = None, "espnet"
+        teacher = super().build_model(float_args)
+        load_state_strict(teacher, load_checkpoint(args.teacher_model), args.teacher_model)
+        return teacher
+
+    @classmethod
+    def build_optimizers(cls, args, model):
+        """ESPnet's optimizers, with the quantizers' log-steps moved to a group without weight decay
+        (decay would pull every log-step towards 0, i.e. every step towards 1), the precision logits of
+        mixed precision to a group of their own learning rate, and the mixed-precision schedules run
+        after every update of the first optimizer."""
+        optimizers = super().build_optimizers(args, model)
+        mixed = isinstance(model, MixedPrecisionESPnetModel)
+        out = [regroup_quantizer_params(o, model, model.mpq_cfg.logit_lr if mixed else None) for o in optimizers]
+        if mixed:
+            out[0].register_step_post_hook(lambda optimizer, a, kw: model.after_update())
+        return out
+
+    @classmethod
+    def main_worker(cls, args):
+        super().main_worker(args)
+        rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_rank() == 0
+        if rank0 and not args.collect_stats and not args.dry_run and getattr(args, "model", None) == MIXED_MODEL:
+            finalize_run(cls, args)
+
+
+def regroup_quantizer_params(optimizer, model, logit_lr=None):
+    steps = {id(p) for n, p in model.named_parameters() if "_quantizer." in n and not n.endswith(".logits")}
+    logits = {id(p) for n, p in model.named_parameters() if "_quantizer." in n and n.endswith(".logits")}
+    if not (steps or logits) or not hasattr(optimizer, "param_groups"):
+        return optimizer
+    moved_steps, moved_logits = [], []
+    for group in optimizer.param_groups:
+        moved_steps += [p for p in group["params"] if id(p) in steps]
+        moved_logits += [p for p in group["params"] if id(p) in logits]
+        group["params"] = [p for p in group["params"] if id(p) not in steps and id(p) not in logits]
+    optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
+    if moved_steps:
+        optimizer.add_param_group({"params": moved_steps, "weight_decay": 0.0})
+    if moved_logits:
+        group = {"params": moved_logits, "weight_decay": 0.0}
+        optimizer.add_param_group(group if logit_lr is None else {**group, "lr": logit_lr})
+    return optimizer
+
+
+_TRAINING_STATE = re.compile(r"(checkpoint|latest|\d+epoch)\.pth")   # kept as trained: resumption reads them
+
+
+def inference_checkpoints(output_dir):
+    """The averaged and best models of a run (not the epoch checkpoints, latest or checkpoint.pth, which
+    resumption needs as they are; a link to another inference model is finalized through it)."""
+    out = []
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if not name.endswith(".pth") or _TRAINING_STATE.fullmatch(name):
+            continue
+        if os.path.islink(path) and not _TRAINING_STATE.fullmatch(os.path.basename(os.readlink(path))):
+            continue
+        out.append(path)
+    return out
+
+
+def finalize_run(task, args):
+    """A finished mixed-precision run as plain quantized models at the fixed bit-widths (see the module doc)."""
+    output_dir = args.output_dir
+    plain_args = copy.copy(args)
+    plain_args.model = "espnet"
+    bits, record = None, {}
+    for path in inference_checkpoints(output_dir):
+        state = load_checkpoint(path)
+        if not any(k.endswith(".weight_quantizer.logits") for k in state):
+            continue   # finalized already (a rerun that trained nothing)
+        model = task.build_model(args)
+        load_state_strict(model, state, path)
+        if any(q.bits is None for q in mixed_quantizers(model).values()):
+            raise QuantConfigError(
+                f"{path}: the run ended after {int(model.mpq_updates)} optimizer updates, before "
+                f"mixed_precision search_steps {model.mpq_cfg.search_steps}: the bit-widths were never fixed "
+                "(lower search_steps or train longer)")
+        if not record:
+            record = {"probabilities": {k: dict(zip(q.candidates, q.probs().tolist()))
+                                        for k, q in mixed_quantizers(model).items()},
+                      "updates": int(model.mpq_updates), "budget": model.mpq_cfg.budget,
+                      "search_steps": model.mpq_cfg.search_steps, "from": os.path.basename(path)}
+        bits = finalize(model)
+        plain_args.quantization = with_fixed_bits(args.quantization, bits)
+        plain = task.build_model(plain_args)
+        load_state_strict(plain, {k: v for k, v in model.state_dict().items() if not k.startswith("mpq_")}, path)
+        torch.save(plain.state_dict(), path + ".tmp")
+        os.replace(path + ".tmp", path)   # a link to an epoch checkpoint becomes a file of its own
+        logging.info(f"mixed precision: {path} finalized at the fixed bit-widths")
+    done = os.path.join(output_dir, "mixed_precision.json")
+    if bits is None:   # a rerun that found every inference model finalized: the allocation of the last run
+        if not os.path.exists(done):
+            return
+        with open(done) as f:
+            record = json.load(f)
+        bits = record["bits"]
+        plain_args.quantization = with_fixed_bits(args.quantization, bits)
+    config = os.path.join(output_dir, "config.yaml")
+    with open(config, encoding="utf-8") as f:
+        conf = yaml.safe_load(f)
+    conf.update(model="espnet", quantization=plain_args.quantization)
+    with open(config + ".tmp", "w", encoding="utf-8") as f:
+        yaml.safe_dump(conf, f, sort_keys=False)
+    os.replace(config + ".tmp", config)
+    if "avg_bits" not in record:
+        record.update(bits=bits, avg_bits=average_bits(bits, numels(plain, bits)))
+        with open(done + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(done + ".tmp", done)

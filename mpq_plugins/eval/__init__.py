@@ -1,0 +1,1 @@
+"""Evaluation: sclite scoring, MAPSSWE significance, training logs, plots and the RESULTS.md report."""

@@ -1,0 +1,365 @@
+"""Write a recipe's RESULTS.md (and its plots) from what the earlier stages left in exp/.
+
+What each system is comes from its record, exp/<system>/system.yaml (mpq_plugins/record.py,
+written by the quantize stage); its accuracy from the score files of each decoded set:
+<decode>/<set>/score_wer/result.txt, hyp.trn.sgml and ref.trn (sclite), scoring.json (hypotheses
+missing). A training_curve.png beside system.yaml is copied next to RESULTS.md.
+
+Every system is compared with the float32 baseline on every test set by MAPSSWE (sc_stats; see
+significance.py). A float system fine-tuned like the quantized ones (method float_control) is a
+control row: on each test set the significance test uses the better (lower-WER) of the float rows,
+so no method is credited with what extra epochs gave. A system is lossless on a set when it is not
+significantly worse (two-tailed, p < 0.05).
+
+RESULTS.md: one table over all systems (method, bits, size, ratio, WER per set, change against
+the float reference, MAPSSWE p and verdict on the main set, compression time), per test set the
+significance details, per method the highest lossless compression ratio, then per system its
+training summary and ESPnet-style sclite tables. Plots under results/ next to RESULTS.md.
+"""
+import glob
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+
+from mpq_plugins.eval import plots
+from mpq_plugins.eval.scoring import parse_sum_avg
+from mpq_plugins.eval.sctk import ScoringError, write_atomic
+from mpq_plugins.eval.significance import compare
+from mpq_plugins.record import MIXED, read_system
+
+COLS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
+
+
+def environment():
+    # espnet and torch are imported only here, for their versions: the report itself needs neither
+    # (importing espnet takes seconds).
+    import espnet
+    import torch
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        commit = "unknown"
+    return [f"- date: `{time.strftime('%Y-%m-%d %H:%M:%S %Z')}`",
+            f"- python: `{platform.python_version()}`, espnet `{espnet.__version__}`, torch `{torch.__version__}`",
+            f"- machine: `{platform.machine()}`, {os.cpu_count()} CPU cores, mpq-asr commit `{commit}`"]
+
+
+def table(rows):
+    lines = ["|dataset|" + "|".join(COLS) + "|", "|---|" + "|".join("---" for _ in COLS) + "|"]
+    for name, r in rows:
+        lines.append(f"|{name}|" + "|".join(str(r[c]) if c in ("Snt", "Wrd") else f"{r[c]:.1f}" for c in COLS) + "|")
+    return lines
+
+
+def _json(path, default=None):
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+class System:
+    """One experiment dir as the report sees it: its record (system.yaml) and its scores."""
+
+    def __init__(self, path, decode, is_baseline):
+        self.path, self.name = path, os.path.basename(os.path.normpath(path))
+        self.is_baseline = is_baseline
+        rec = read_system(path)
+        self.kind = rec["method"]                 # float, qat, kl, ... (record.METHODS)
+        self.method = rec["description"]          # the report's "method" column
+        self.is_float = rec["is_float"]
+        self.mixed = self.kind in MIXED
+        self.budget = rec["budget"]
+        self.weight_bits = rec["weight_bits"]
+        self.bits_per_layer = rec["bits_per_layer"]
+        self.sizes = rec["sizes"]
+        t = rec["compression_time"]
+        self.compress_wall = t["total_s"] if t else None
+        self.compress_cpu = t["cpu_s"] if t else None
+        self.compress_parts = {w: t[f"{w}_s"] for w in ("search", "train", "pack")} if t else None
+        self.training = rec["training"]
+        self.decode_dirs = {}
+        for res in sorted(glob.glob(os.path.join(path, decode, "*", "score_wer", "result.txt"))):
+            self.decode_dirs[os.path.basename(os.path.dirname(os.path.dirname(res)))] = os.path.dirname(os.path.dirname(res))
+        self.wer = {s: parse_sum_avg(os.path.join(d, "score_wer", "result.txt"))["Err"]
+                    for s, d in self.decode_dirs.items()}
+        self.missing = {s: (_json(os.path.join(d, "scoring.json"), {}) or {}).get("missing", 0)
+                        for s, d in self.decode_dirs.items()}
+
+    def sgml(self, test_set):
+        return os.path.join(self.decode_dirs[test_set], "score_wer", "hyp.trn.sgml")
+
+
+def reference_for(test_set, floats):
+    """The float system with the lowest WER on test_set (the baseline and its fine-tuned control)."""
+    have = [s for s in floats if test_set in s.wer]
+    return min(have, key=lambda s: (s.wer[test_set], not s.is_baseline)) if have else None
+
+
+def same_reference(a, b, test_set):
+    ra = os.path.join(a.decode_dirs[test_set], "score_wer", "ref.trn")
+    rb = os.path.join(b.decode_dirs[test_set], "score_wer", "ref.trn")
+    with open(ra, "rb") as fa, open(rb, "rb") as fb:
+        if fa.read() != fb.read():
+            raise ScoringError(f"{ra} and {rb} differ: {a.name} and {b.name} were scored on different "
+                               f"references for {test_set}; rescore both with the same data dir")
+
+
+def significance(systems, sets):
+    """{(system name, set): result dict} of every system against the float reference of each set."""
+    floats = [s for s in systems if s.is_float]
+    out = {}
+    for test_set in sets:
+        ref = reference_for(test_set, floats)
+        if ref is None:
+            raise ScoringError(f"no float32 system was decoded and scored on {test_set}: nothing to compare with")
+        for s in systems:
+            if s is ref or test_set not in s.wer:
+                continue
+            same_reference(s, ref, test_set)
+            out[(s.name, test_set)] = compare(s.sgml(test_set), ref.sgml(test_set), s.name, ref.name,
+                                              os.path.join(s.decode_dirs[test_set], "mapsswe"))
+    return out
+
+
+def fmt_p(p):
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def verdict_of(r):
+    """The lossless verdict of one MAPSSWE result, as the tables print it."""
+    return "yes (better)" if r["better"] else "yes" if r["lossless"] else "**no**"
+
+
+def main_table(systems, sets, main_set, valid_set, sig, train_s):
+    shown = [valid_set] if valid_set in sets and valid_set != main_set else []
+    shown += [main_set] + [s for s in sets if s not in (main_set, valid_set)]
+    floats = [s for s in systems if s.is_float]
+    ref = reference_for(main_set, floats)
+    head = ("|system|method|weight bits|size on disk (bytes)|ratio|" + "|".join(f"{d} WER" for d in shown)
+            + f"|{main_set} change (abs / rel)|MAPSSWE p|lossless|compression time, wall (min)|"
+            "over FP32 training|CPU (min)|")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for s in systems:
+        bits = f"{s.weight_bits:.2f}" if not s.is_float else "32 (float)"
+        wers = []
+        for d in shown:
+            cell = f"{s.wer[d]:.1f}" if d in s.wer else ""
+            if s.missing.get(d):
+                cell += f" ({s.missing[d]} missing hyps)"
+            wers.append(cell)
+        change = p = verdict = ""
+        if main_set in s.wer and ref is not None and s is not ref:
+            d = s.wer[main_set] - ref.wer[main_set]
+            rel = 100 * d / ref.wer[main_set] if ref.wer[main_set] else float("nan")
+            change = f"{d:+.1f} / {rel:+.1f}%"
+            r = sig.get((s.name, main_set))
+            if r:
+                p, verdict = fmt_p(r["p"]), verdict_of(r)
+        elif s is ref:
+            change, verdict = "reference", "-"
+        wall = f"{s.compress_wall / 60:.1f}" if s.compress_wall is not None else ""
+        cpu = f"{s.compress_cpu / 60:.1f}" if s.compress_cpu is not None else ""
+        over = f"{s.compress_wall / train_s:.2f}x" if (s.compress_wall is not None and train_s) else ""
+        lines.append(f"|{s.name}|{s.method}|{bits}|{s.sizes['disk_bytes']:,}|{s.sizes['compression_ratio']:.2f}x|"
+                     + "|".join(wers) + f"|{change}|{p}|{verdict}|{wall}|{over}|{cpu}|")
+    return lines
+
+
+def significance_table(sig, sets):
+    lines = ["|test set|system|float reference|errors (reference / system)|segments|Z|p|verdict|tool|",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for test_set in sets:
+        for (name, d), r in sig.items():
+            if d != test_set:
+                continue
+            v = ("significantly worse" if r["worse"] else "significantly better" if r["better"]
+                 else "no significant difference")
+            lines.append(f"|{d}|{name}|{r['baseline']}|{r['err_a']} / {r['err_b']}|{r['n_segments']}|"
+                         f"{r['z']:.3f}|{fmt_p(r['p'])}|{v}|{r['tool']}|")
+    return lines
+
+
+def best_lossless(systems, main_set, sig):
+    best = {}
+    for s in systems:
+        r = sig.get((s.name, main_set))
+        if s.is_float or not r or not r["lossless"]:
+            continue
+        if s.method not in best or s.sizes["compression_ratio"] > best[s.method].sizes["compression_ratio"]:
+            best[s.method] = s
+    lines = ["|method|highest lossless ratio|system|weight bits|", "|---|---|---|---|"]
+    for m, s in sorted(best.items()):
+        lines.append(f"|{m}|{s.sizes['compression_ratio']:.2f}x|{s.name}|{s.weight_bits:.2f}|")
+    if not best:
+        lines.append(f"|(none)|no quantized system is lossless on {main_set}|||")
+    return lines
+
+
+def budget_of(s):
+    """The budget of a mixed-precision system as text ('3 bits', '1.2 MB'); a uniform system (QAT or
+    PTQ, every layer at the same bits): its bits; otherwise None."""
+    if s.mixed:
+        return f"{s.budget['avg_bits']:g} bits" if "avg_bits" in s.budget else f"{s.budget['size_mb']} MB"
+    if s.kind in ("qat", "ptq") and len(set(s.bits_per_layer.values())) <= 1:
+        return f"{s.weight_bits:g} bits"
+    return None
+
+
+def against_one_stage(one, s, main_set):
+    """MAPSSWE of the one-stage system against another system of its budget on main_set, as text:
+    one-stage's errors minus the other's, and p."""
+    if one is None or s is one or main_set not in s.wer or main_set not in one.wer:
+        return ""
+    same_reference(one, s, main_set)
+    r = compare(one.sgml(main_set), s.sgml(main_set), one.name, s.name,
+                os.path.join(one.decode_dirs[main_set], "mapsswe_vs", s.name))
+    return f"{int(r['err_b'] - r['err_a']):+d} errors, p {fmt_p(r['p'])}" + (" (**sig.**)" if r["significant"] else "")
+
+
+def equal_budget(systems, main_set, valid_set, sig):
+    """Per budget of the mixed-precision systems: each method (and the uniform system of that many
+    bits) with its accuracy, the one-stage system tested against it (MAPSSWE), and its compression
+    time split into search, fine-tuning and packing."""
+    budgets = list(dict.fromkeys(budget_of(s) for s in systems if s.mixed))
+    lines = []
+    for b in budgets:
+        rows = [s for s in systems if not s.is_float and budget_of(s) == b]
+        one_stage = [s for s in rows if s.kind == "one_stage"]
+        one = one_stage[0] if one_stage else None
+        lines += [f"### Budget {b}", "",
+                  f"|system|method|weight bits|size on disk (bytes)|ratio|{valid_set} WER|{main_set} WER|lossless|"
+                  "search (min)|fine-tuning (min)|pack (min)|total (min)|time over one-stage|"
+                  f"one-stage against it ({main_set})|",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for s in rows:
+            r = sig.get((s.name, main_set))
+            verdict = verdict_of(r) if r else ""
+            wer = [f"{s.wer[d]:.1f}" if d in s.wer else "" for d in (valid_set, main_set)]
+            t = s.compress_parts
+            times = [f"{t[w] / 60:.1f}" for w in ("search", "train", "pack")] + [f"{s.compress_wall / 60:.1f}"] \
+                if t else [""] * 4
+            over = f"{s.compress_wall / one.compress_wall:.2f}x" if t and one and one.compress_wall else ""
+            lines.append(f"|{s.name}|{s.method}|{s.weight_bits:.2f}|{s.sizes['disk_bytes']:,}|"
+                         f"{s.sizes['compression_ratio']:.2f}x|{wer[0]}|{wer[1]}|{verdict}|" + "|".join(times) +
+                         f"|{over}|{against_one_stage(one, s, main_set)}|")
+        lines.append("")
+        for other in one_stage[1:]:
+            vs = [f"{s.name}: {against_one_stage(other, s, main_set)}"
+                  + (f", time {other.compress_wall / s.compress_wall:.2f}x" if other.compress_wall and s.compress_wall
+                     else "") for s in rows if s.method != other.method]
+            if vs:
+                lines += [f"{other.name} against the others ({main_set} errors difference, MAPSSWE p, its "
+                          "compression time over theirs): " + "; ".join(vs) + ".", ""]
+    return lines
+
+
+def per_system(s, plot_dir):
+    lines = [f"## {s.name}", ""]
+    cfg = os.path.join(s.path, "config.yaml")
+    if s.training:
+        t = s.training
+        lines += [f"- training: {t['epochs']} epochs in {t['train_seconds'] / 60:.1f} min, best validation "
+                  f"accuracy {100 * t['best_valid_acc']:.1f}% at epoch {t['best_epoch']} "
+                  f"(`{os.path.join(s.path, 'system.yaml')}`, config `{cfg}`)"]
+    curve = os.path.join(s.path, "training_curve.png")
+    if os.path.exists(curve):
+        dst = os.path.join(plot_dir, f"{s.name}_training_curve.png")
+        shutil.copyfile(curve, dst + ".tmp")
+        os.replace(dst + ".tmp", dst)
+        lines += ["", f"![training curve of {s.name}](results/{os.path.basename(dst)})"]
+    lines += [""]
+    for unit in ("WER", "CER"):
+        rows = []
+        for test_set, d in s.decode_dirs.items():
+            rows.append((os.path.relpath(d, s.path), parse_sum_avg(os.path.join(d, f"score_{unit.lower()}", "result.txt"))))
+        lines += [f"### {unit}", ""] + table(rows) + [""]
+    return lines
+
+
+NOTES = "RESULTS.notes.md"
+
+
+def notes(out):
+    """The hand-written account of the runs (RESULTS.notes.md beside RESULTS.md), as RESULTS.md's lines:
+    what the tables do not say (protocol choices, what was tried), kept across regenerations."""
+    path = os.path.join(os.path.dirname(os.path.abspath(out)), NOTES)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        text = f.read().strip()
+    return [f"## Notes on these runs (`{NOTES}`)", "", text, ""]
+
+
+def report(baseline, others, main_set, valid_set, out, decode):
+    """Write RESULTS.md to `out` and its plots to results/ beside it, for the float32 baseline's exp
+    dir and the others' (decode: the decode dir's name inside each); returns RESULTS.md's lines."""
+    plot_dir = os.path.join(os.path.dirname(os.path.abspath(out)), "results")
+    os.makedirs(plot_dir, exist_ok=True)
+    systems = [System(baseline, decode, True)] + [System(p, decode, False) for p in others]
+    if systems[0].kind != "float":
+        raise ScoringError(f"{baseline}: the baseline is method {systems[0].kind} ({systems[0].method}) in its "
+                           "system.yaml; it must be the float32 system")
+    sets = []
+    for s in systems:
+        sets += [d for d in s.decode_dirs if d not in sets]
+    if main_set not in systems[0].wer:
+        raise ScoringError(f"{baseline}: not scored on {main_set} (--main_set); scored on: {', '.join(sets) or 'nothing'}")
+    sig = significance(systems, sets)
+    train_s = (systems[0].training or {}).get("train_seconds")
+    cmd = (f"python -m mpq_plugins.bin.results --baseline {baseline} --systems \"{' '.join(others)}\" "
+           f"--main_set {main_set} --valid_set {valid_set} --out {out}")
+    lines = ["# mpq-asr results", "",
+             f"Written by the report stage of run.sh (`{cmd}`); every number comes from files the earlier "
+             "stages wrote: `system.yaml` (each system's method, sizes, bits, compression time and training), "
+             "`<decode>/<set>/score_wer/result.txt` (sclite), `<decode>/<set>/mapsswe/result.json` "
+             "(sc_stats MAPSSWE).", "", "## Environment", ""] + environment() + [""]
+    lines += ["## Systems", "",
+              "Every system is decoded from its packed file (`packed.safetensors`: quantized weights bit-packed at "
+              "their bit-widths, their steps, float tensors as they are). Ratio = bytes of the float32 model / bytes "
+              "of the packed file on disk. Change and significance are against the float reference of the set: the "
+              "better of the float32 baseline and its fine-tuned control. Lossless = not significantly worse "
+              "(MAPSSWE, two-tailed, p < 0.05). Compression time: from the float checkpoint to the packed file, "
+              "fine-tuning (and any search) included.", ""]
+    lines += main_table(systems, sets, main_set, valid_set, sig, train_s) + [""]
+    if train_s:
+        lines += [f"FP32 training: {train_s / 60:.1f} min wall-clock ({systems[0].name}).", ""]
+    lines += [f"![WER against size](results/wer_vs_size.png)", ""] + notes(out)
+    lines += [f"## Highest lossless compression ratio per method ({main_set})", ""]
+    lines += best_lossless(systems, main_set, sig) + [""]
+    mpq = equal_budget(systems, main_set, valid_set, sig)
+    if mpq:
+        lines += [f"## Mixed precision at equal budget ({main_set})", "",
+                  "Each budget's systems side by side: the mixed-precision methods and the uniform system of as many "
+                  "bits. Compression time split into the search of the bit-widths (two-stage methods; the one-stage "
+                  "method searches inside its fine-tuning run), the fine-tuning and the packing.", ""] + mpq
+    lines += ["## Significance (MAPSSWE) per test set", ""] + significance_table(sig, sets) + [""]
+    points = []
+    for s in systems:
+        if main_set in s.wer:
+            r = sig.get((s.name, main_set))
+            points.append({"name": s.name.replace(systems[0].name, "").lstrip("_") or s.name,
+                           "bytes": s.sizes["disk_bytes"], "wer": s.wer[main_set],
+                           "lossless": bool(r and r["lossless"]), "float": s.is_float})
+    plots.wer_vs_size(points, os.path.join(plot_dir, "wer_vs_size.png"), main_set)
+    mixed = [s for s in systems if len(set(s.bits_per_layer.values())) > 1]
+    if mixed:
+        lines += ["## Bit allocation of the mixed-precision systems", ""]
+        for s in mixed:
+            png = f"{s.name}_bits.png"
+            plots.bit_allocation(s.name, s.bits_per_layer, os.path.join(plot_dir, png))
+            lines += [f"![bit allocation of {s.name}](results/{png})", ""]
+    for s in systems:
+        if s.decode_dirs:
+            lines += per_system(s, plot_dir)
+    write_atomic(out, "\n".join(lines) + "\n")
+    return lines
+
+
+def summary(lines):
+    """The part of RESULTS.md's lines the report stage prints: everything before the significance details."""
+    return lines[: lines.index("## Significance (MAPSSWE) per test set")]

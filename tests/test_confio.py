@@ -1,0 +1,67 @@
+"""Quant confs: composition over a base, the method stated by each conf, and one clear error for a bad one."""
+import glob
+import os
+
+import pytest
+
+from mpq_plugins.confio import METHODS, ConfError, compose, merge, training_options
+from tests.conftest import ROOT
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_every_shipped_conf_composes_and_states_its_method():
+    confs = glob.glob(os.path.join(ROOT, "conf", "quant", "*.yaml")) + glob.glob(os.path.join(ROOT, "tests", "conf", "quant", "*.yaml"))
+    assert len(confs) > 20
+    for path in confs:
+        conf = compose(path)
+        assert conf["method"] in METHODS
+        with open(path) as f:
+            assert any(line.startswith(f"method: {conf['method']}") for line in f)   # run.sh reads this line
+
+
+def test_a_variant_is_its_base_with_a_few_keys_changed():
+    base = compose(os.path.join(ROOT, "conf", "quant", "mpq_one_stage_3bit.yaml"))
+    half = compose(os.path.join(ROOT, "conf", "quant", "mpq_one_stage_2p5bit_half.yaml"))
+    mp, mp_half = base["quantization"]["mixed_precision"], half["quantization"]["mixed_precision"]
+    assert mp_half == {**mp, "budget": {"avg_bits": 2.5}, "size_weight_lr": 5.0, "search_steps": 80}
+    assert half["num_iters_per_epoch"] == 212 and "base" not in half
+    assert training_options(half) == {k: v for k, v in half.items() if k != "method"}
+    assert compose(os.path.join(ROOT, "conf", "quant", "w3.yaml"))["quantization"] == {"weight_bits": 3, "per_channel": True}
+
+
+def test_merge_is_by_key_for_mappings_only():
+    assert merge({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}, "e": 2}) == {"a": {"b": 1, "c": [3]}, "d": 1, "e": 2}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("quantization: {weight_bits: 4}\n", "method None is not one of"),
+    ("method: qatt\nquantization: {weight_bits: 4}\n", "method 'qatt' is not one of"),
+    ("method: qat\n", "needs a quantization section"),
+    ("method: float\nquantization: {weight_bits: 4}\n", "remove the quantization section"),
+    ("method: one_stage\nquantization: {weight_bits: 4}\n", "needs a quantization: mixed_precision part"),
+    ("method: qat\nquantization: {mixed_precision: {budget: {avg_bits: 3}}}\n", "takes fixed bit-widths"),
+    ("method: qat\nbase: nothere.yaml\n", "base nothere.yaml: no such file"),
+    ("method: qat\nbase: [1]\n", "base must be a path"),
+    ("- 1\n", "not a config"),
+    ("method: [\n", "cannot read config"),
+])
+def test_bad_confs_are_one_clear_error(tmp_path, text, message):
+    path = write(tmp_path / "x.yaml", text)
+    with pytest.raises(ConfError, match="x.yaml") as e:
+        compose(path)
+    assert message in str(e.value)
+
+
+def test_base_loops_and_inherited_methods(tmp_path):
+    write(tmp_path / "a.yaml", "method: qat\nbase: b.yaml\n")
+    write(tmp_path / "b.yaml", "method: qat\nbase: a.yaml\n")
+    with pytest.raises(ConfError, match="loop"):
+        compose(str(tmp_path / "a.yaml"))
+    write(tmp_path / "c.yaml", "method: qat\nquantization: {weight_bits: 4}\n")
+    write(tmp_path / "d.yaml", "base: c.yaml\nquantization: {weight_bits: 3}\n")
+    with pytest.raises(ConfError, match="every quant conf states its method"):
+        compose(str(tmp_path / "d.yaml"))                     # the method is not inherited
