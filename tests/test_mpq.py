@@ -85,6 +85,15 @@ def test_schedules_count_optimizer_updates_not_batches(fp32_file):
     assert not is_searching(model)                                      # fixed after the 3rd update
 
 
+def test_a_resumed_run_goes_on_with_its_schedules(fp32_file):
+    model, *_ = train(fp32_file, dict(MPQ, search_steps=50), steps=2)
+    resumed, _ = build({"weight_bits": 4, "mixed_precision": dict(MPQ, search_steps=50)}, fp32_file)
+    resumed.load_state_dict(model.state_dict())                       # as ESPnet's --resume does
+    resumed.train()
+    _, stats, _ = resumed(*batch())
+    assert int(resumed.mpq_updates) == 2 and float(stats["mpq_tau"]) == pytest.approx(0.2 ** (2 / 50))
+
+
 def write_run(model, conf, d):
     """A finished run's output dir as ESPnet's trainer leaves it (1 epoch, keep_nbest_models 1)."""
     torch.save(model.state_dict(), d / "1epoch.pth")

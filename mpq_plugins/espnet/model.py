@@ -6,9 +6,10 @@ ESPnet builds it like its own, and its layers are then swapped for quantization-
 mixed-precision quantizers (mpq_plugins.quant.mixed). In training it adds to ESPnet's loss
 - the penalty on the expected size above the budget, and
 - the KL from the float teacher's posteriors (CTC and the teacher-forced decoder) to its own;
-and after each optimizer update (`after_update`, which the task hooks to the optimizer) it anneals
-the Gumbel-softmax temperature, raises the size weight while above the budget (size_weight_lr), and
-after `search_steps` updates fixes every layer's bit-width within the budget. Schedules count
+and after each optimizer update (`after_update`, which the task hooks to the optimizer) it counts the
+update, raises the size weight while above the budget (size_weight_lr), and after `search_steps`
+updates fixes every layer's bit-width within the budget; each training forward takes the Gumbel-softmax
+temperature of the updates so far. Schedules count
 optimizer updates, so `accum_grad` does not stretch them. The counters are buffers of the model,
 kept in checkpoints for resumption.
 
@@ -60,6 +61,8 @@ class MixedPrecisionESPnetModel(ESPnetASRModel):
             raise QuantConfigError("mixed_precision: kl_weight > 0 needs the float model to learn from "
                                    "(--teacher_model); or set kl_weight: 0")
         self.teacher = teacher
+        # ESPnet's forward computes the encoder's input and output and the decoder's logits inside; hooks on
+        # the model's own encoder and decoder keep them for the KL term instead of re-implementing that forward
         self._seen = {}
         self._last_expected = None
         self.encoder.register_forward_pre_hook(lambda m, a: self._seen.__setitem__("feats", a[:2]))
@@ -84,9 +87,6 @@ class MixedPrecisionESPnetModel(ESPnetASRModel):
                 bits = fix_allocation(self, cfg.budget_obj, self.budget_fixed_bytes)
                 logging.info(f"mixed precision: bit-widths fixed after {n} updates: "
                              f"{average_bits(bits, numels(self, bits)):.3f} average bits; {bits}")
-        tau = tau_at(n, cfg)
-        for q in mixed_quantizers(self).values():
-            q.tau = tau
 
     def _kl_to_teacher(self, text_lengths, batch_size):
         """Sum over output positions of KL(teacher || model), CTC and decoder, per utterance."""
@@ -110,6 +110,9 @@ class MixedPrecisionESPnetModel(ESPnetASRModel):
         if not self.training:
             return super().forward(speech, speech_lengths, text, text_lengths, **kwargs)
         cfg = self.mpq_cfg
+        tau = tau_at(int(self.mpq_updates), cfg)     # from the counter: right after a resumption too
+        for q in mixed_quantizers(self).values():
+            q.tau = tau
         self._seen.clear()
         loss, stats, weight = super().forward(speech, speech_lengths, text, text_lengths, **kwargs)
         expected = expected_avg_bits(self)
@@ -124,7 +127,7 @@ class MixedPrecisionESPnetModel(ESPnetASRModel):
             kl = self._kl_to_teacher(text_lengths, text.size(0))
             extra = extra + cfg.kl_weight * kl
             stats["mpq_kl"] = kl.detach()
-        stats["mpq_tau"] = torch.tensor(tau_at(int(self.mpq_updates), cfg))
+        stats["mpq_tau"] = torch.tensor(tau)
         loss = loss + extra.to(loss.device)
         stats["loss"] = loss.detach()
         return loss, stats, weight
