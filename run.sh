@@ -7,8 +7,8 @@
 # Options are the variables below (--name value). egs/*/run.sh call this script with their own.
 set -euo pipefail
 
-stage=1               # first stage to run
-stop_stage=100        # last stage to run
+stage=1               # first stage to run (1-9, the stages below)
+stop_stage=9          # last stage to run
 nj=2                  # parallel jobs: synthesis and decoding
 ngpu=0                # GPUs per node for training (ESPnet launcher)
 num_nodes=1           # nodes for training (Slurm: cmd_backend=slurm)
@@ -18,6 +18,8 @@ local_data=""         # stage 1 script writing ${datadir}/{train,dev,...}; defau
 local_data_opts=""    # extra options for it
 train_set=train
 valid_set=dev
+fs=16000              # sample rate of the audio (every data dir is checked for it)
+min_audio_samples=1600  # the shortest audio accepted: 0.1 s at 16 kHz, the 7 frames the conv subsampling needs
 test_sets="dev test test_unseen_voice"
 quant_test_sets="dev test"  # sets decoded for the quantized systems ("" = all of ${test_sets})
 report_set=test       # the test set of the lossless verdict (MAPSSWE against float32) in RESULTS.md
@@ -62,7 +64,19 @@ for qc in ${quant_confs}; do
     [ -f "${qc}" ] || { echo "$0: --quant_confs: ${qc}: no such file" >&2; exit 1; }
     qconfs="${qconfs} ${qc}"
 done
-case "${lm}" in ngram|rnn|none) ;; *) echo "$0: --lm ${lm}: expected ngram, rnn or none" >&2; exit 1;; esac
+usage() { echo "$0: $*" >&2; echo "${help_message}" >&2; exit 1; }
+is_int() { case "$1" in ''|*[!0-9]*) return 1;; esac; }
+for v in stage stop_stage; do
+    is_int "${!v}" && [ "${!v}" -ge 1 ] && [ "${!v}" -le 9 ] || usage "--${v} ${!v}: expected a stage number, 1 to 9"
+done
+[ "${stage}" -le "${stop_stage}" ] || usage "--stage ${stage} is after --stop_stage ${stop_stage}: nothing to run"
+for v in nj nbpe ngram_order fs min_audio_samples; do
+    is_int "${!v}" && [ "${!v}" -ge 1 ] || usage "--${v} ${!v}: expected a positive integer"
+done
+for v in ngpu num_nodes; do is_int "${!v}" || usage "--${v} ${!v}: expected an integer"; done
+[ "${num_nodes}" -ge 1 ] || usage "--num_nodes ${num_nodes}: expected at least 1"
+case "${lm}" in ngram|rnn|none) ;; *) usage "--lm ${lm}: expected ngram, rnn or none";; esac
+case "${token_type}" in char|bpe|word) ;; *) usage "--token_type ${token_type}: expected char, bpe or word";; esac
 
 [ -z "${asr_tag}" ] && asr_tag=$(basename "${asr_config}" .yaml)
 token_name=${token_type}; bpe_opts=""
@@ -86,12 +100,21 @@ data_args() {
         --valid_data_path_and_name_and_type ${datadir}/${valid_set}/text,text,text
 }
 
+# validate <set>...: stop with one line per problem (file, line, what) before any stage reads them
+validate() {
+    local d
+    for d in "$@"; do
+        python -m mpq_plugins.bin.validate_data_dir --data ${datadir}/${d} --sample_rate ${fs} \
+            --min_samples ${min_audio_samples} >/dev/null
+    done
+}
+
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     log 1 "data: ${local_data} -> ${datadir}/"
     ${local_data} --datadir ${datadir} --nj ${nj} ${local_data_opts}
-    for d in $(echo ${train_set} ${valid_set} ${test_sets} | tr ' ' '\n' | sort -u); do
-        python -m mpq_plugins.bin.validate_data_dir --data ${datadir}/${d}
-    done
+fi
+if [ ${stage} -le 8 ]; then   # stages 1-8 read the data dirs: checked before any of them runs
+    validate $(echo ${train_set} ${valid_set} ${test_sets} | tr ' ' '\n' | sort -u)
 fi
 
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
@@ -141,6 +164,7 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && [ "${lm}" = rnn ]; then
         --fold_length 150 --resume true ${lm_args}
 fi
 
+fold_opts="--fold_length 80000 --fold_length 150"   # ESPnet's length folding of speech (samples) and text (tokens)
 # train_asr <entry point> <config> <outdir> [options]: ESPnet training through ESPnet's launcher
 # (${timer}, when set, is a command prefix that times it)
 train_asr() {
@@ -154,7 +178,7 @@ train_asr() {
         --train_shape_file ${stats_dir}/train/speech_shape --train_shape_file ${stats_dir}/train/text_shape.${token_type} \
         --valid_shape_file ${stats_dir}/valid/speech_shape --valid_shape_file ${stats_dir}/valid/text_shape.${token_type} \
         --normalize global_mvn --normalize_conf stats_file=${stats_dir}/train/feats_stats.npz \
-        --resume true --fold_length 80000 --fold_length 150 ${asr_args} "$@"
+        --resume true ${fold_opts} ${asr_args} "$@"
     python -m mpq_plugins.bin.plot_training --exp_dir ${dir}
 }
 
@@ -175,6 +199,9 @@ pack() {
     ${2:-} python -m mpq_plugins.bin.pack --asr_train_config ${1}/config.yaml \
         --asr_model_file ${1}/${inference_model} --out ${1}/packed.safetensors
 }
+# trained <exp dir>: its final model is newer than its training config and the float model (quant_config
+# rewrites the config only when it changes): a rerun neither trains nor times it again
+trained() { [ ${1}/${inference_model} -nt ${1}/train_config.yaml ] && [ ${1}/${inference_model} -nt ${asr_exp}/${inference_model} ]; }
 # conf_method <quant conf>: its `method:` line (every quant conf states its own: mpq_plugins/confio.py)
 conf_method() { sed -n 's/^method: *\([a-z_]*\).*/\1/p' "$1"; }
 
@@ -187,7 +214,8 @@ quantize_system() {
     local qc=$1 qexp=$2 method float_model=${asr_exp}/${inference_model}
     local qtime="python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what"
     local compose="python -m mpq_plugins.bin.quant_config --base ${asr_config} --finetune ${finetune_config}
-        --quant_conf ${qc} --token_list ${token_dir}/tokens.txt"
+        --quant_conf ${qc} --token_list ${token_dir}/tokens.txt ${fold_opts}
+        --train_shape_file ${stats_dir}/train/speech_shape --train_shape_file ${stats_dir}/train/text_shape.${token_type}"
     method=$(conf_method ${qc})
     case ${method} in
     ptq)
@@ -196,8 +224,8 @@ quantize_system() {
                 --asr_model_file ${float_model} --quant_conf ${qc} --out ${qexp}/${inference_model};;
     float|qat|one_stage)
         ${compose} --teacher_model ${float_model} --out ${qexp}/train_config.yaml
-        timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} \
-            --init_param ${float_model};;
+        trained ${qexp} || timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml \
+            ${qexp} --init_param ${float_model};;
     kl|hessian|supernet)
         if [ ! ${qexp}/bits.yaml -nt ${qc} ]; then
             if [ ${method} = supernet ]; then
@@ -210,8 +238,8 @@ quantize_system() {
                 --data ${datadir}/${valid_set} --supernet_dir ${qexp}/search --out ${qexp}/bits.yaml
         fi
         ${compose} --bits ${qexp}/bits.yaml --out ${qexp}/train_config.yaml
-        timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml ${qexp} \
-            --init_param ${float_model};;
+        trained ${qexp} || timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml \
+            ${qexp} --init_param ${float_model};;
     *) echo "$0: ${qc}: method '${method}' is not one of float ptq qat one_stage supernet kl hessian" >&2; exit 1;;
     esac
     pack ${qexp} "${qtime} pack --"

@@ -60,24 +60,30 @@ def write_datadir(path, utts):
     os.replace(tmp, path)
 
 
-def _audio_problem(spec):
+def _audio_problem(spec, sample_rate=None, min_samples=0):
     """Return a description of what is wrong with one wav.scp entry, or None."""
     if spec.endswith("|"):
         return None  # a command; checked when it runs
     if not os.path.exists(spec):
         return f"audio file {spec} does not exist"
     try:
-        import soundfile
+        import soundfile   # here, not at the top: validate_data_dir --no_audio runs without it
         info = soundfile.info(spec)
     except Exception as e:  # soundfile raises its own RuntimeError/LibsndfileError types
         return f"audio file {spec} is not readable audio ({str(e).splitlines()[0][:120]})"
     if info.frames == 0:
         return f"audio file {spec} holds no samples"
+    if sample_rate and info.samplerate != sample_rate:
+        return f"audio file {spec} is sampled at {info.samplerate} Hz, the recipe expects {sample_rate} Hz"
+    if info.frames < min_samples:
+        return (f"audio file {spec} holds {info.frames} samples, fewer than the {min_samples} the frontend's "
+                "window and the convolutional subsampling need (truncated?)")
     return None
 
 
-def validate_datadir(path, check_audio=True):
-    """Raise DataDirError listing every problem found; return the number of utterances."""
+def validate_datadir(path, check_audio=True, sample_rate=None, min_samples=0):
+    """Raise DataDirError listing every problem found; return the number of utterances. With check_audio,
+    every audio file must be readable, at sample_rate (when given) and at least min_samples long."""
     problems = []
     tables = {}
     for name in ("wav.scp", "text", "utt2spk", "spk2utt"):
@@ -117,7 +123,7 @@ def validate_datadir(path, check_audio=True):
                         problems.append(f"{path}/wav.scp:{n}: utterance {k} has no entry in {name}")
         if check_audio:
             for k, v, n in tables["wav.scp"]:
-                p = _audio_problem(v)
+                p = _audio_problem(v, sample_rate, min_samples)
                 if p:
                     problems.append(f"{path}/wav.scp:{n}: {k}: {p}")
     if "utt2spk" in tables and "spk2utt" in tables:

@@ -108,8 +108,21 @@ def test_damaged_files_are_one_clear_error(tmp_path):
     tensors = load_file(str(tmp_path / "m.safetensors"))
     tensors["float32"] = tensors["float32"][:-1]
     save_file(tensors, str(tmp_path / "short.safetensors"), metadata=meta)
-    with pytest.raises(PackedFileError, match="does not match its tensors"):
+    with pytest.raises(PackedFileError, match="short.safetensors: damaged: its tensors do not match the checksum"):
         load_packed(tmp_path / "short.safetensors")
+    altered = bytearray(data)                                   # one byte of a weight changed, same length
+    altered[-5] ^= 0x10
+    (tmp_path / "altered.safetensors").write_bytes(bytes(altered))
+    with pytest.raises(PackedFileError, match="altered.safetensors: damaged"):
+        load_packed(tmp_path / "altered.safetensors")
+    # format 2 (before the checksum) still loads, and its size checks still hold
+    old = {k: v for k, v in meta.items() if k != "sha256"}
+    save_file(load_file(str(tmp_path / "m.safetensors")), str(tmp_path / "v2.safetensors"),
+              metadata={**old, "format": "mpq-asr packed 2"})
+    assert forward_all(load_packed(tmp_path / "v2.safetensors")[0])[0].shape == forward_all(model)[0].shape
+    save_file(tensors, str(tmp_path / "v2short.safetensors"), metadata={**old, "format": "mpq-asr packed 2"})
+    with pytest.raises(PackedFileError, match="does not match its tensors"):
+        load_packed(tmp_path / "v2short.safetensors")
 
 
 def test_checkpoint_that_does_not_fit_its_config_is_rejected(tmp_path):

@@ -142,3 +142,11 @@ def test_sensitivities_of_a_conformer_grow_as_bits_shrink(method):
     flat = lambda d: [d[n][b] for n in names for b in (2, 4, 8)]   # noqa: E731
     assert flat(again) == pytest.approx(flat(s))            # same seed, same data: same numbers
     copy.deepcopy(model)                                    # no autograd graph left in the model
+
+
+def test_an_unmeetable_size_budget_fails_before_the_search():
+    from mpq_plugins.espnet.sensitivity import sensitivity_search
+    model = tiny_asr_model()
+    qcfg = QuantConfig.from_dict({"mixed_precision": {"candidates": [2, 4, 8], "budget": {"size_mb": 0.01}}})
+    with pytest.raises(BudgetError, match="below what the smallest candidates allow"):
+        sensitivity_search("kl", model, {}, qcfg, "/no/such/data/dir")      # the data is never read

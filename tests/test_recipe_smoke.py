@@ -28,15 +28,16 @@ SYSTEMS = ("asr_train_tiny", "asr_train_tiny_w4", "asr_train_tiny_mpq_one_stage_
 QUANT_CONFS = f"{ROOT}/conf/quant/w4.yaml {ROOT}/tests/conf/quant/mpq_one_stage_tiny.yaml"
 
 
+ARGS = ("--local_data_opts", "--n_train 24 --n_dev 6 --n_test 6 --n_unseen 6",
+        "--asr_config", os.path.join(ROOT, "tests/conf/train_tiny.yaml"),
+        "--inference_config", os.path.join(ROOT, "tests/conf/decode_tiny.yaml"),
+        "--lm_config", os.path.join(ROOT, "tests/conf/train_lm_tiny.yaml"), "--lm_train_text", "data/train/text",
+        "--finetune_config", os.path.join(ROOT, "tests/conf/finetune_tiny.yaml"), "--quant_confs", QUANT_CONFS,
+        "--quant_test_sets", " ".join(QSETS))
+
+
 def run(cwd, *args):
-    cmd = [os.path.join(ROOT, "run.sh"),
-           "--local_data_opts", "--n_train 24 --n_dev 6 --n_test 6 --n_unseen 6",
-           "--asr_config", os.path.join(ROOT, "tests/conf/train_tiny.yaml"),
-           "--inference_config", os.path.join(ROOT, "tests/conf/decode_tiny.yaml"),
-           "--lm_config", os.path.join(ROOT, "tests/conf/train_lm_tiny.yaml"), "--lm_train_text", "data/train/text",
-           "--finetune_config", os.path.join(ROOT, "tests/conf/finetune_tiny.yaml"), "--quant_confs", QUANT_CONFS,
-           "--quant_test_sets", " ".join(QSETS), *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    return subprocess.run([os.path.join(ROOT, "run.sh"), *ARGS, *args], cwd=cwd, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -150,18 +151,40 @@ def test_post_training_conf_quantizes_without_training(recipe):
     assert r.returncode == 0 and (exp / "valid.acc.ave.pth").stat().st_mtime_ns == model_mtime   # up to date: kept
 
 
-def test_rerun_quantize_stage_resumes(recipe):
+def test_rerun_quantize_stage_keeps_what_is_done_and_counts_it_once(recipe):
     exp = recipe / "exp" / "asr_train_tiny_w4"
     model_before = (exp / "valid.acc.ave.pth").read_bytes()
     packed_mtime = (exp / "packed.safetensors").stat().st_mtime_ns
     r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", f"{ROOT}/conf/quant/w4.yaml")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (exp / "train.log.1").exists()
-    assert "The training was resumed using exp/asr_train_tiny_w4/checkpoint.pth" in (exp / "train.log").read_text()
-    assert (exp / "valid.acc.ave.pth").read_bytes() == model_before   # nothing retrained: already at max_epoch
+    assert "train_config.yaml is up to date" in r.stdout and not (exp / "train.log.1").exists()   # not retrained
+    assert (exp / "valid.acc.ave.pth").read_bytes() == model_before
     log = json.loads((exp / "compression_time.json").read_text())
-    assert [e["what"] for e in log] == ["train", "pack", "train"]   # every try is counted; the packed file
-    assert (exp / "packed.safetensors").stat().st_mtime_ns == packed_mtime  # is newer than the model: kept
+    assert [e["what"] for e in log] == ["train", "pack"]                  # the work, once
+    assert (exp / "packed.safetensors").stat().st_mtime_ns == packed_mtime  # newer than the model: kept
+
+
+def test_quantize_stage_killed_midway_reruns_cleanly(recipe, tmp_path):
+    import signal
+    import time
+    conf = tmp_path / "w3_killed.yaml"
+    conf.write_text(f"method: qat\nbase: {ROOT}/conf/quant/w3.yaml\n")
+    exp = recipe / "exp" / "asr_train_tiny_w3_killed"
+    cmd = [os.path.join(ROOT, "run.sh"), *ARGS, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(conf)]
+    p = subprocess.Popen(cmd, cwd=recipe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((exp / "train.log").exists() and "epoch started" in (exp / "train.log").read_text()):
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)                                         # Ctrl-C of the whole stage
+    p.communicate(timeout=120)
+    assert p.returncode != 0 and not (exp / "packed.safetensors").exists() and not (exp / "system.yaml").exists()
+    r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(conf))
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = json.loads((exp / "compression_time.json").read_text())
+    assert [e["what"] for e in log] == ["train", "train", "pack"] and log[0]["rc"] != 0 and log[1]["rc"] == 0
+    record = yaml.safe_load((exp / "system.yaml").read_text())
+    assert record["weight_bits"] == 3 and record["compression_time"]["train_s"] == pytest.approx(
+        log[0]["wall_s"] + log[1]["wall_s"], abs=0.02)
 
 
 def test_stock_espnet_loader_drops_the_quantizers_ours_does_not(recipe, monkeypatch):
@@ -270,15 +293,6 @@ def test_unknown_lm_kind_is_rejected(recipe):
     assert r.returncode != 0 and "--lm kenlm: expected ngram, rnn or none" in r.stderr
 
 
-def test_espnet_rnn_lm_still_works(recipe):
-    # last in this file: it decodes dev again, with ESPnet's character LSTM LM instead of the word LM
-    r = run(recipe, "--stage", "4", "--stop_stage", "7", "--lm", "rnn", "--test_sets", "dev", "--quant_confs", "")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert (recipe / "exp" / "lm_train_lm_tiny_char" / "valid.loss.best.pth").exists()
-    log = (recipe / "exp" / "asr_train_tiny" / DECODE / "dev" / "logdir" / "asr_inference.1.log").read_text()
-    assert "--lm_file" in log and "--word_lm_file" not in log
-
-
 def test_bad_quant_conf_fails_before_training(recipe, tmp_path):
     bad = tmp_path / "w9.yaml"
     bad.write_text("method: qat\nquantization:\n    weight_bits: 9\n")
@@ -286,7 +300,163 @@ def test_bad_quant_conf_fails_before_training(recipe, tmp_path):
     assert r.returncode != 0
     assert "w9.yaml: quantization: weight_bits 9 is outside 2..8" in r.stderr and "Traceback" not in r.stderr
     assert not (recipe / "exp" / "asr_train_tiny_w9").exists()
+    bad.write_text("method: one_stage\nquantization:\n    mixed_precision:\n        budget: {avg_bits: 3}\n"
+                   "        search_steps: 1000\n")
+    r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(bad))
+    assert r.returncode != 0 and "search_steps 1000 is more than the 3 optimizer updates this run makes" in r.stderr
+    assert not (recipe / "exp" / "asr_train_tiny_w9" / "train.log").exists()
     bad.write_text("quantization:\n    weight_bits: 4\n")                 # no method
     r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(bad))
     assert r.returncode != 0 and "w9.yaml: method '' is not one of" in r.stderr
-    assert not (recipe / "exp" / "asr_train_tiny_w9").exists()
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# Stand-in for "sbatch --wait": runs the job script here, with the job's node count for srun.
+nodes=1 script=""
+for a in "$@"; do
+  case "$a" in --nodes=*) nodes=${a#--nodes=} ;; -*) ;; *) script=$a ;; esac
+done
+echo 4242
+SLURM_JOB_ID=4242 SLURM_NNODES=$nodes bash "$script"
+"""
+FAKE_SRUN = """#!/usr/bin/env bash
+# Stand-in for srun inside a job: the command once per node, as processes here, with Slurm's variables.
+[ "$1" = --export=ALL ] && shift
+n=${SLURM_NNODES:-1} pids=""
+for i in $(seq 0 $((n - 1))); do
+  SLURM_PROCID=$i SLURM_NODEID=$i SLURM_LOCALID=0 SLURM_NTASKS=$n SLURM_STEP_NUM_NODES=$n \\
+    SLURM_STEP_NODELIST=localhost SLURM_STEP_ID=0 "$@" &
+  pids="$pids $!"
+done
+rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc
+"""
+
+
+def test_two_process_training_through_espnets_launcher_and_slurm_pl(recipe, tmp_path):
+    """README's Slurm command on a CPU machine: ESPnet's launcher -> utils/slurm.pl -> (stub) sbatch ->
+    (stub) srun -> two training processes on the gloo backend, for QAT and for one-stage MPQ."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN)):
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    confs = {}
+    for name, base in (("w4_ddp", f"{ROOT}/conf/quant/w4.yaml"),
+                       ("mpq_one_stage_ddp", f"{ROOT}/tests/conf/quant/mpq_one_stage_tiny.yaml")):
+        confs[name] = tmp_path / f"{name}.yaml"
+        method = "qat" if name == "w4_ddp" else "one_stage"
+        confs[name].write_text(f"method: {method}\nbase: {base}\n")
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "cmd_backend": "slurm"}
+    r = subprocess.run([os.path.join(ROOT, "run.sh"), *ARGS, "--stage", "6", "--stop_stage", "6", "--ngpu", "0",
+                        "--num_nodes", "2", "--quant_confs", " ".join(map(str, confs.values()))],
+                       cwd=recipe, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in confs:
+        exp = recipe / "exp" / f"asr_train_tiny_{name}"
+        log = (exp / "train.log").read_text()
+        assert "srun --export=ALL" in log and ":0/2] " in log, log[-2000:]   # rank 0 of a world of 2 (rank 1 logs warnings only)
+        single = yaml.safe_load((recipe / "exp" / f"asr_train_tiny_{'w4' if name == 'w4_ddp' else 'mpq_one_stage_tiny'}"
+                                 / "system.yaml").read_text())
+        record = yaml.safe_load((exp / "system.yaml").read_text())
+        _, meta, _ = read_packed(exp / "packed.safetensors")                 # the same packed format
+        assert meta["format"] == read_packed(recipe / "exp" / "asr_train_tiny_w4" / "packed.safetensors")[1]["format"]
+        assert record["method"] == single["method"] and set(record["bits_per_layer"]) == set(single["bits_per_layer"])
+        if name == "w4_ddp":
+            assert record["sizes"]["disk_bytes"] == single["sizes"]["disk_bytes"]
+        else:
+            assert record["weight_bits"] <= 3.0 and json.loads((exp / "mixed_precision.json").read_text())["updates"] >= 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--stage", "three"), "--stage three: expected a stage number, 1 to 9"),
+    (("--stage", "99"), "--stage 99: expected a stage number, 1 to 9"),
+    (("--stage", "5", "--stop_stage", "3"), "--stage 5 is after --stop_stage 3"),
+    (("--nj", "0"), "--nj 0: expected a positive integer"),
+    (("--token_type", "phone"), "--token_type phone: expected char, bpe or word"),
+    (("--no_such_option", "1"), "unknown option --no_such_option"),
+])
+def test_bad_options_are_one_error_with_the_usage(tmp_path, args, message):
+    r = subprocess.run([os.path.join(ROOT, "run.sh"), *args], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "integer expression expected" not in r.stderr and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("audio,message", [
+    ("short", "holds 28 samples, fewer than the 1600"),
+    ("rate", "is sampled at 8000 Hz, the recipe expects 16000 Hz"),
+    ("missing", "does not exist"),
+])
+def test_bad_audio_stops_every_stage_before_it_reads_it(recipe, audio, message):
+    import numpy as np
+    import soundfile
+    results_before = (recipe / "RESULTS.md").read_text()
+    with open(recipe / "data" / "test" / "wav.scp") as f:
+        victim = f.readline().split()[1]
+    saved = open(victim, "rb").read()
+    try:
+        if audio == "missing":
+            os.remove(victim)
+        else:
+            soundfile.write(victim, np.zeros(28 if audio == "short" else 8000, np.float32),
+                            16000 if audio == "short" else 8000)
+        for stage in ("2", "7"):
+            r = run(recipe, "--stage", stage, "--stop_stage", stage)
+            assert r.returncode != 0 and victim in r.stderr and message in r.stderr, r.stderr[-2000:]
+            assert "Traceback" not in r.stderr and "run.pl" not in r.stderr
+        assert (recipe / "RESULTS.md").read_text() == results_before      # earlier results untouched
+    finally:
+        with open(victim, "wb") as f:
+            f.write(saved)
+
+
+def kill_when(cmd, cwd, ready, timeout=180):
+    """Start cmd in its own process group, Ctrl-C the whole group once ready() is true; its return code."""
+    import signal
+    import time
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None and not ready():
+        time.sleep(0.1)
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGINT)
+    p.communicate(timeout=timeout)
+    return p.returncode
+
+
+def test_decode_stage_killed_midway_reruns_to_the_same_hypotheses(recipe):
+    dec = recipe / "exp" / "asr_train_tiny" / DECODE / "dev"
+    want = (dec / "text").read_text()
+    (dec / "text").unlink()                                   # as if never decoded
+    cmd = [os.path.join(ROOT, "run.sh"), *ARGS, "--stage", "7", "--stop_stage", "7", "--quant_confs", ""]
+    rc = kill_when(cmd, recipe, lambda: any((dec / "logdir").glob("output.*/1best_recog/text")))
+    assert rc != 0 and not (dec / "text").exists()            # nothing half-written where scoring reads
+    r = run(recipe, "--stage", "7", "--stop_stage", "7", "--quant_confs", "")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (dec / "text").read_text() == want
+
+
+def test_data_stage_killed_midway_reruns_to_the_same_corpus(recipe, tmp_path):
+    import soundfile
+    cmd = [os.path.join(ROOT, "run.sh"), *ARGS, "--stage", "1", "--stop_stage", "1"]
+    wavs = tmp_path / "data" / "local" / "wav"
+    rc = kill_when(cmd, tmp_path, lambda: wavs.exists() and len(list(wavs.rglob("*.wav"))) >= 5)
+    assert rc != 0 and not (tmp_path / "data" / "test" / "text").exists()
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for d in SETS:
+        for name in ("text", "utt2spk", "spk2utt"):
+            assert (tmp_path / "data" / d / name).read_text() == (recipe / "data" / d / name).read_text()
+        for line in (tmp_path / "data" / d / "wav.scp").read_text().splitlines():
+            utt, path = line.split(maxsplit=1)
+            got, _ = soundfile.read(tmp_path / path, dtype="int16")
+            want, _ = soundfile.read(recipe / path, dtype="int16")
+            assert got.shape == want.shape and abs(got.astype(int) - want).max() <= 2, utt   # sox dithers: +-1 LSB
+
+
+def test_espnet_rnn_lm_still_works(recipe):
+    # last in this file: it decodes dev again, with ESPnet's character LSTM LM instead of the word LM
+    r = run(recipe, "--stage", "4", "--stop_stage", "7", "--lm", "rnn", "--test_sets", "dev", "--quant_confs", "")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (recipe / "exp" / "lm_train_lm_tiny_char" / "valid.loss.best.pth").exists()
+    log = (recipe / "exp" / "asr_train_tiny" / DECODE / "dev" / "logdir" / "asr_inference.1.log").read_text()
+    assert "--lm_file" in log and "--word_lm_file" not in log

@@ -13,7 +13,9 @@ ESPnet training options) decides the rest:
 - supernet --search_run: the same model trained for `search_steps` optimizer updates (stage 1);
 - kl, hessian, supernet with --bits FILE: QAT with the bit-widths the search wrote there (stage 2).
 Then each --set KEY=VALUE. The result is built into the real model before anything is written, so a
-bad option, bit-width or pattern fails before training starts.
+bad option, bit-width or pattern fails before training starts; given the training data's shape files
+(--train_shape_file, --fold_length as for ESPnet), a mixed-precision run whose search_steps it would
+never reach fails here too.
 """
 import argparse
 import os
@@ -23,7 +25,7 @@ import yaml
 
 from mpq_plugins.confio import ConfError, compose, merge, read_config, training_options
 from mpq_plugins.espnet.load import build_from_config
-from mpq_plugins.espnet.task import MIXED_MODEL, QuantASRTask
+from mpq_plugins.espnet.task import MIXED_MODEL, QuantASRTask, planned_updates
 from mpq_plugins.quant import QuantConfig, QuantConfigError
 
 
@@ -73,6 +75,9 @@ def main(argv=None):
     p.add_argument("--teacher_model", default=None,
                    help="the float checkpoint a mixed-precision run learns from (one_stage, supernet --search_run)")
     p.add_argument("--token_list", required=True, help="token list (to build the model for the check)")
+    p.add_argument("--train_shape_file", action="append", default=[],
+                   help="ESPnet's shape files of the training data (to check search_steps against the run's updates)")
+    p.add_argument("--fold_length", action="append", type=int, default=[])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="one more option on top (the value is read as yaml)")
     p.add_argument("--out", required=True)
@@ -82,13 +87,23 @@ def main(argv=None):
         with open(a.token_list, encoding="utf-8") as f:
             tokens = [t.strip() for t in f if t.strip()]
         build_from_config({**merged, "token_list": tokens, "normalize": None}, a.quant_conf)
+        if merged.get("model") == MIXED_MODEL and a.train_shape_file:
+            steps = QuantConfig.from_dict(merged["quantization"]).mpq.search_steps
+            updates = planned_updates(merged, a.train_shape_file, a.fold_length)
+            if steps > updates:
+                raise ValueError(f"{a.quant_conf}: mixed_precision search_steps {steps} is more than the {updates} "
+                                 "optimizer updates this run makes (max_epoch x batches an epoch / accum_grad): the "
+                                 "bit-widths would never be fixed; lower search_steps or train longer")
     except (ValueError, OSError, QuantConfigError, ConfError) as e:
         sys.exit(f"quant_config: {e}")
+    text = (f"# {a.base} with {a.finetune}, {a.quant_conf}{' and ' + a.bits if a.bits else ''} on top "
+            "(mpq_plugins.bin.quant_config)\n" + yaml.safe_dump(merged, sort_keys=False))
+    if os.path.exists(a.out) and open(a.out, encoding="utf-8").read() == text:
+        print(f"quant_config: {a.out} is up to date")    # left as it is: run.sh compares the model's time with it
+        return
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out + ".tmp", "w", encoding="utf-8") as f:
-        f.write(f"# {a.base} with {a.finetune}, {a.quant_conf}{' and ' + a.bits if a.bits else ''} on top "
-                "(mpq_plugins.bin.quant_config)\n")
-        yaml.safe_dump(merged, f, sort_keys=False)
+        f.write(text)
     os.replace(a.out + ".tmp", a.out)
     print(f"quant_config: {a.out}")
 

@@ -2,8 +2,10 @@
 
     python -m mpq_plugins.bin.timed --log exp/asr_w4/compression_time.json --what train -- cmd args...
 
-The log is a list of {"what", "wall_s", "cpu_s", "rc"}; a rerun after an interruption appends, so
-the total counts every second spent. Exits with the command's status.
+The log is a list of {"what", "wall_s", "cpu_s", "rc"}. An interrupted command (Ctrl-C) is logged
+with its status (130): what it finished (ESPnet's epochs) a rerun resumes from rather than redoes, so
+the total counts it; run.sh does not rerun a step that is done, so nothing is counted twice. Exits with
+the command's status; an interruption is one line, not a traceback.
 """
 import argparse
 import json
@@ -25,7 +27,13 @@ def main(argv=None):
         sys.exit("timed: no command given")
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
-    rc = subprocess.call(cmd)
+    child = subprocess.Popen(cmd)
+    try:
+        rc = child.wait()
+    except KeyboardInterrupt:     # the child has the same Ctrl-C (one process group): let it stop, then log
+        rc = child.wait()
+        rc = rc if rc > 0 else 130
+        print(f"timed: {a.what}: interrupted after {time.time() - t0:.0f} s (logged in {a.log})", file=sys.stderr)
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     entry = {"what": a.what, "wall_s": round(time.time() - t0, 2),
              "cpu_s": round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2), "rc": rc}

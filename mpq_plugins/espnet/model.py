@@ -20,6 +20,7 @@ import logging
 
 import torch
 from espnet2.asr.espnet_model import ESPnetASRModel
+from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
 
 from mpq_plugins.quant import QuantConfigError
@@ -130,4 +131,4 @@ class MixedPrecisionESPnetModel(ESPnetASRModel):
         stats["mpq_tau"] = torch.tensor(tau)
         loss = loss + extra.to(loss.device)
         stats["loss"] = loss.detach()
-        return loss, stats, weight
+        return force_gatherable((loss, stats, weight), loss.device)   # as ESPnet's: every stat 1-d for DDP averaging

@@ -25,7 +25,7 @@ from espnet2.tasks.asr import ASRTask
 from mpq_plugins.datadir import read_table
 from mpq_plugins.espnet.groups import groups_for
 from mpq_plugins.quant import QuantConfig, quantize_
-from mpq_plugins.quant.allocation import allocate, average_bits
+from mpq_plugins.quant.allocation import allocate, average_bits, layer_costs
 from mpq_plugins.quant.config import plan
 from mpq_plugins.quant.mixed import numels
 from mpq_plugins.quant.packing import fixed_bytes
@@ -107,22 +107,24 @@ def held_out_batches(conf, data, n_utts, batch_size=8):
 
 
 def sensitivity_search(method, model, conf, qcfg, data, progress=None):
-    """({layer: bits}, record) of the kl or hessian search on the float model (loaded from its config)."""
+    """({layer: bits}, record) of the kl or hessian search on the float model (loaded from its config).
+    The budget is checked first: one that no allocation meets fails before the search's minutes."""
     groups = groups_for(model)
     names = list(plan(model, qcfg, groups))
     mp = qcfg.mpq
+    nums = numels(model, names)
+    probe = copy.deepcopy(model)    # the size budget's fixed part: this model packed at any bit-width
+    quantize_(probe, QuantConfig.from_dict({k: v for k, v in vars(qcfg).items() if k not in ("mixed_precision", "mpq")}),
+              groups)
+    fixed = fixed_bytes(probe)
+    layer_costs(nums, mp.candidates, mp.budget_obj, fixed)
     batches = held_out_batches(conf, data, mp.n_utts)
     t0 = time.time()
     if method == "kl":
         sens = kl_sensitivity(model, batches, names, mp.candidates, posteriors, progress=progress)
     else:
         sens = espnet_hessian_sensitivity(model, batches, names, mp.candidates, n_samples=mp.hutchinson_samples)
-    # the size budget's fixed part: the packed file of this model quantized at any bit-width
-    probe = copy.deepcopy(model)
-    fixed = QuantConfig.from_dict({k: v for k, v in vars(qcfg).items() if k not in ("mixed_precision", "mpq")})
-    quantize_(probe, fixed, groups)
-    nums = numels(model, names)
-    bits = allocate(sens, nums, mp.candidates, mp.budget_obj, fixed_bytes(probe))
+    bits = allocate(sens, nums, mp.candidates, mp.budget_obj, fixed)
     return bits, {"sensitivity": sens, "search_seconds": time.time() - t0, "avg_bits": average_bits(bits, nums),
                   "utterances": sum(len(b[1]) for b in batches)}
 

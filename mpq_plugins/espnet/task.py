@@ -25,6 +25,7 @@ import re
 import torch
 import torch.distributed
 import yaml
+from espnet2.samplers.build_batch_sampler import build_batch_sampler
 from espnet2.tasks import asr as espnet_asr
 from espnet2.tasks.asr import ASRTask
 from espnet2.utils.nested_dict_action import NestedDictAction
@@ -100,6 +101,20 @@ class QuantASRTask(ASRTask):
             or torch.distributed.get_rank() == 0
         if rank0 and not args.collect_stats and not args.dry_run and getattr(args, "model", None) == MIXED_MODEL:
             finalize_run(cls, args)
+
+
+def planned_updates(conf, shape_files, fold_lengths=()):
+    """The optimizer updates a training run of this config (dict) makes over the training data of these
+    shape files: max_epoch x batches an epoch (num_iters_per_epoch, or ESPnet's batch sampler's count)
+    / accum_grad."""
+    c = {**vars(QuantASRTask.get_parser().parse_args([])), **conf}
+    iters = c.get("num_iters_per_epoch")
+    if not iters:
+        iters = len(build_batch_sampler(
+            type=c["batch_type"], batch_size=c["batch_size"], batch_bins=c["batch_bins"], shape_files=shape_files,
+            sort_in_batch=c["sort_in_batch"], sort_batch=c["sort_batch"], drop_last=c["drop_last_iter"],
+            min_batch_size=c["min_batch_size"], fold_lengths=fold_lengths))
+    return int(c["max_epoch"]) * (int(iters) // max(int(c.get("accum_grad") or 1), 1))
 
 
 def regroup_quantizer_params(optimizer, model, logit_lr=None):

@@ -4,6 +4,8 @@ the model (for ESPnet: its config, mpq_plugins.espnet.load) travels in the heade
 
 Layout of `<name>.safetensors` (a header of a few kB, then three blobs):
 - metadata "format" = FORMAT, "bits" = the bit-width of each quantized weight, in module order,
+  "sha256" = the SHA-256 of the three blobs (packed, float32, int64, in that order): a truncated or
+  altered file is an error, never a wrong model,
   and the caller's strings (the ESPnet adapter: "config", the model-building part of its config
   as yaml, and "mvn_dim");
 - "packed" (uint8): each quantized weight's levels q + 2^(b-1) (0..2^b - 2) as a little-endian
@@ -17,6 +19,7 @@ have exactly the size that model needs.
 Unpacked, a weight is q * step: exactly what the fake-quantized model computes, so the packed
 file decodes to the same hypotheses.
 """
+import hashlib
 import math
 import os
 
@@ -27,7 +30,8 @@ from safetensors.numpy import load_file, save_file
 
 from mpq_plugins.quant.layers import quantized_modules
 
-FORMAT = "mpq-asr packed 2"   # 2: quantizer steps stored as log-steps
+FORMAT = "mpq-asr packed 3"   # 3: with the blobs' SHA-256; 2: quantizer steps stored as log-steps
+READABLE = (FORMAT, "mpq-asr packed 2")   # files of format 2 (no checksum) still load
 HEADER_BYTES = 4096   # the header is about 2 kB for a Conformer; counted generously in budgets
 
 
@@ -74,7 +78,7 @@ def export_packed(model, path, metadata):
     tensors = {"packed": np.concatenate(packed) if packed else np.zeros(0, np.uint8),
                "float32": np.concatenate(floats) if floats else np.zeros(0, np.float32),
                "int64": np.concatenate(ints) if ints else np.zeros(0, np.int64)}
-    meta = {**metadata, "format": FORMAT, "bits": ",".join(map(str, bits))}
+    meta = {**metadata, "format": FORMAT, "bits": ",".join(map(str, bits)), "sha256": checksum(tensors)}
     tmp = str(path) + ".tmp"
     save_file(tensors, tmp, metadata=meta)
     os.replace(tmp, path)
@@ -94,6 +98,14 @@ def size_report(model, path, payload):
             "avg_weight_bits": (sum(m.weight.numel() * m.weight_quantizer.bits for m in qm.values()) / nq) if nq else 32.0,
             "quantized_fraction": nq / n_params, "params": n_params,
             "bits_per_layer": {n: m.weight_quantizer.bits for n, m in qm.items()}}
+
+
+def checksum(tensors):
+    """SHA-256 (hex) of the packed, float32 and int64 blobs, in that order."""
+    h = hashlib.sha256()
+    for k in ("packed", "float32", "int64"):
+        h.update(memoryview(tensors[k]).cast("B"))
+    return h.hexdigest()
 
 
 def fixed_bytes(model):
@@ -121,8 +133,9 @@ def read_packed(path):
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise PackedFileError(f"{path}: not a readable packed model ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise PackedFileError(f"{path}: not an mpq-asr packed model (format {meta.get('format')!r})")
+    if meta.get("format") not in READABLE:
+        raise PackedFileError(f"{path}: not an mpq-asr packed model this version reads (format {meta.get('format')!r}; "
+                              f"it reads {', '.join(READABLE)})")
     try:
         bits = [int(b) for b in meta["bits"].split(",")] if meta["bits"] else []
     except (KeyError, ValueError) as e:
@@ -130,6 +143,8 @@ def read_packed(path):
     missing = {"packed", "float32", "int64"} - set(tensors)
     if missing:
         raise PackedFileError(f"{path}: missing {', '.join(sorted(missing))}")
+    if meta["format"] == FORMAT and meta.get("sha256") != checksum(tensors):
+        raise PackedFileError(f"{path}: damaged: its tensors do not match the checksum in its header")
     return tensors, meta, bits
 
 
