@@ -416,7 +416,7 @@ def kill_when(cmd, cwd, ready, timeout=180):
     p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + timeout
     while time.time() < deadline and p.poll() is None and not ready():
-        time.sleep(0.1)
+        time.sleep(0.02)
     if p.poll() is None:
         os.killpg(p.pid, signal.SIGINT)
     p.communicate(timeout=timeout)
@@ -428,7 +428,7 @@ def test_decode_stage_killed_midway_reruns_to_the_same_hypotheses(recipe):
     want = (dec / "text").read_text()
     (dec / "text").unlink()                                   # as if never decoded
     cmd = [os.path.join(ROOT, "run.sh"), *ARGS, "--stage", "7", "--stop_stage", "7", "--quant_confs", ""]
-    rc = kill_when(cmd, recipe, lambda: any((dec / "logdir").glob("output.*/1best_recog/text")))
+    rc = kill_when(cmd, recipe, lambda: (dec / "logdir").exists())          # the decoding jobs are starting
     assert rc != 0 and not (dec / "text").exists()            # nothing half-written where scoring reads
     r = run(recipe, "--stage", "7", "--stop_stage", "7", "--quant_confs", "")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -439,7 +439,7 @@ def test_data_stage_killed_midway_reruns_to_the_same_corpus(recipe, tmp_path):
     import soundfile
     cmd = [os.path.join(ROOT, "run.sh"), *ARGS, "--stage", "1", "--stop_stage", "1"]
     wavs = tmp_path / "data" / "local" / "wav"
-    rc = kill_when(cmd, tmp_path, lambda: wavs.exists() and len(list(wavs.rglob("*.wav"))) >= 5)
+    rc = kill_when(cmd, tmp_path, lambda: wavs.exists() and any(wavs.rglob("*.wav")))   # synthesis under way
     assert rc != 0 and not (tmp_path / "data" / "test" / "text").exists()
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

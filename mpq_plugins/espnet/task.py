@@ -97,10 +97,15 @@ class QuantASRTask(ASRTask):
     @classmethod
     def main_worker(cls, args):
         super().main_worker(args)
-        rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
-            or torch.distributed.get_rank() == 0
-        if rank0 and not args.collect_stats and not args.dry_run and getattr(args, "model", None) == MIXED_MODEL:
-            finalize_run(cls, args)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        try:
+            if (not distributed or torch.distributed.get_rank() == 0) and not args.collect_stats \
+                    and not args.dry_run and getattr(args, "model", None) == MIXED_MODEL:
+                finalize_run(cls, args)
+        finally:
+            if distributed:   # every rank waits for rank 0's finalizing (even a failed one), then all leave the
+                torch.distributed.barrier()          # group together: a rank that exited while another was busy
+                torch.distributed.destroy_process_group()   # aborted in gloo's teardown
 
 
 def planned_updates(conf, shape_files, fold_lengths=()):
