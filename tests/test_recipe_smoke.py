@@ -165,19 +165,12 @@ def test_rerun_quantize_stage_keeps_what_is_done_and_counts_it_once(recipe):
 
 
 def test_quantize_stage_killed_midway_reruns_cleanly(recipe, tmp_path):
-    import signal
-    import time
     conf = tmp_path / "w3_killed.yaml"
     conf.write_text(f"method: qat\nbase: {ROOT}/conf/quant/w3.yaml\n")
     exp = recipe / "exp" / "asr_train_tiny_w3_killed"
     cmd = [os.path.join(ROOT, "run.sh"), *ARGS, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(conf)]
-    p = subprocess.Popen(cmd, cwd=recipe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((exp / "train.log").exists() and "epoch started" in (exp / "train.log").read_text()):
-        time.sleep(0.2)
-    os.killpg(p.pid, signal.SIGINT)                                         # Ctrl-C of the whole stage
-    p.communicate(timeout=120)
-    assert p.returncode != 0 and not (exp / "packed.safetensors").exists() and not (exp / "system.yaml").exists()
+    rc = kill_when(cmd, recipe, lambda: (exp / "train.log").exists() and "epoch started" in (exp / "train.log").read_text())
+    assert rc != 0 and not (exp / "packed.safetensors").exists() and not (exp / "system.yaml").exists()
     r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(conf))
     assert r.returncode == 0, r.stderr[-2000:]
     log = json.loads((exp / "compression_time.json").read_text())
@@ -410,7 +403,8 @@ def test_bad_audio_stops_every_stage_before_it_reads_it(recipe, audio, message):
 
 
 def kill_when(cmd, cwd, ready, timeout=180):
-    """Start cmd in its own process group, Ctrl-C the whole group once ready() is true; its return code."""
+    """Start cmd in its own process group, kill the whole group (SIGTERM) once ready() is true; its return
+    code. (Not SIGINT: a process started in the background, as a CI job may be, ignores it.)"""
     import signal
     import time
     p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -418,7 +412,7 @@ def kill_when(cmd, cwd, ready, timeout=180):
     while time.time() < deadline and p.poll() is None and not ready():
         time.sleep(0.02)
     if p.poll() is None:
-        os.killpg(p.pid, signal.SIGINT)
+        os.killpg(p.pid, signal.SIGTERM)
     p.communicate(timeout=timeout)
     return p.returncode
 

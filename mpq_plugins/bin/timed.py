@@ -2,8 +2,8 @@
 
     python -m mpq_plugins.bin.timed --log exp/asr_w4/compression_time.json --what train -- cmd args...
 
-The log is a list of {"what", "wall_s", "cpu_s", "rc"}. An interrupted command (Ctrl-C) is logged
-with its status (130): what it finished (ESPnet's epochs) a rerun resumes from rather than redoes, so
+The log is a list of {"what", "wall_s", "cpu_s", "rc"}. An interrupted command (Ctrl-C, or a kill
+with SIGTERM) is logged with its status (130 or 143): what it finished (ESPnet's epochs) a rerun resumes from rather than redoes, so
 the total counts it; run.sh does not rerun a step that is done, so nothing is counted twice. Exits with
 the command's status; an interruption is one line, not a traceback.
 """
@@ -11,9 +11,14 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
+
+
+def interrupted(signum, _frame):
+    raise KeyboardInterrupt(signum)
 
 
 def main(argv=None):
@@ -28,11 +33,12 @@ def main(argv=None):
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     child = subprocess.Popen(cmd)
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         rc = child.wait()
-    except KeyboardInterrupt:     # the child has the same Ctrl-C (one process group): let it stop, then log
+    except KeyboardInterrupt as e:   # the child has the same signal (one process group): let it stop, then log
         rc = child.wait()
-        rc = rc if rc > 0 else 130
+        rc = rc if rc > 0 else 128 + (e.args[0] if e.args else signal.SIGINT)
         print(f"timed: {a.what}: interrupted after {time.time() - t0:.0f} s (logged in {a.log})", file=sys.stderr)
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     entry = {"what": a.what, "wall_s": round(time.time() - t0, 2),
