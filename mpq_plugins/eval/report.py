@@ -45,7 +45,23 @@ def environment():
         commit = "unknown"
     return [f"- date: `{time.strftime('%Y-%m-%d %H:%M:%S %Z')}`",
             f"- python: `{platform.python_version()}`, espnet `{espnet.__version__}`, torch `{torch.__version__}`",
-            f"- machine: `{platform.machine()}`, {os.cpu_count()} CPU cores, mpq-asr commit `{commit}`"]
+            f"- machine: `{platform.machine()}`, {os.cpu_count()} CPU cores ({cpu()}), mpq-asr commit `{commit}`"]
+
+
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")   # what int8 speed depends on
+
+
+def cpu():
+    """The CPU's model name and its int8-relevant instruction sets, from /proc/cpuinfo (as lscpu shows them)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return "model unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 "model unknown")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return f"{model}; {', '.join(f for f in SIMD_FLAGS if f in flags) or 'no AVX2'}"
 
 
 def table(rows):
@@ -328,7 +344,7 @@ def report(baseline, others, main_set, valid_set, out, decode):
     lines += main_table(systems, sets, main_set, valid_set, sig, train_s) + [""]
     if train_s:
         lines += [f"FP32 training: {train_s / 60:.1f} min wall-clock ({systems[0].name}).", ""]
-    lines += [f"![WER against size](results/wer_vs_size.png)", ""] + notes(out)
+    lines += ["![WER against size](results/wer_vs_size.png)", ""] + notes(out)
     lines += [f"## Highest lossless compression ratio per method ({main_set})", ""]
     lines += best_lossless(systems, main_set, sig) + [""]
     mpq = equal_budget(systems, main_set, valid_set, sig)
