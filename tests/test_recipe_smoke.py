@@ -447,6 +447,31 @@ def test_data_stage_killed_midway_reruns_to_the_same_corpus(recipe, tmp_path):
             assert got.shape == want.shape and abs(got.astype(int) - want).max() <= 2, utt   # sox dithers: +-1 LSB
 
 
+def test_stats_stage_killed_midway_reruns_to_the_same_statistics(recipe):
+    stats = recipe / "exp" / "asr_stats_char"
+    want = {p.relative_to(stats): p.read_bytes() for p in stats.rglob("*") if p.is_file() and p.suffix in (".npz", "")}
+    cmd = [os.path.join(ROOT, "run.sh"), *ARGS, "--stage", "3", "--stop_stage", "3"]
+    rc = kill_when(cmd, recipe, lambda: (recipe / "exp" / "asr_stats_char.tmp").exists())
+    assert rc != 0 and all((stats / k).exists() for k in want)            # the earlier statistics are still there
+    r = run(recipe, "--stage", "3", "--stop_stage", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (recipe / "exp" / "asr_stats_char.tmp").exists()
+    for k, v in want.items():
+        if k.suffix == ".npz" or k.name.endswith("_shape"):
+            assert (stats / k).read_bytes() == v, k
+
+
+def test_training_stage_killed_midway_resumes(recipe):
+    exp = recipe / "exp" / "asr_kill5"
+    cmd = [os.path.join(ROOT, "run.sh"), *ARGS, "--stage", "5", "--stop_stage", "5", "--asr_tag", "kill5"]
+    rc = kill_when(cmd, recipe, lambda: (exp / "train.log").exists() and "2/2epoch started" in (exp / "train.log").read_text())
+    assert rc != 0 and (exp / "checkpoint.pth").exists() and not (exp / "valid.acc.ave.pth").exists()
+    r = run(recipe, "--stage", "5", "--stop_stage", "5", "--asr_tag", "kill5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "The training was resumed using exp/asr_kill5/checkpoint.pth" in (exp / "train.log").read_text()
+    assert (exp / "valid.acc.ave.pth").exists() and '"epochs": 2' in (exp / "training_summary.json").read_text()
+
+
 def test_espnet_rnn_lm_still_works(recipe):
     # last in this file: it decodes dev again, with ESPnet's character LSTM LM instead of the word LM
     r = run(recipe, "--stage", "4", "--stop_stage", "7", "--lm", "rnn", "--test_sets", "dev", "--quant_confs", "")
