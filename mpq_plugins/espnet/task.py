@@ -180,7 +180,11 @@ def finalize_run(task, args):
                                         for k, q in mixed_quantizers(model).items()},
                       "updates": int(model.mpq_updates), "budget": model.mpq_cfg.budget,
                       "search_steps": model.mpq_cfg.search_steps, "from": os.path.basename(path)}
-        bits = finalize(model)
+        fixed = finalize(model)
+        if bits is not None and fixed != bits:    # bits never change after the fix: one config fits every file
+            raise QuantConfigError(f"{path}: its bit-widths differ from those of {record['from']} (averaged across "
+                                   "the fix? keep_nbest_models of epochs after it only)")
+        bits = fixed
         plain_args.quantization = with_fixed_bits(args.quantization, bits)
         plain = task.build_model(plain_args)
         load_state_strict(plain, {k: v for k, v in model.state_dict().items() if not k.startswith("mpq_")}, path)
