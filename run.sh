@@ -156,7 +156,7 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && [ "${lm}" = rnn ]; then
         --output_dir ${lm_exp}/stats.tmp --ngpu 0 ${lm_args}
     mv ${lm_exp}/stats.tmp ${lm_exp}/stats
     rotate_log ${lm_exp}/train.log
-    python -m espnet2.bin.launch --cmd "${cuda_cmd} --name lm_${asr_tag}" --log ${lm_exp}/train.log \
+    python -m mpq_plugins.bin.launch --cmd "${cuda_cmd} --name lm_${asr_tag}" --log ${lm_exp}/train.log \
         --ngpu ${ngpu} --num_nodes ${num_nodes} --init_file_prefix ${lm_exp}/.dist_init_ \
         --multiprocessing_distributed true -- \
         python -m espnet2.bin.lm_train --config ${lm_config} ${lm_data} --output_dir ${lm_exp} \
@@ -171,7 +171,7 @@ train_asr() {
     local module=$1 config=$2 dir=$3; shift 3
     mkdir -p ${dir}
     rotate_log ${dir}/train.log   # a resumed run keeps the log of the epochs before it
-    ${timer:-} python -m espnet2.bin.launch --cmd "${cuda_cmd} --name train_$(basename ${dir})" --log ${dir}/train.log \
+    ${timer:-} python -m mpq_plugins.bin.launch --cmd "${cuda_cmd} --name train_$(basename ${dir})" --log ${dir}/train.log \
         --ngpu ${ngpu} --num_nodes ${num_nodes} --init_file_prefix ${dir}/.dist_init_ \
         --multiprocessing_distributed true -- \
         python -m ${module} --config ${config} $(data_args) --output_dir ${dir} \

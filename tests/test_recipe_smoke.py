@@ -169,8 +169,11 @@ def test_quantize_stage_killed_midway_reruns_cleanly(recipe, tmp_path):
     conf.write_text(f"method: qat\nbase: {ROOT}/conf/quant/w3.yaml\n")
     exp = recipe / "exp" / "asr_train_tiny_w3_killed"
     cmd = [os.path.join(ROOT, "run.sh"), *ARGS, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(conf)]
-    rc = kill_when(cmd, recipe, lambda: (exp / "train.log").exists() and "epoch started" in (exp / "train.log").read_text())
+    err = []
+    rc = kill_when(cmd, recipe, lambda: (exp / "train.log").exists() and "epoch started" in (exp / "train.log").read_text(),
+                   sig=__import__("signal").SIGINT, output=err)                  # a Ctrl-C
     assert rc != 0 and not (exp / "packed.safetensors").exists() and not (exp / "system.yaml").exists()
+    assert "Traceback" not in err[0] and "timed: train: interrupted after" in err[0], err[0][-2000:]
     r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(conf))
     assert r.returncode == 0, r.stderr[-2000:]
     log = json.loads((exp / "compression_time.json").read_text())
@@ -402,18 +405,22 @@ def test_bad_audio_stops_every_stage_before_it_reads_it(recipe, audio, message):
             f.write(saved)
 
 
-def kill_when(cmd, cwd, ready, timeout=180):
-    """Start cmd in its own process group, kill the whole group (SIGTERM) once ready() is true; its return
-    code. (Not SIGINT: a process started in the background, as a CI job may be, ignores it.)"""
+def kill_when(cmd, cwd, ready, timeout=180, sig=None, output=None):
+    """Start cmd in its own process group, send the whole group sig (SIGTERM: a kill) once ready() is true;
+    its return code (and its stderr in output, a list, when given). SIGINT (a Ctrl-C) is set back to its
+    default in the group first: a process started in the background, as a CI job may be, ignores it."""
     import signal
     import time
-    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + timeout
     while time.time() < deadline and p.poll() is None and not ready():
         time.sleep(0.02)
     if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
-    p.communicate(timeout=timeout)
+        os.killpg(p.pid, sig or signal.SIGTERM)
+    _, err = p.communicate(timeout=timeout)
+    if output is not None:
+        output.append(err.decode(errors="replace"))
     return p.returncode
 
 
