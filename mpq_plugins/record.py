@@ -21,6 +21,7 @@ ignored:
     seed: 0                      # null when the config has none
     training: {epochs, train_seconds, best_valid_acc, best_epoch}   # null when unknown
 """
+import json
 import os
 
 import yaml
@@ -41,6 +42,14 @@ TRAINING = ("epochs", "train_seconds", "best_valid_acc", "best_epoch")
 
 class RecordError(ValueError):
     pass
+
+
+def read_json(path, default=None):
+    """A json file stage 6 left beside a system (sizes, times, summaries), or default when it is not there."""
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
 
 
 def _number(x):

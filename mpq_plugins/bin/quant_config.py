@@ -34,11 +34,12 @@ def training_config(base, finetune, quant_conf, bits=None, search_run=False, tea
     conf = compose(quant_conf)
     method = conf["method"]
     known = set(vars(QuantASRTask.get_parser().parse_args([])))
-    for path, options in ((finetune, read_config(finetune)), (quant_conf, training_options(conf))):
+    shared = read_config(finetune)
+    for path, options in ((finetune, shared), (quant_conf, training_options(conf))):
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)}")
-    merged = merge(merge(read_config(base), read_config(finetune)), training_options(conf))
+    merged = merge(merge(read_config(base), shared), training_options(conf))
     if method == "ptq":
         raise ValueError(f"{quant_conf}: method ptq does not train (mpq_plugins.bin.ptq)")
     if search_run != (method == "supernet" and bits is None):

@@ -1,10 +1,10 @@
 """The record of one compressed system (the schema: mpq_plugins/record.py), made at the end of stage 6
 from what that stage left: the quant conf, the packed file's size report, the compression-time log and
 the training summary."""
-import json
 import os
 
 from mpq_plugins import record
+from mpq_plugins.record import read_json
 from mpq_plugins.confio import compose, read_config
 MIXED_NAMES = {"one_stage": "one-stage MPQ", "kl": "two-stage MPQ (KL)", "hessian": "two-stage MPQ (Hessian)",
                "supernet": "two-stage MPQ (supernet search)"}
@@ -22,16 +22,10 @@ def describe(method, quant):
     return f"{'mixed' if quant.get('bits') else 'uniform'} {'PTQ' if method == 'ptq' else 'QAT'}, {kind}"
 
 
-def _json(path, default=None):
-    if not os.path.exists(path):
-        return default
-    with open(path) as f:
-        return json.load(f)
-
 
 def compression_time(exp_dir):
     """{search_s, train_s, pack_s, total_s, cpu_s} from compression_time.json (mpq_plugins.bin.timed), or None."""
-    log = _json(os.path.join(exp_dir, "compression_time.json"), [])
+    log = read_json(os.path.join(exp_dir, "compression_time.json"), [])
     if not log:
         return None
     parts = {f"{w}_s": round(sum(e["wall_s"] for e in log if e["what"] == w), 2) for w in ("search", "train", "pack")}
@@ -40,7 +34,7 @@ def compression_time(exp_dir):
 
 def system_record(exp_dir, quant_conf, source_checkpoint):
     """The record of the system in exp_dir, made by quant_conf (None: exp_dir is the float baseline)."""
-    size = _json(os.path.join(exp_dir, "packed.size.json"))
+    size = read_json(os.path.join(exp_dir, "packed.size.json"))
     if size is None:
         raise ValueError(f"{exp_dir}/packed.size.json: missing (the system is not packed yet)")
     config = read_config(os.path.join(exp_dir, "config.yaml"))
@@ -50,7 +44,7 @@ def system_record(exp_dir, quant_conf, source_checkpoint):
     if method == "float" and quant_conf:
         method = "float_control"
     mixed = (conf.get("quantization") or {}).get("mixed_precision") or {}
-    summary = _json(os.path.join(exp_dir, "training_summary.json"))
+    summary = read_json(os.path.join(exp_dir, "training_summary.json"))
     is_float = method in ("float", "float_control")
     return {
         "format": record.FORMAT, "system": os.path.basename(os.path.normpath(exp_dir)), "method": method,

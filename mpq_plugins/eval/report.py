@@ -17,7 +17,6 @@ significance details, per method the highest lossless compression ratio, then pe
 training summary and ESPnet-style sclite tables. Plots under results/ next to RESULTS.md.
 """
 import glob
-import json
 import os
 import platform
 import shutil
@@ -28,7 +27,7 @@ from mpq_plugins.eval import plots
 from mpq_plugins.eval.scoring import parse_sum_avg
 from mpq_plugins.eval.sctk import ScoringError, write_atomic
 from mpq_plugins.eval.significance import compare
-from mpq_plugins.record import MIXED, read_system
+from mpq_plugins.record import MIXED, read_json, read_system
 
 COLS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
 
@@ -71,12 +70,6 @@ def table(rows):
     return lines
 
 
-def _json(path, default=None):
-    if not os.path.exists(path):
-        return default
-    with open(path) as f:
-        return json.load(f)
-
 
 class System:
     """One experiment dir as the report sees it: its record (system.yaml) and its scores."""
@@ -103,7 +96,7 @@ class System:
             self.decode_dirs[os.path.basename(os.path.dirname(os.path.dirname(res)))] = os.path.dirname(os.path.dirname(res))
         self.wer = {s: parse_sum_avg(os.path.join(d, "score_wer", "result.txt"))["Err"]
                     for s, d in self.decode_dirs.items()}
-        self.missing = {s: (_json(os.path.join(d, "scoring.json"), {}) or {}).get("missing", 0)
+        self.missing = {s: (read_json(os.path.join(d, "scoring.json"), {}) or {}).get("missing", 0)
                         for s, d in self.decode_dirs.items()}
 
     def sgml(self, test_set):
