@@ -39,6 +39,14 @@ def read_table(path):
     return rows
 
 
+def write_atomic(path, text):
+    """Write a text file through a temporary file, so that a crash never leaves half of one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def write_datadir(path, utts):
     """utts: iterable of (utt_id, spk_id, wav_path, text). Written to a temp dir, then swapped in."""
     utts = sorted(utts)
@@ -67,7 +75,7 @@ def _audio_problem(spec, sample_rate=None, min_samples=0):
     if not os.path.exists(spec):
         return f"audio file {spec} does not exist"
     try:
-        import soundfile   # here, not at the top: validate_data_dir --no_audio runs without it
+        import soundfile  # here, not at the top: validate_data_dir --no_audio runs without it
         info = soundfile.info(spec)
     except Exception as e:  # soundfile raises its own RuntimeError/LibsndfileError types
         return f"audio file {spec} is not readable audio ({str(e).splitlines()[0][:120]})"

@@ -405,17 +405,18 @@ def test_bad_audio_stops_every_stage_before_it_reads_it(recipe, audio, message):
             f.write(saved)
 
 
-def kill_when(cmd, cwd, ready, timeout=180, sig=None, output=None):
-    """Start cmd in its own process group, send the whole group sig (SIGTERM: a kill) once ready() is true;
-    its return code (and its stderr in output, a list, when given). SIGINT (a Ctrl-C) is set back to its
-    default in the group first: a process started in the background, as a CI job may be, ignores it."""
+def kill_when(cmd, cwd, ready, timeout=180, sig=None, output=None, poll=0.02):
+    """Start cmd in its own process group, send the whole group sig (SIGTERM: a kill) once ready() is true
+    (asked every poll seconds); its return code (and its stderr in output, a list, when given). SIGINT (a
+    Ctrl-C) is set back to its default in the group first: a process started in the background, as a CI
+    job may be, ignores it."""
     import signal
     import time
     p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + timeout
     while time.time() < deadline and p.poll() is None and not ready():
-        time.sleep(0.02)
+        time.sleep(poll)
     if p.poll() is None:
         os.killpg(p.pid, sig or signal.SIGTERM)
     _, err = p.communicate(timeout=timeout)
@@ -477,6 +478,56 @@ def test_training_stage_killed_midway_resumes(recipe):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "The training was resumed using exp/asr_kill5/checkpoint.pth" in (exp / "train.log").read_text()
     assert (exp / "valid.acc.ave.pth").exists() and '"epochs": 2' in (exp / "training_summary.json").read_text()
+
+
+# what each short stage writes for the stages after it (stage 9: for the reader), and the temporary files
+# it writes them through; lines that date a run (sclite's creation_date, the report's date) are left out
+STAGE_OUTPUTS = {2: ("data/token_list/*/*",), 4: ("exp/lm_word_3gram/*",),
+                 8: ("exp/*/" + DECODE + "/*/score_*/*", "exp/*/" + DECODE + "/*/scoring.json"),
+                 9: ("RESULTS.md", "results/*")}
+STAGE_TEMPORARIES = {2: "data/token_list/*.tmp", 4: "exp/lm_word_3gram/*.tmp",
+                     8: "exp/*/" + DECODE + "/*/score_*.tmp", 9: "results/*.tmp"}
+
+
+def stage_outputs(recipe, stage):
+    import re
+    out = {}
+    for pattern in STAGE_OUTPUTS[stage]:
+        for p in recipe.glob(pattern):
+            if p.is_file() and not any(part.endswith(".tmp") for part in p.relative_to(recipe).parts):
+                data = p.read_bytes()
+                out[str(p.relative_to(recipe))] = re.sub(rb'creation_date="[^"]*"|- date: `[^`]*`', b"", data)
+    return out
+
+
+@pytest.mark.parametrize("stage", [2, 4, 8, 9])
+def test_short_stage_killed_at_random_points_reruns_to_the_same_outputs(recipe, stage):
+    """Kill the stage at two random points of its run and once while it writes its outputs: what is left is
+    each output complete or absent, never half-written, and a rerun writes what an unkilled run does."""
+    import random
+    import time
+    cmd = [os.path.join(ROOT, "run.sh"), *ARGS, "--stage", str(stage), "--stop_stage", str(stage)]
+    t0 = time.time()
+    r = run(recipe, "--stage", str(stage), "--stop_stage", str(stage))
+    length = time.time() - t0
+    assert r.returncode == 0, r.stderr[-2000:]
+    want = stage_outputs(recipe, stage)
+    assert want and all(want.values()), want.keys()
+    rng = random.Random(stage)
+    writing = lambda: any(recipe.glob(STAGE_TEMPORARIES[stage]))            # noqa: E731
+    for delay in [rng.uniform(0.1, 0.7) * length for _ in range(2)] + [None]:
+        start = time.time()
+        if delay is None:   # the moment a temporary output appears (the writing itself may be too quick to catch)
+            rc = kill_when(cmd, recipe, writing, poll=0.001)
+        else:
+            rc = kill_when(cmd, recipe, lambda: time.time() - start >= delay)
+            assert rc != 0, f"stage {stage} finished within {delay:.2f} s"
+        left = stage_outputs(recipe, stage)
+        half = [k for k in left if left[k] != want.get(k)]
+        assert not half, f"stage {stage} killed after {time.time() - start:.2f} s: {half} half-written"
+        r = run(recipe, "--stage", str(stage), "--stop_stage", str(stage))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert stage_outputs(recipe, stage) == want and not any(recipe.glob(STAGE_TEMPORARIES[stage]))
 
 
 def test_espnet_rnn_lm_still_works(recipe):

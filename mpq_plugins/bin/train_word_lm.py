@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from mpq_plugins.datadir import DataDirError, read_lines, read_table
+from mpq_plugins.datadir import DataDirError, read_lines, read_table, write_atomic
 from mpq_plugins.espnet.wordlm import NgramLM
 
 
@@ -83,15 +83,17 @@ def main(argv=None):
             raise ValueError(f"{a.valid}: {len(oov)} words are not in the vocabulary, e.g. {' '.join(oov[:5])}")
     except (ValueError, OSError) as e:
         sys.exit(f"train_word_lm: {e}")
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    outdir = os.path.dirname(os.path.abspath(a.out))
+    os.makedirs(outdir, exist_ok=True)
+    msg = f"{a.order}-gram on {len(sents)} sentences, {len(lm.words)} words"
+    ppl = lm.perplexity(valid) if valid else None
+    if ppl is not None:   # written first, so that an LM file is never beside the perplexity of another
+        write_atomic(os.path.join(outdir, "perplexity"), f"{ppl:.2f}\n")
+        msg += f", perplexity {ppl:.1f} on {a.valid}"
+    elif os.path.exists(os.path.join(outdir, "perplexity")):
+        os.remove(os.path.join(outdir, "perplexity"))
     lm.save(a.out + ".tmp")
     os.replace(a.out + ".tmp", a.out)
-    msg = f"{a.order}-gram on {len(sents)} sentences, {len(lm.words)} words"
-    if valid:
-        ppl = lm.perplexity(valid)
-        with open(os.path.join(os.path.dirname(os.path.abspath(a.out)), "perplexity"), "w") as f:
-            f.write(f"{ppl:.2f}\n")
-        msg += f", perplexity {ppl:.1f} on {a.valid}"
     print(f"train_word_lm: {msg} ({time.time() - t0:.1f}s) -> {a.out}")
 
 

@@ -59,7 +59,8 @@ import re
 import subprocess
 import time
 
-from mpq_plugins.eval.sctk import ScoringError, find_tool, read_trn, speaker_of, write_atomic
+from mpq_plugins.datadir import write_atomic
+from mpq_plugins.eval.sctk import ScoringError, find_tool, read_trn, speaker_of
 
 COST_SUB, COST_INS, COST_DEL = 4, 3, 3   # sclite's default word weights (a correct word costs 0)
 

@@ -23,9 +23,10 @@ import shutil
 import subprocess
 import time
 
+from mpq_plugins.datadir import write_atomic
 from mpq_plugins.eval import plots
 from mpq_plugins.eval.scoring import parse_sum_avg
-from mpq_plugins.eval.sctk import ScoringError, write_atomic
+from mpq_plugins.eval.sctk import ScoringError
 from mpq_plugins.eval.significance import compare
 from mpq_plugins.record import MIXED, read_json, read_system
 

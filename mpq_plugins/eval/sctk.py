@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 
+from mpq_plugins.datadir import write_atomic
+
 SCLITE_DIRS = ["/usr/lib/sctk/bin", "/usr/bin", "/usr/local/bin"]
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -59,11 +61,3 @@ def read_trn(path):
 def write_trn(path, texts):
     """Write {utt_id: [words]} as trn lines "w1 w2 (utt_id)", in the dict's order."""
     write_atomic(path, "".join(f"{' '.join(words)} ({utt})\n" for utt, words in texts.items()))
-
-
-def write_atomic(path, text):
-    """Write a text file through a temporary file, so that a crash never leaves half of one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -18,9 +18,10 @@ import math
 import os
 import re
 
+from mpq_plugins.datadir import write_atomic
 from mpq_plugins.eval import pyscore
 from mpq_plugins.eval.pyscore import two_tailed_p
-from mpq_plugins.eval.sctk import ScoringError, find_tool, write_atomic
+from mpq_plugins.eval.sctk import ScoringError, find_tool
 
 ALPHA = 0.05
 
