@@ -127,3 +127,35 @@ def test_train_word_lm_plain_text_and_bad_input(tmp_path):
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.startswith("train_word_lm: ") and expected in r.stderr, r.stderr
         assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_arpa_file_read_by_kenlm_gives_our_probabilities(order, tmp_path):
+    """The ARPA file that the C++ decoder reads (through flashlight-text's KenLM) scores every sentence
+    as the model does, unseen words and histories included."""
+    import random
+    from flashlight.lib.text.decoder.kenlm import KenLM
+    from flashlight.lib.text.dictionary import create_word_dict
+    rng = random.Random(order)
+    vocab = [f"w{i}" for i in range(30)]
+    lm = NgramLM.train([[rng.choice(vocab[:20]) for _ in range(rng.randint(1, 6))] for _ in range(200)], vocab, order)
+    lm.write_arpa(tmp_path / "lm.arpa")
+    words = create_word_dict({w: [[w]] for w in vocab + ["<unk>"]})
+    kenlm = KenLM(str(tmp_path / "lm.arpa"), words)
+    for _ in range(50):
+        sentence = [rng.choice(vocab) for _ in range(rng.randint(0, 5))]
+        state, total = kenlm.start(False), 0.0
+        for w in sentence:
+            state, score = kenlm.score(state, words.get_index(w))
+            total += score
+        total += kenlm.finish(state)[1]
+        assert total == pytest.approx(lm.sentence_logprob(sentence) / math.log(10), abs=1e-5)   # KenLM: log10
+
+
+def test_sentences_begin_with_one_bos_as_in_arpa():
+    lm = NgramLM.train([["a", "b"], ["a", "c"]], ["a", "b", "c"], 3)
+    assert ("<s>",) in lm.counts[2] and ("<s>", "<s>") not in lm.counts[3]
+    assert lm.counts[2][("<s>",)] == {"a": 2}                 # raw counts for n-grams that start with <s>
+    assert lm.counts[3][("<s>", "a")] == {"b": 1, "c": 1}
+    with pytest.raises(ValueError, match="order of at least 2"):
+        NgramLM.train([["a"]], ["a"], 1).write_arpa("/dev/null")
