@@ -26,7 +26,8 @@ report_set=test       # the test set of the lossless verdict (MAPSSWE against fl
 token_type=char       # char | bpe | word
 nbpe=300
 asr_config=conf/train_asr_conformer.yaml
-inference_config=conf/decode_asr.yaml
+inference_config=conf/decode_asr.yaml       # the main decode (conf/decode_espnet.yaml: ESPnet's joint beam search)
+acoustic_config=conf/decode_acoustic.yaml   # a second decode without the LM, verdicts under both ("": none)
 lm=ngram              # LM trained on the corpus text for decoding: ngram (word n-gram, also the lexicon:
                       # char tokens only), rnn (ESPnet LM of lm_config) or none
 ngram_order=3
@@ -53,7 +54,8 @@ if [ -f cmd.sh ]; then . ./cmd.sh; else . ${root}/cmd.sh; fi
 [ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; exit 1; }
 [ -z "${local_data}" ] && local_data=${root}/local/data.sh
 # a config that is not found from the current dir is taken from the top-level conf/
-for v in asr_config inference_config lm_config finetune_config; do
+for v in asr_config inference_config lm_config finetune_config acoustic_config; do
+    [ "${v}" = acoustic_config ] && [ -z "${acoustic_config}" ] && continue
     [ -f "${!v}" ] || [ ! -f "${root}/${!v}" ] || printf -v "${v}" '%s' "${root}/${!v}"
     [ -f "${!v}" ] || { echo "$0: --${v} ${!v}: no such file" >&2; exit 1; }
 done
@@ -113,6 +115,10 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     log 1 "data: ${local_data} -> ${datadir}/"
     ${local_data} --datadir ${datadir} --nj ${nj} ${local_data_opts}
 fi
+# the LM's vocabulary (the lexicon of the search): its letters are char tokens too (stage 2)
+if [ -z "${lm_vocab}" ] && [ "${lm}" = ngram ] && [ -f ${datadir}/local/corpus/vocab.txt ]; then
+    lm_vocab=${datadir}/local/corpus/vocab.txt
+fi
 if [ ${stage} -le 8 ]; then   # stages 1-8 read the data dirs: checked before any of them runs
     validate $(echo ${train_set} ${valid_set} ${test_sets} | tr ' ' '\n' | sort -u)
 fi
@@ -120,7 +126,7 @@ fi
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     log 2 "tokens: ${token_type} from ${datadir}/${train_set}/text -> ${token_dir}/"
     python -m mpq_plugins.bin.make_tokens --text ${datadir}/${train_set}/text \
-        --token_type ${token_type} --nbpe ${nbpe} --output_dir ${token_dir}
+        --token_type ${token_type} --nbpe ${nbpe} ${lm_vocab:+--lexicon ${lm_vocab}} --output_dir ${token_dir}
 fi
 
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
@@ -139,7 +145,6 @@ fi
 
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ] && [ "${lm}" = ngram ]; then
     log 4 "LM: word ${ngram_order}-gram on ${lm_train_text} -> ${lm_exp}/"
-    if [ -z "${lm_vocab}" ] && [ -f ${datadir}/local/corpus/vocab.txt ]; then lm_vocab=${datadir}/local/corpus/vocab.txt; fi
     python -m mpq_plugins.bin.train_word_lm --text ${lm_train_text} --valid ${datadir}/${valid_set}/text \
         --order ${ngram_order} ${lm_vocab:+--vocab ${lm_vocab}} --out ${lm_exp}/lm.json
 fi
@@ -257,28 +262,46 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     done
 fi
 
-decode_name=decode_$(basename ${inference_config} .yaml | sed "s/^decode_//")_packed
+# the decodes: the main one, then the acoustic one; each in exp/<system>/decode_<conf name>_packed/<set>
+decode_configs="${inference_config} ${acoustic_config}"
+decode_name() { echo decode_$(basename $1 .yaml | sed "s/^decode_//")_packed; }
+decode_names=""; for c in ${decode_configs}; do decode_names="${decode_names} $(decode_name ${c})"; done
 if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
     case "${lm}" in
         rnn) lm_opts="--lm_train_config ${lm_exp}/config.yaml --lm_file ${lm_exp}/valid.loss.best.pth";;
-        ngram) lm_opts="--word_lm_file ${lm_exp}/lm.json";;
+        ngram) lm_opts="--word_lm_file ${lm_exp}/lm.json --arpa_file ${lm_exp}/lm.arpa --lexicon_file ${lm_exp}/words.txt";;
         none) lm_opts="";;
     esac
-    for sys in ${systems}; do
-        for d in $(sets_of ${sys}); do
-            log 7 "decode: ${d} with ${sys}/packed.safetensors in ${nj} jobs"
-            ${root}/local/decode.sh --nj ${nj} --config ${inference_config} --model ${sys}/packed.safetensors \
-                --asr_config ${sys}/config.yaml --data ${datadir}/${d} \
-                --args "${lm_opts} ${inference_args}" --output_dir ${sys}/${decode_name}/${d}
+    for c in ${decode_configs}; do
+        # the weights of the conf's tune: grid, chosen on ${valid_set} with the float32 model, for every system
+        # (rewritten only when they change; tuned.done says when they were last chosen)
+        tuned=${asr_exp}/$(decode_name ${c})/tuned_config.yaml done=${asr_exp}/$(decode_name ${c})/tuned.done
+        if [ ! ${done} -nt ${c} ] || [ ! ${done} -nt ${asr_exp}/packed.safetensors ] ||
+                { [ "${lm}" = ngram ] && [ ! ${done} -nt ${lm_exp}/lm.arpa ]; }; then
+            log 7 "decode: tune ${c} on ${valid_set} with ${asr_exp}/packed.safetensors -> ${tuned}"
+            python -m mpq_plugins.bin.tune_decoding --config ${c} --data ${datadir}/${valid_set} \
+                --asr_train_config ${asr_exp}/config.yaml --asr_model_file ${asr_exp}/packed.safetensors \
+                ${lm_opts} --out ${tuned}
+            touch ${done}
+        fi
+        for sys in ${systems}; do
+            for d in $(sets_of ${sys}); do
+                log 7 "decode: ${d} with ${sys}/packed.safetensors ($(basename ${c})) in ${nj} jobs"
+                ${root}/local/decode.sh --nj ${nj} --config ${tuned} --model ${sys}/packed.safetensors \
+                    --asr_config ${sys}/config.yaml --data ${datadir}/${d} \
+                    --args "${lm_opts} ${inference_args}" --output_dir ${sys}/$(decode_name ${c})/${d}
+            done
         done
     done
 fi
 
 if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
-    log 8 "score: sclite per system and test set"
+    log 8 "score: sclite per system, decode and test set"
     for sys in ${systems}; do
-        for d in $(sets_of ${sys}); do
-            python -m mpq_plugins.bin.score --data ${datadir}/${d} --decode_dir ${sys}/${decode_name}/${d}
+        for dn in ${decode_names}; do
+            for d in $(sets_of ${sys}); do
+                python -m mpq_plugins.bin.score --data ${datadir}/${d} --decode_dir ${sys}/${dn}/${d}
+            done
         done
     done
 fi
@@ -286,6 +309,6 @@ fi
 if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
     log 9 "report: MAPSSWE against the float32 system, RESULTS.md and results/*.png"
     python -m mpq_plugins.bin.results --baseline ${asr_exp} --systems "${systems#${asr_exp}}" \
-        --main_set ${report_set} --valid_set ${valid_set} --decode ${decode_name} --out RESULTS.md
+        --main_set ${report_set} --valid_set ${valid_set} --decode "${decode_names# }" --out RESULTS.md
 fi
 log done "stages ${stage}-${stop_stage} finished"

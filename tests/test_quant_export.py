@@ -153,8 +153,8 @@ def test_packed_file_decodes_to_the_same_hypotheses(tmp_path):
     torch.manual_seed(3)
     for _ in range(3):
         wav = torch.randn(12000) * 0.1
-        a = Recognizer(model, conf, opts)(wav)[0]
-        b = Recognizer(back, conf, opts)(wav)[0]
+        a = Recognizer(model, conf, opts).decode(wav)[0]
+        b = Recognizer(back, conf, opts).decode(wav)[0]
         assert a[1] == b[1] and float(a[2].score) == float(b[2].score)
 
 

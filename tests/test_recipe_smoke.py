@@ -32,6 +32,7 @@ QUANT_CONFS = f"{ROOT}/conf/quant/w4.yaml {ROOT}/tests/conf/quant/mpq_one_stage_
 ARGS = ("--local_data_opts", "--n_train 24 --n_dev 6 --n_test 6 --n_unseen 6",
         "--asr_config", os.path.join(ROOT, "tests/conf/train_tiny.yaml"),
         "--inference_config", os.path.join(ROOT, "tests/conf/decode_tiny.yaml"),
+        "--acoustic_config", os.path.join(ROOT, "tests/conf/decode_tiny_acoustic.yaml"),
         "--lm_config", os.path.join(ROOT, "tests/conf/train_lm_tiny.yaml"), "--lm_train_text", "data/train/text",
         "--finetune_config", os.path.join(ROOT, "tests/conf/finetune_tiny.yaml"), "--quant_confs", QUANT_CONFS,
         "--quant_test_sets", " ".join(QSETS))
@@ -538,8 +539,9 @@ def test_short_stage_killed_at_random_points_reruns_to_the_same_outputs(recipe, 
 
 def test_espnet_rnn_lm_still_works(recipe):
     # last in this file: it decodes dev again, with ESPnet's character LSTM LM instead of the word LM
-    r = run(recipe, "--stage", "4", "--stop_stage", "7", "--lm", "rnn", "--test_sets", "dev", "--quant_confs", "")
+    r = run(recipe, "--stage", "4", "--stop_stage", "7", "--lm", "rnn", "--test_sets", "dev", "--quant_confs", "",
+            "--inference_config", os.path.join(ROOT, "tests/conf/decode_tiny_espnet.yaml"), "--acoustic_config", "")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (recipe / "exp" / "lm_train_lm_tiny_char" / "valid.loss.best.pth").exists()
-    log = (recipe / "exp" / "asr_train_tiny" / DECODE / "dev" / "logdir" / "asr_inference.1.log").read_text()
-    assert "--lm_file" in log and "--word_lm_file" not in log
+    log = (recipe / "exp" / "asr_train_tiny" / "decode_tiny_espnet_packed" / "dev" / "logdir" / "asr_inference.1.log").read_text()
+    assert "--lm_file" in log and "--word_lm_file" not in log and "'search': 'espnet'" in log

@@ -55,11 +55,11 @@ def record(name, method="float", weight_bits=None, size=1000, bits_per_layer=Non
             "training": training}
 
 
-def make_system(root, name, hyps, method="float", sets=("test",), **rec):
+def make_system(root, name, hyps, method="float", sets=("test",), decode=DECODE, **rec):
     """exp/<name>/: system.yaml (record's keywords) and, per set, hyps decoded and scored."""
     exp = root / "exp" / name
     for s in sets:
-        d = exp / DECODE / s
+        d = exp / decode / s
         write_text(str(d / "text"), hyps)
         score_dir(str(root / "data" / s / "text"), str(d / "text"), str(root / "data" / s / "utt2spk"), str(d))
     (exp / "system.yaml").write_text(yaml.safe_dump(record(name, method, **rec), sort_keys=False))
@@ -111,7 +111,8 @@ def test_verdicts_reference_choice_and_table(recipe):
     row = {line.split("|")[1]: line.split("|") for line in lines if line.startswith("|asr_x")}
     head = next(line for line in lines if line.startswith("|system|")).split("|")
     col = {h: i for i, h in enumerate(head)}
-    assert row["asr_x_w8"][col["lossless"]] == "yes" and row["asr_x_w2"][col["lossless"]] == "**no**"
+    assert row["asr_x_w8"][col["lossless on test"]] == "yes" and row["asr_x_w2"][col["lossless on test"]] == "**no**"
+    assert row["asr_x_w8"][col["lossless on every test set and decode"]] == "yes"
     assert row["asr_x_fp32_cont"][col["test change (abs / rel)"]] == "reference"
     assert row["asr_x_w2"][col["test WER"]] == "16.7"                     # 45 / 270 words
     assert row["asr_x_w2"][col["test change (abs / rel)"]].startswith("+16.7")
@@ -256,3 +257,24 @@ def test_system_record_missing_or_incomplete_is_one_clear_error(recipe):
     with pytest.raises(SystemExit, match=f"^results: {re.escape(path)}: missing"):
         results.main(["--baseline", base, "--systems", q, "--decode", DECODE, "--out", str(out)])
     assert out.read_text() == "earlier results\n"
+
+
+def test_lossless_means_on_every_test_set_under_every_decode(recipe):
+    """A system as good as the float one under the LM decode but worse under the acoustic decode is not lossless;
+    the held-out set (dev) does not count."""
+    acoustic = "decode_acoustic_packed"
+    base = make_system(recipe, "asr_x", edit(lambda u: 0), sets=("dev", "test"), size=4000)
+    make_system(recipe, "asr_x", edit(lambda u: 0), sets=("test",), decode=acoustic, size=4000)
+    q = make_system(recipe, "asr_x_w4", edit(lambda u: 1 if u == 5 else 0), "qat", sets=("test",), weight_bits=4,
+                    size=1000)
+    make_system(recipe, "asr_x_w4", edit(lambda u: 1 + u % 2), "qat", sets=("test",), decode=acoustic, weight_bits=4,
+                size=1000)
+    make_system(recipe, "asr_x_w4", edit(lambda u: 1 + u % 2), "qat", sets=("dev",), weight_bits=4, size=1000)
+    lines = report.report(base, [q], "test", "dev", str(recipe / "RESULTS.md"), f"{DECODE} {acoustic}")
+    head = next(line for line in lines if line.startswith("|system|")).split("|")
+    row = next(line for line in lines if line.startswith("|asr_x_w4|")).split("|")
+    col = {h: i for i, h in enumerate(head)}
+    assert row[col["lossless on test"]] == "yes"
+    assert row[col["lossless on every test set and decode"]] == "**no** (test (acoustic))"   # dev is worse too: not counted
+    assert "|test (acoustic)|asr_x_w4|asr_x|" in "\n".join(lines)                  # the verdict is shown
+    assert "no quantized system is lossless on every test set and decode" in "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Decode a Kaldi data dir: ESPnet's beam search over a model loaded strictly (float, quantized or packed).
+"""Decode a Kaldi data dir with a model loaded strictly (float, quantized or packed): the C++ CTC search with
+attention rescoring (search: lexicon or ctc) or ESPnet's joint beam search (search: espnet).
 
     python -m mpq_plugins.bin.asr_inference --data_path_and_name_and_type data/test/wav.scp,speech,sound \
         --key_file keys.1.scp --asr_train_config exp/asr/config.yaml --asr_model_file exp/asr/valid.acc.ave.pth \
@@ -27,7 +28,9 @@ def main(argv=None):
     p.add_argument("--output_dir", required=True)
     p.add_argument("--lm_train_config", default=None)
     p.add_argument("--lm_file", default=None)
-    p.add_argument("--word_lm_file", default=None, help="word n-gram LM (mpq_plugins.bin.train_word_lm)")
+    p.add_argument("--word_lm_file", default=None, help="word n-gram LM (mpq_plugins.bin.train_word_lm), search: espnet")
+    p.add_argument("--arpa_file", default=None, help="word n-gram LM as an ARPA file (KenLM), search: lexicon")
+    p.add_argument("--lexicon_file", default=None, help="the words of the lexicon, one a line, search: lexicon")
     p.add_argument("--ngpu", type=int, default=0)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s: %(message)s")
@@ -35,7 +38,7 @@ def main(argv=None):
         opts = read_decode_config(a.config)
         print(f"asr_inference: {' '.join(sys.argv)}\nasr_inference: options {opts}", flush=True)
         rec = build_recognizer(a.asr_train_config, a.asr_model_file, opts, a.lm_train_config, a.lm_file,
-                               a.word_lm_file, "cuda" if a.ngpu > 0 else "cpu")
+                               a.word_lm_file, a.lexicon_file, a.arpa_file, "cuda" if a.ngpu > 0 else "cpu")
     except (ValueError, QuantConfigError) as e:
         sys.exit(f"asr_inference: {e}")
     decode_datadir(rec, a.data_path_and_name_and_type, a.key_file, a.output_dir,

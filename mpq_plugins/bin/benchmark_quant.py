@@ -165,7 +165,7 @@ def decode_rtf(expdir, tag, data, n_utts, decode_conf, word_lm, calib_data, n_ca
     for i, (_, a) in enumerate(audio):       # utterance by utterance, the systems taking turns
         for n in names[i % len(names):] + names[:i % len(names)]:
             t0 = time.perf_counter()
-            hyps[n].append(recs[n](a)[0][0])
+            hyps[n].append(recs[n].decode(a)[0][0])
             spent[n] += time.perf_counter() - t0
     rows = {}
     for n in names:

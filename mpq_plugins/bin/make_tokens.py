@@ -3,7 +3,8 @@
     python -m mpq_plugins.bin.make_tokens --text data/train/text --token_type bpe --nbpe 300 \
         --output_dir data/token_list/bpe_unigram300
 
-token_type bpe: a sentencepiece unigram model (<output_dir>/bpe.model); char: characters; word: words.
+token_type bpe: a sentencepiece unigram model (<output_dir>/bpe.model); char: characters (and those of
+--lexicon's words); word: words.
 tokens.txt is ESPnet's token list: <blank>, <unk>, the tokens, <sos/eos>. The output dir is built
 beside it (<output_dir>.tmp) and swapped in whole, so a failed run leaves the previous one in place.
 """
@@ -13,7 +14,7 @@ import os
 import shutil
 import sys
 
-from mpq_plugins.datadir import DataDirError, read_table
+from mpq_plugins.datadir import DataDirError, read_lines, read_table
 
 
 def read_text(path):
@@ -41,6 +42,9 @@ def main(argv=None):
     p.add_argument("--nbpe", type=int, default=300)
     p.add_argument("--bpemode", default="unigram", choices=["unigram", "bpe"])
     p.add_argument("--output_dir", required=True, help="where tokens.txt (and bpe.model) go")
+    p.add_argument("--lexicon", default=None,
+                   help="char tokens: a word list (the LM's vocabulary) whose letters the token list must have too, "
+                        "so that the lexicon search can spell every word (letters not in --text come last)")
     a = p.parse_args(argv)
     lines = read_text(a.text)
     tmp = a.output_dir.rstrip("/") + ".tmp"
@@ -70,6 +74,14 @@ def main(argv=None):
             counts.update(line.split() if a.token_type == "word"
                           else ["<space>" if c == " " else c for c in line])
         tokens = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        if a.lexicon and a.token_type == "char":
+            try:
+                letters = {c for line, _ in read_lines(a.lexicon) for w in line.split()[:1] for c in w}
+            except DataDirError as e:
+                sys.exit(f"make_tokens: {e}")
+            except OSError as e:
+                sys.exit(f"make_tokens: cannot read {a.lexicon}: {e.strerror}")
+            tokens += sorted(letters - set(tokens))
     with open(os.path.join(tmp, "tokens.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(["<blank>", "<unk>"] + tokens + ["<sos/eos>"]) + "\n")
     if os.path.isdir(a.output_dir):

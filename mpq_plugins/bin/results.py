@@ -18,7 +18,8 @@ def main(argv=None):
     p.add_argument("--systems", default="", help="the other systems' exp dirs (space-separated)")
     p.add_argument("--main_set", default="test", help="the test set of the lossless verdict")
     p.add_argument("--valid_set", default="dev")
-    p.add_argument("--decode", default="decode_asr_packed", help="decode dir name inside each system")
+    p.add_argument("--decode", default="decode_asr_packed",
+                   help="decode dir names inside each system, space-separated, the main decode first")
     p.add_argument("--out", default="RESULTS.md")
     a = p.parse_args(argv)
     try:

@@ -6,7 +6,8 @@
 --text and --valid are Kaldi text files (utt-id words...); with --text_format plain, --text is a
 corpus with one sentence a line and no ids (e.g. LibriSpeech's LM text). The vocabulary (the lexicon
 of the search) is --vocab, one word a line, or else every word of --text. Prints the perplexity on
---valid and writes it to <out dir>/perplexity.
+--valid and writes it to <out dir>/perplexity. Beside lm.json (ESPnet's joint search reads it) it writes
+lm.arpa (the same probabilities as an ARPA file, for KenLM in the C++ search) and words.txt (its lexicon).
 """
 import argparse
 import os
@@ -92,6 +93,11 @@ def main(argv=None):
         msg += f", perplexity {ppl:.1f} on {a.valid}"
     elif os.path.exists(os.path.join(outdir, "perplexity")):
         os.remove(os.path.join(outdir, "perplexity"))
+    if a.order >= 2:   # for the C++ decoder: the same LM as an ARPA file (KenLM), and its words as the lexicon
+        arpa = os.path.join(outdir, "lm.arpa")
+        lm.write_arpa(arpa + ".tmp")
+        os.replace(arpa + ".tmp", arpa)
+        write_atomic(os.path.join(outdir, "words.txt"), "".join(w + "\n" for w in lm.words))
     lm.save(a.out + ".tmp")
     os.replace(a.out + ".tmp", a.out)
     print(f"train_word_lm: {msg} ({time.time() - t0:.1f}s) -> {a.out}")

@@ -23,15 +23,24 @@ from espnet2.text.build_tokenizer import build_tokenizer
 from espnet2.text.token_id_converter import TokenIDConverter
 from espnet2.train.collate_fn import CommonCollateFn
 
+from mpq_plugins.espnet.ctc_search import SEARCHES as CTC_SEARCHES
+from mpq_plugins.espnet.ctc_search import TUNABLE as CTC_TUNABLE
 from mpq_plugins.espnet.load import load_asr_model, load_lm
 from mpq_plugins.espnet.wordlm import NgramLM
 
 NEG = -1.0e4   # score of a token that leaves the lexicon (finite: sums of scores stay finite)
+SEARCHES = ("espnet",) + CTC_SEARCHES
 DECODE_OPTIONS = {   # yaml key of a decoding config: (type, default)
+    "search": (str, "espnet"),          # espnet: ESPnet's joint beam search; lexicon, ctc: mpq_plugins.espnet.ctc_search
     "beam_size": (int, 10), "ctc_weight": (float, 0.5), "lm_weight": (float, 0.5),
     "word_lm_weight": (float, 1.0), "penalty": (float, 0.0), "nbest": (int, 1),
     "maxlenratio": (float, 0.0), "minlenratio": (float, 0.0), "normalize_length": (bool, False),
+    # the C++ CTC search (search: lexicon or ctc)
+    "rescore_nbest": (int, 10), "word_score": (float, 0.0), "beam_threshold": (float, 25.0),
+    "batch_seconds": (float, 60.0),
+    "tune": (dict, {}),                 # {option: [values]} over ctc_search.TUNABLE: mpq_plugins.bin.tune_decoding
 }
+POSITIVE = ("beam_size", "nbest", "rescore_nbest", "beam_threshold", "batch_seconds")
 
 
 def read_decode_config(path):
@@ -51,9 +60,23 @@ def read_decode_config(path):
     for k, v in conf.items():
         typ = DECODE_OPTIONS[k][0]
         try:
+            if typ is dict and not isinstance(v, dict):
+                raise TypeError
             out[k] = typ(v) if typ is not bool else bool(v)
         except (TypeError, ValueError):
             raise ValueError(f"{path}: {k}: {v!r} is not a {typ.__name__}") from None
+    for k, values in out["tune"].items():
+        if k not in CTC_TUNABLE:
+            raise ValueError(f"{path}: tune: {k} cannot be tuned (tunable: {', '.join(CTC_TUNABLE)})")
+        if not isinstance(values, list) or not values or not all(isinstance(v, (int, float)) for v in values):
+            raise ValueError(f"{path}: tune: {k}: expected a list of numbers, got {values!r}")
+    if out["search"] not in SEARCHES:
+        raise ValueError(f"{path}: search: {out['search']!r} is not one of {', '.join(SEARCHES)}")
+    for k in POSITIVE:
+        if not out[k] > 0:
+            raise ValueError(f"{path}: {k}: {out[k]} must be positive")
+    if not 0.0 <= out["ctc_weight"] <= 1.0:
+        raise ValueError(f"{path}: ctc_weight: {out['ctc_weight']} is not within 0..1")
     return out
 
 
@@ -153,8 +176,12 @@ class Recognizer:
         self.converter = TokenIDConverter(token_list=tokens)
         self.tokenizer = build_tokenizer(token_type=conf.get("token_type", "char"), bpemodel=conf.get("bpemodel"))
 
+    def __call__(self, speeches):
+        """For a list of 1-D waveforms, a list of n-best lists of (text, tokens, score), best first."""
+        return [[(text, toks, float(hyp.score)) for text, toks, hyp in self.decode(s)] for s in speeches]
+
     @torch.no_grad()
-    def __call__(self, speech):
+    def decode(self, speech):
         """n-best list of (text, tokens, hypothesis) for one utterance (1-D float waveform)."""
         speech = torch.as_tensor(speech, dtype=torch.float32).unsqueeze(0).to(self.device)
         lengths = torch.tensor([speech.size(1)], device=self.device)
@@ -169,32 +196,67 @@ class Recognizer:
 
 
 def build_recognizer(asr_train_config, asr_model_file, opts, lm_train_config=None, lm_file=None,
-                     word_lm_file=None, device="cpu"):
-    """Our model loader (strict, weights_only; float, quantized or packed) + ESPnet's beam search."""
+                     word_lm_file=None, lexicon_file=None, arpa_file=None, device="cpu"):
+    """Our model loader (strict, weights_only; float, quantized or packed) + the search of opts["search"]:
+    ESPnet's joint beam search (Recognizer) or the C++ CTC search with attention rescoring."""
     model, conf = load_asr_model(asr_train_config, asr_model_file, device)
+    if opts["search"] != "espnet":
+        from mpq_plugins.espnet.ctc_search import CTCRescoringRecognizer
+        return CTCRescoringRecognizer(model, conf, opts, lexicon_file, arpa_file, device)
     word_lm = NgramLM.load(word_lm_file) if word_lm_file else None
     rnn_lm = load_lm(lm_train_config, lm_file, device) if lm_train_config else None
     return Recognizer(model, conf, opts, word_lm=word_lm, rnn_lm=rnn_lm, device=device)
 
 
-def decode_datadir(rec, data_path_and_name_and_type, key_file, output_dir, log=print):
-    """Decode the utterances of a wav.scp (those of key_file) into ESPnet's
-    <output_dir>/<n>best_recog/{text,token,score}; returns the number of utterances."""
+def read_batches(data_path_and_name_and_type, key_file=None, seconds=0.0, fs=16000, chunk=256):
+    """[(key, waveform)] batches of at most `seconds` of audio (one utterance at least) from a wav.scp
+    ("path,name,type"; the utterances of key_file), each read chunk of utterances sorted by length
+    first, so that a batch pads little."""
     path, name, typ = data_path_and_name_and_type.split(",")
     # speech only: ESPnet's training preprocessor leaves the waveform as it is read
     loader = ASRTask.build_streaming_iterator(
         [(path, name, typ)], dtype="float32", batch_size=1, key_file=key_file, num_workers=0,
         preprocess_fn=None, collate_fn=CommonCollateFn(float_pad_value=0.0, int_pad_value=-1), inference=True)
-    t0, n = time.time(), 0
+
+    def flush(utts):
+        utts.sort(key=lambda u: len(u[1]))
+        batch, total = [], 0
+        for u in utts:
+            if batch and total + len(u[1]) > seconds * fs:
+                yield batch
+                batch, total = [], 0
+            batch.append(u)
+            total += len(u[1])
+        if batch:
+            yield batch
+    utts = []
+    for keys, b in loader:
+        utts.append((keys[0], b[name][0][: int(b[name + "_lengths"][0])]))
+        if len(utts) == chunk:
+            yield from flush(utts)
+            utts = []
+    yield from flush(utts)
+
+
+def decode_datadir(rec, data_path_and_name_and_type, key_file, output_dir, log=print):
+    """Decode the utterances of a wav.scp (those of key_file) into ESPnet's
+    <output_dir>/<n>best_recog/{text,token,score}; returns the number of utterances."""
+    seconds = rec.opts["batch_seconds"] if rec.opts["search"] != "espnet" else 0.0   # ESPnet's search: one by one
+    t0, n, audio = time.time(), 0, 0.0
     with DatadirWriter(output_dir) as writer:
-        for keys, batch in loader:
-            for i, (text, tokens, hyp) in enumerate(rec(batch[name][0]), 1):
-                w = writer[f"{i}best_recog"]
-                w["text"][keys[0]] = text
-                w["token"][keys[0]] = " ".join(tokens)
-                w["score"][keys[0]] = f"{float(hyp.score):.4f}"
-            n += 1
-            if n % 20 == 0:
-                log(f"asr_inference: {n} utterances in {time.time() - t0:.0f}s")
-    log(f"asr_inference: decoded {n} utterances in {time.time() - t0:.1f}s")
+        for batch in read_batches(data_path_and_name_and_type, key_file, seconds):
+            for (key, speech), nbest in zip(batch, rec([s for _, s in batch])):
+                for i, (text, tokens, score) in enumerate(nbest, 1):
+                    w = writer[f"{i}best_recog"]
+                    w["text"][key] = text
+                    w["token"][key] = " ".join(tokens)
+                    w["score"][key] = f"{score:.4f}"
+                if not nbest:
+                    writer["1best_recog"]["text"][key] = ""
+                n += 1
+                audio += len(speech) / 16000
+                if n % 50 == 0:
+                    log(f"asr_inference: {n} utterances in {time.time() - t0:.0f}s")
+    dt = time.time() - t0
+    log(f"asr_inference: decoded {n} utterances ({audio:.0f} s of audio) in {dt:.1f}s, RTF {dt / max(audio, 1e-9):.4f}")
     return n

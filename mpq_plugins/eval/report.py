@@ -72,10 +72,35 @@ def table(rows):
 
 
 
+def decode_label(decode):
+    """decode_acoustic_packed -> acoustic"""
+    name = decode[len("decode_"):] if decode.startswith("decode_") else decode
+    return name[: -len("_packed")] if name.endswith("_packed") else name
+
+
+def set_label(test_set, decode, first):
+    """A test set under the first (main) decode is its name; under another, its name and the decode's."""
+    return test_set if decode == first else f"{test_set} ({decode_label(decode)})"
+
+
+def is_valid(label, valid_set):
+    return label == valid_set or label.startswith(valid_set + " (")
+
+
+def lossless_everywhere(s, sig, valid_set):
+    """(verdict, the sets it fails on): lossless only if not significantly worse on every test set under
+    every decode (the held-out set excepted); None when it was tested on none."""
+    rs = {label: r for (name, label), r in sig.items() if name == s.name and not is_valid(label, valid_set)}
+    if not rs:
+        return None, []
+    failed = [label for label, r in rs.items() if not r["lossless"]]
+    return not failed, failed
+
+
 class System:
     """One experiment dir as the report sees it: its record (system.yaml) and its scores."""
 
-    def __init__(self, path, decode, is_baseline):
+    def __init__(self, path, decodes, is_baseline):
         self.path, self.name = path, os.path.basename(os.path.normpath(path))
         self.is_baseline = is_baseline
         rec = read_system(path)
@@ -92,9 +117,11 @@ class System:
         self.compress_cpu = t["cpu_s"] if t else None
         self.compress_parts = {w: t[f"{w}_s"] for w in ("search", "train", "pack")} if t else None
         self.training = rec["training"]
-        self.decode_dirs = {}
-        for res in sorted(glob.glob(os.path.join(path, decode, "*", "score_wer", "result.txt"))):
-            self.decode_dirs[os.path.basename(os.path.dirname(os.path.dirname(res)))] = os.path.dirname(os.path.dirname(res))
+        self.decode_dirs = {}   # {set label: decode dir}: "test" under the first decode, "test (acoustic)" ...
+        for decode in decodes:
+            for res in sorted(glob.glob(os.path.join(path, decode, "*", "score_wer", "result.txt"))):
+                d = os.path.dirname(os.path.dirname(res))
+                self.decode_dirs[set_label(os.path.basename(d), decode, decodes[0])] = d
         self.wer = {s: parse_sum_avg(os.path.join(d, "score_wer", "result.txt"))["Err"]
                     for s, d in self.decode_dirs.items()}
         self.missing = {s: (read_json(os.path.join(d, "scoring.json"), {}) or {}).get("missing", 0)
@@ -151,7 +178,8 @@ def main_table(systems, sets, main_set, valid_set, sig, train_s):
     floats = [s for s in systems if s.is_float]
     ref = reference_for(main_set, floats)
     head = ("|system|method|weight bits|size on disk (bytes)|ratio|" + "|".join(f"{d} WER" for d in shown)
-            + f"|{main_set} change (abs / rel)|MAPSSWE p|lossless|compression time, wall (min)|"
+            + f"|{main_set} change (abs / rel)|MAPSSWE p|lossless on {main_set}|lossless on every test set and "
+            "decode|compression time, wall (min)|"
             "over FP32 training|CPU (min)|")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in systems:
@@ -172,11 +200,13 @@ def main_table(systems, sets, main_set, valid_set, sig, train_s):
                 p, verdict = fmt_p(r["p"]), verdict_of(r)
         elif s is ref:
             change, verdict = "reference", "-"
+        everywhere, failed = lossless_everywhere(s, sig, valid_set)
+        overall = "" if everywhere is None else "yes" if everywhere else "**no** (" + ", ".join(failed) + ")"
         wall = f"{s.compress_wall / 60:.1f}" if s.compress_wall is not None else ""
         cpu = f"{s.compress_cpu / 60:.1f}" if s.compress_cpu is not None else ""
         over = f"{s.compress_wall / train_s:.2f}x" if (s.compress_wall is not None and train_s) else ""
         lines.append(f"|{s.name}|{s.method}|{bits}|{s.sizes['disk_bytes']:,}|{s.sizes['compression_ratio']:.2f}x|"
-                     + "|".join(wers) + f"|{change}|{p}|{verdict}|{wall}|{over}|{cpu}|")
+                     + "|".join(wers) + f"|{change}|{p}|{verdict}|{overall}|{wall}|{over}|{cpu}|")
     return lines
 
 
@@ -194,11 +224,10 @@ def significance_table(sig, sets):
     return lines
 
 
-def best_lossless(systems, main_set, sig):
+def best_lossless(systems, valid_set, sig):
     best = {}
     for s in systems:
-        r = sig.get((s.name, main_set))
-        if s.is_float or not r or not r["lossless"]:
+        if s.is_float or not lossless_everywhere(s, sig, valid_set)[0]:
             continue
         if s.method not in best or s.sizes["compression_ratio"] > best[s.method].sizes["compression_ratio"]:
             best[s.method] = s
@@ -206,7 +235,7 @@ def best_lossless(systems, main_set, sig):
     for m, s in sorted(best.items()):
         lines.append(f"|{m}|{s.sizes['compression_ratio']:.2f}x|{s.name}|{s.weight_bits:.2f}|")
     if not best:
-        lines.append(f"|(none)|no quantized system is lossless on {main_set}|||")
+        lines.append("|(none)|no quantized system is lossless on every test set and decode|||")
     return lines
 
 
@@ -305,12 +334,14 @@ def notes(out):
     return [f"## Notes on these runs (`{NOTES}`)", "", text, ""]
 
 
-def report(baseline, others, main_set, valid_set, out, decode):
+def report(baseline, others, main_set, valid_set, out, decodes):
     """Write RESULTS.md to `out` and its plots to results/ beside it, for the float32 baseline's exp
-    dir and the others' (decode: the decode dir's name inside each); returns RESULTS.md's lines."""
+    dir and the others' (decodes: the decode dirs' names inside each, the main decode first, e.g. the
+    LM decode then the acoustic one); returns RESULTS.md's lines."""
     plot_dir = os.path.join(os.path.dirname(os.path.abspath(out)), "results")
     os.makedirs(plot_dir, exist_ok=True)
-    systems = [System(baseline, decode, True)] + [System(p, decode, False) for p in others]
+    decodes = decodes.split() if isinstance(decodes, str) else list(decodes)
+    systems = [System(baseline, decodes, True)] + [System(p, decodes, False) for p in others]
     if systems[0].kind != "float":
         raise ScoringError(f"{baseline}: the baseline is method {systems[0].kind} ({systems[0].method}) in its "
                            "system.yaml; it must be the float32 system")
@@ -322,7 +353,7 @@ def report(baseline, others, main_set, valid_set, out, decode):
     sig = significance(systems, sets)
     train_s = (systems[0].training or {}).get("train_seconds")
     cmd = (f"python -m mpq_plugins.bin.results --baseline {baseline} --systems \"{' '.join(others)}\" "
-           f"--main_set {main_set} --valid_set {valid_set} --out {out}")
+           f"--main_set {main_set} --valid_set {valid_set} --decode \"{' '.join(decodes)}\" --out {out}")
     lines = ["# mpq-asr results", "",
              f"Written by the report stage of run.sh (`{cmd}`); every number comes from files the earlier "
              "stages wrote: `system.yaml` (each system's method, sizes, bits, compression time and training), "
@@ -333,14 +364,16 @@ def report(baseline, others, main_set, valid_set, out, decode):
               "their bit-widths, their steps, float tensors as they are). Ratio = bytes of the float32 model / bytes "
               "of the packed file on disk. Change and significance are against the float reference of the set: the "
               "better of the float32 baseline and its fine-tuned control. Lossless = not significantly worse "
-              "(MAPSSWE, two-tailed, p < 0.05). Compression time: from the float checkpoint to the packed file, "
-              "fine-tuning (and any search) included.", ""]
+              "(MAPSSWE, two-tailed, p < 0.05); a system is called lossless only if it is not significantly worse "
+              "on every test set under every decode (" + ", ".join(f"`{d}`" for d in decodes) + "; a set under "
+              "another decode than the first is labelled with it, e.g. `test (acoustic)`). Compression time: from "
+              "the float checkpoint to the packed file, fine-tuning (and any search) included.", ""]
     lines += main_table(systems, sets, main_set, valid_set, sig, train_s) + [""]
     if train_s:
         lines += [f"FP32 training: {train_s / 60:.1f} min wall-clock ({systems[0].name}).", ""]
     lines += ["![WER against size](results/wer_vs_size.png)", ""] + notes(out)
-    lines += [f"## Highest lossless compression ratio per method ({main_set})", ""]
-    lines += best_lossless(systems, main_set, sig) + [""]
+    lines += ["## Highest lossless compression ratio per method (every test set, every decode)", ""]
+    lines += best_lossless(systems, valid_set, sig) + [""]
     mpq = equal_budget(systems, main_set, valid_set, sig)
     if mpq:
         lines += [f"## Mixed precision at equal budget ({main_set})", "",
@@ -351,10 +384,9 @@ def report(baseline, others, main_set, valid_set, out, decode):
     points = []
     for s in systems:
         if main_set in s.wer:
-            r = sig.get((s.name, main_set))
             points.append({"name": s.name.replace(systems[0].name, "").lstrip("_") or s.name,
                            "bytes": s.sizes["disk_bytes"], "wer": s.wer[main_set],
-                           "lossless": bool(r and r["lossless"]), "float": s.is_float})
+                           "lossless": bool(lossless_everywhere(s, sig, valid_set)[0]), "float": s.is_float})
     plots.wer_vs_size(points, os.path.join(plot_dir, "wer_vs_size.png"), main_set)
     mixed = [s for s in systems if len(set(s.bits_per_layer.values())) > 1]
     if mixed:
