@@ -17,6 +17,13 @@ def test_defaults_and_types(tmp_path):
     ("beam_size: 4\nbeem_size: 3\n", "unknown decoding option(s) beem_size"),
     ("beam_size: many\n", "beam_size: 'many' is not a int"),
     ("- 1\n- 2\n", "expected a mapping"),
+    ("nbest: 0\n", "nbest: 0 must be positive"),
+    ("search: lexicon\nrescore_nbest: 0\n", "rescore_nbest: 0 must be positive"),
+    ("search: viterbi\n", "search: 'viterbi' is not one of espnet, lexicon, ctc"),
+    ("ctc_weight: 1.5\n", "ctc_weight: 1.5 is not within 0..1"),
+    ("tune:\n  beam_size: [1, 2]\n", "tune: beam_size cannot be tuned"),
+    ("tune:\n  ctc_weight: 0.3\n", "tune: ctc_weight: expected a list of numbers"),
+    ("tune: [1]\n", "tune: [1] is not a dict"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, text, message):
     (tmp_path / "d.yaml").write_text(text)

@@ -1,6 +1,8 @@
 """The fast decoder: a C++ CTC beam search, then attention rescoring of its n-best in one batched pass.
 
-1. Utterances go through the encoder in batches (sorted by length, `batch_seconds` of audio each).
+1. Utterances go through the encoder in batches (sorted by length, `batch_seconds` of audio each). As in
+   ESPnet's batched decoding, the Conformer's convolutions see the zero padding near an utterance's end,
+   so a score in a batch differs a little from the same utterance alone.
 2. torchaudio's `ctc_decoder` (flashlight-text, C++) searches the CTC posteriors of each utterance:
    - `search: lexicon`: only words of the lexicon, scored by the word n-gram (an ARPA file read by
      KenLM), `word_score` added per word;
@@ -28,6 +30,7 @@ from espnet2.text.token_id_converter import TokenIDConverter
 SEARCHES = ("lexicon", "ctc")
 TUNABLE = ("word_lm_weight", "word_score", "ctc_weight")   # the weights tuned on dev (`tune:` of a decoding config)
 BLANK, SPACE, UNK = "<blank>", "<space>", "<unk>"
+IMPOSSIBLE = -1.0e9   # the CTC log-likelihood of a sequence no alignment fits
 
 
 class LexiconError(ValueError):
@@ -246,7 +249,8 @@ class CTCRescoringRecognizer:
         # CTC: log P(y|x) summed over every alignment
         targets = torch.cat(ys) if int(ylens.sum()) else torch.zeros(0, dtype=torch.long)
         ctc = -F.ctc_loss(logp[idx].transpose(0, 1).float(), targets.to(enc.device), enc_lens[idx],
-                          ylens.to(enc.device), blank=self.tokens.index(BLANK), reduction="none", zero_infinity=True)
+                          ylens.to(enc.device), blank=self.tokens.index(BLANK), reduction="none")
+        ctc = ctc.clamp(min=IMPOSSIBLE)   # more tokens than frames allow: never chosen (not 0, as zero_infinity would)
         # attention: teacher-forced <sos> y -> y <eos>, every candidate in one decoder call
         ys_in = torch.nn.utils.rnn.pad_sequence([torch.cat([torch.tensor([m.sos]), y]) for y in ys],
                                                 batch_first=True, padding_value=m.eos).to(enc.device)
