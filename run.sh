@@ -20,8 +20,8 @@ train_set=train
 valid_set=dev
 fs=16000              # sample rate of the audio (every data dir is checked for it)
 min_audio_samples=1600  # the shortest audio accepted: 0.1 s at 16 kHz, the 7 frames the conv subsampling needs
-test_sets="dev test test_unseen_voice"
-quant_test_sets="dev test"  # sets decoded for the quantized systems ("" = all of ${test_sets})
+test_sets="dev test test_unseen_voice test_perturbed"
+quant_test_sets=""    # sets decoded for the quantized systems ("" = all of ${test_sets})
 report_set=test       # the test set of the lossless verdict (MAPSSWE against float32) in RESULTS.md
 token_type=char       # char | bpe | word
 nbpe=300
@@ -35,7 +35,9 @@ lm_vocab=""           # word list of the n-gram LM; default: ${datadir}/local/co
 lm_config=conf/train_lm.yaml
 lm_train_text=""      # Kaldi text file for the LM; default: ${datadir}/local/corpus/lm_train.txt
 lm_args=""            # extra options for espnet2.bin.lm_train
-inference_model=valid.acc.ave.pth   # the checkpoint of each system that is packed and decoded
+inference_model=valid.acc.best.pth  # the checkpoint of each system that is packed and decoded: the best on
+                      # the validation set, for the float model as for every fine-tuned system (one-epoch
+                      # fine-tuning has no n best to average, so averaging only the float model would favour it)
 finetune_config=conf/finetune.yaml  # fine-tuning options shared by every quant conf (and the float control)
 quant_confs="conf/quant/w8_ptq.yaml conf/quant/w4.yaml conf/quant/mpq_one_stage_3bit.yaml conf/quant/mpq_kl_3bit.yaml conf/quant/fp32_cont.yaml"  # systems of the quantize stage
                       # (conf/quant/*.yaml; fp32_cont: the float control, fine-tuned like the others)

@@ -4,7 +4,8 @@
 
 Sentence text comes from Debian's word lists, speech from Debian's TTS engines; the modules beside this
 script do the work (corpus_text.py: sentence pool, corpus_speakers.py: who speaks in which set,
-corpus_tts.py: synthesis). Writes <datadir>/{train,dev,test,test_unseen_voice}/ and
+corpus_tts.py: synthesis). Writes <datadir>/{train,dev,test,test_unseen_voice}/ (and test_perturbed/: test utterances under
+unseen acoustic conditions, corpus_perturb.py, with --n_perturbed) and
 <datadir>/local/corpus/ (vocabulary, speaker table, and the language-model text: every pool sentence
 not used in dev or test). Audio already on disk is kept, so an interrupted run resumes where it stopped.
 """
@@ -19,6 +20,7 @@ import time
 # python puts this script's dir first on sys.path, so the recipe's own modules are found beside it
 import corpus_speakers as spk_mod
 from corpus_text import sentence_pool
+from corpus_perturb import assign, perturb_all
 from corpus_tts import ENGINE_TOOLS, synthesise
 
 try:
@@ -28,7 +30,7 @@ except ModuleNotFoundError as e:
         raise
     sys.exit("make_corpus: cannot import mpq_plugins; source path.sh first (it puts the repository root on PYTHONPATH)")
 
-SETS = ("train", "dev", "test", "test_unseen_voice")
+SETS = ("train", "dev", "test", "test_unseen_voice")   # synthesised; test_perturbed is made from test
 
 
 def write_file(path, text):
@@ -78,6 +80,8 @@ def main(argv=None):
     p.add_argument("--n_dev", type=int, default=300)
     p.add_argument("--n_test", type=int, default=500)
     p.add_argument("--n_unseen", type=int, default=300)
+    p.add_argument("--n_perturbed", type=int, default=0,
+                   help="test_perturbed: this many test utterances (evenly spread) under unseen acoustic conditions")
     p.add_argument("--vocab_size", type=int, default=3000)
     p.add_argument("--train_speakers", default="10,3,3",
                    help="training speakers: espeak-ng speakers, speakers per flite voice, per festival voice")
@@ -114,8 +118,24 @@ def main(argv=None):
                 last = time.time()
                 print(f"  synthesised {done}/{total} ({made} new) in {time.time() - t0:.0f}s", flush=True)
 
-    for name in SETS:
-        rows = [(u, spk.spk_id, os.path.join(wavdir, name, u + ".wav"), t) for spk, us in utts[name] for u, t in us]
+    sets = SETS
+    if a.n_perturbed:
+        test = [(spk, u, t) for spk, us in utts["test"] for u, t in us]
+        if a.n_perturbed > len(test):
+            sys.exit(f"make_corpus: --n_perturbed {a.n_perturbed} is more than the {len(test)} test utterances")
+        picked = [test[i * len(test) // a.n_perturbed] for i in range(a.n_perturbed)]
+        cond = assign([u for _, u, _ in picked], a.seed)
+        os.makedirs(os.path.join(wavdir, "test_perturbed"), exist_ok=True)
+        items = [(os.path.join(wavdir, "test", u + ".wav"), os.path.join(wavdir, "test_perturbed", f"{u}_{cond[u]}.wav"),
+                  cond[u]) for _, u, _ in picked]
+        chunks = [items[i:i + a.chunk] for i in range(0, len(items), a.chunk)]
+        with concurrent.futures.ProcessPoolExecutor(a.nj) as ex:
+            made = sum(ex.map(perturb_all, chunks, [a.seed + i for i in range(len(chunks))]))
+        print(f"  perturbed {len(items)} test utterances ({made} new) in {time.time() - t0:.0f}s", flush=True)
+        utts["test_perturbed"] = [(spk, [(f"{u}_{cond[u]}", t)]) for spk, u, t in picked]
+        sets = SETS + ("test_perturbed",)
+    for name in sets:
+        rows = sorted((u, spk.spk_id, os.path.join(wavdir, name, u + ".wav"), t) for spk, us in utts[name] for u, t in us)
         write_datadir(os.path.join(a.datadir, name), rows)
         try:
             n = validate_datadir(os.path.join(a.datadir, name))

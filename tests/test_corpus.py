@@ -120,3 +120,40 @@ def test_missing_tts_tool_is_one_clear_error(tmp_path):
     assert r.returncode != 0
     assert "missing Debian tools: espeak-ng flite festival sox" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(not shutil.which("sox"), reason="sox not installed")
+def test_perturbed_conditions_do_what_they_say(tmp_path):
+    """test_perturbed's conditions: the noise at its SNR, the telephone band, the tempo; in turn over the
+    utterances; a rerun keeps what is on disk."""
+    import numpy as np
+    import soundfile
+    from corpus_perturb import CONDITIONS, assign, perturb, perturb_all
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 16000
+    x = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
+         + 0.05 * rng.standard_normal(len(t)) * np.sin(2 * np.pi * 0.5 * t) ** 2)
+    src = tmp_path / "src.wav"
+    soundfile.write(src, x.astype(np.float32), 16000, subtype="PCM_16")
+    x = soundfile.read(src)[0]
+    assert perturb(str(src), str(tmp_path / "w20.wav"), "white20", 1) == 1
+    y, fs = soundfile.read(tmp_path / "w20.wav")
+    assert fs == 16000 and len(y) == len(x)
+    assert 10 * np.log10(np.mean(x ** 2) / np.mean((y - x) ** 2)) == pytest.approx(20.0, abs=0.2)
+    perturb(str(src), str(tmp_path / "tel.wav"), "telephone", 1)
+    tel, fs = soundfile.read(tmp_path / "tel.wav")
+    spec = np.abs(np.fft.rfft(tel)) ** 2
+    freqs = np.fft.rfftfreq(len(tel), 1 / fs)
+    assert fs == 16000 and spec[freqs > 4000].sum() < 1e-4 * spec.sum()          # nothing above the band
+    perturb(str(src), str(tmp_path / "fast.wav"), "tempo_fast", 1)
+    assert len(soundfile.read(tmp_path / "fast.wav")[0]) == pytest.approx(len(x) / 1.2, rel=0.02)
+    assert perturb(str(src), str(tmp_path / "w20.wav"), "white10", 2) == 0      # there: kept
+    ids = [f"u{i}" for i in range(2 * len(CONDITIONS))]
+    cond = assign(ids, seed=3)
+    assert [cond[u] for u in ids[:len(CONDITIONS)]] == [cond[u] for u in ids[len(CONDITIONS):]]
+    assert set(cond.values()) == set(CONDITIONS) and assign(ids, seed=3) == cond
+    items = [(str(src), str(tmp_path / f"{c}.wav"), c) for c in CONDITIONS]
+    assert perturb_all(items, 1) == len(CONDITIONS)
+    for _, dst, c in items:
+        y, fs = soundfile.read(dst)
+        assert fs == 16000 and y.ndim == 1 and np.abs(y).max() <= 1.0 and len(y) > 16000, c

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in TOOLS) or not o
                                 reason="Debian tools missing (run tools/setup.sh)")
 
 DECODE = "decode_tiny_packed"
-SETS = ("dev", "test", "test_unseen_voice")
+SETS = ("dev", "test", "test_unseen_voice", "test_perturbed")
 QSETS = ("dev", "test")          # the quantized systems decode these (run.sh --quant_test_sets)
 # the float control (conf/quant/fp32_cont.yaml) is a conf like w4 with no quantization section; the
 # report's use of it is tested in tests/test_report.py
@@ -29,7 +29,7 @@ SYSTEMS = ("asr_train_tiny", "asr_train_tiny_w4", "asr_train_tiny_mpq_one_stage_
 QUANT_CONFS = f"{ROOT}/conf/quant/w4.yaml {ROOT}/tests/conf/quant/mpq_one_stage_tiny.yaml"
 
 
-ARGS = ("--local_data_opts", "--n_train 24 --n_dev 6 --n_test 6 --n_unseen 6",
+ARGS = ("--local_data_opts", "--n_train 24 --n_dev 6 --n_test 6 --n_unseen 6 --n_perturbed 6",
         "--asr_config", os.path.join(ROOT, "tests/conf/train_tiny.yaml"),
         "--inference_config", os.path.join(ROOT, "tests/conf/decode_tiny.yaml"),
         "--acoustic_config", os.path.join(ROOT, "tests/conf/decode_tiny_acoustic.yaml"),

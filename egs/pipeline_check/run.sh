@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 exec ../../run.sh \
-    --local_data_opts "--n_train 600 --n_dev 60 --n_test 100 --n_unseen 60" \
+    --local_data_opts "--n_train 600 --n_dev 60 --n_test 100 --n_unseen 60 --n_perturbed 60" \
     --asr_config conf/train_asr_conformer.yaml \
     --quant_confs "conf/quant/w8_ptq.yaml conf/quant/w4.yaml conf/quant/mpq_one_stage_3bit.yaml conf/quant/mpq_kl_3bit.yaml conf/quant/fp32_cont.yaml" \
     "$@"

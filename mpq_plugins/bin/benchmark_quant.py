@@ -180,7 +180,7 @@ def main(argv=None):
     p.add_argument("--expdir", default="exp")
     p.add_argument("--asr_tag", default="train_asr_conformer")
     p.add_argument("--data", default="data/test")
-    p.add_argument("--decode_config", default="conf/decode_asr.yaml")
+    p.add_argument("--decode_config", default="conf/decode_espnet.yaml", help="ESPnet's joint search (search: espnet)")
     p.add_argument("--word_lm", default="exp/lm_word_3gram/lm.json")
     p.add_argument("--n_utts", type=int, default=40)
     p.add_argument("--calib_data", default="data/dev", help="utterances that calibrate the int8 subsampling")
