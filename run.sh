@@ -39,6 +39,8 @@ inference_model=valid.acc.best.pth  # the checkpoint of each system that is pack
                       # the validation set, for the float model as for every fine-tuned system (one-epoch
                       # fine-tuning has no n best to average, so averaging only the float model would favour it)
 finetune_config=conf/finetune.yaml  # fine-tuning options shared by every quant conf (and the float control)
+seeds="1"             # fine-tuning seeds: each quant conf (PTQ: only the first) is trained once per seed;
+                      # seed 1 makes exp/asr_<tag>_<conf>, seed k exp/asr_<tag>_<conf>_seed<k>
 quant_confs="conf/quant/w8_ptq.yaml conf/quant/w4.yaml conf/quant/mpq_one_stage_3bit.yaml conf/quant/mpq_kl_3bit.yaml conf/quant/fp32_cont.yaml"  # systems of the quantize stage
                       # (conf/quant/*.yaml; fp32_cont: the float control, fine-tuned like the others)
 asr_tag=""            # experiment name; default: the config's file name
@@ -78,6 +80,8 @@ for v in nj nbpe ngram_order fs min_audio_samples; do
     is_int "${!v}" && [ "${!v}" -ge 1 ] || usage "--${v} ${!v}: expected a positive integer"
 done
 for v in ngpu num_nodes; do is_int "${!v}" || usage "--${v} ${!v}: expected an integer"; done
+[ -n "${seeds}" ] || usage "--seeds: expected one or more integers"
+for v in ${seeds}; do is_int "${v}" || usage "--seeds ${seeds}: expected integers"; done
 [ "${num_nodes}" -ge 1 ] || usage "--num_nodes ${num_nodes}: expected at least 1"
 case "${lm}" in ngram|rnn|none) ;; *) usage "--lm ${lm}: expected ngram, rnn or none";; esac
 case "${token_type}" in char|bpe|word) ;; *) usage "--token_type ${token_type}: expected char, bpe or word";; esac
@@ -195,8 +199,12 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
 fi
 
 # the systems: the float model, then one per quant conf (exp/asr_<tag>_<conf name>)
+# conf_method <quant conf>: its `method:` line (every quant conf states its own: mpq_plugins/confio.py)
+conf_method() { sed -n 's/^method: *\([a-z_]*\).*/\1/p' "$1"; }
+seeds_of() { if [ "$(conf_method $1)" = ptq ]; then echo ${seeds%% *}; else echo ${seeds}; fi; }   # PTQ: nothing to seed
+system_dir() { echo ${asr_exp}_$(basename $1 .yaml)$([ "$2" = 1 ] || echo _seed$2); }           # <conf> <seed>
 systems=${asr_exp}
-for qc in ${qconfs}; do systems="${systems} ${asr_exp}_$(basename ${qc} .yaml)"; done
+for qc in ${qconfs}; do for seed in $(seeds_of ${qc}); do systems="${systems} $(system_dir ${qc} ${seed})"; done; done
 [ -z "${quant_test_sets}" ] && quant_test_sets=${test_sets}
 sets_of() { if [ "$1" = "${asr_exp}" ]; then echo ${test_sets}; else echo ${quant_test_sets}; fi; }
 
@@ -209,8 +217,6 @@ pack() {
 # trained <exp dir>: its final model is newer than its training config and the float model (quant_config
 # rewrites the config only when it changes): a rerun neither trains nor times it again
 trained() { [ ${1}/${inference_model} -nt ${1}/train_config.yaml ] && [ ${1}/${inference_model} -nt ${asr_exp}/${inference_model} ]; }
-# conf_method <quant conf>: its `method:` line (every quant conf states its own: mpq_plugins/confio.py)
-conf_method() { sed -n 's/^method: *\([a-z_]*\).*/\1/p' "$1"; }
 
 # quantize_system <quant conf> <exp dir>: from the float checkpoint to the packed file and the system's
 # record (system.yaml), timing every step into compression_time.json. By the conf's method:
@@ -218,7 +224,7 @@ conf_method() { sed -n 's/^method: *\([a-z_]*\).*/\1/p' "$1"; }
 #   learns its bits in it); kl, hessian: a sensitivity search, then QAT with its bits; supernet: a search
 #   run (the one-stage model for search_steps updates), then QAT from the float model with its bits.
 quantize_system() {
-    local qc=$1 qexp=$2 method float_model=${asr_exp}/${inference_model}
+    local qc=$1 qexp=$2 seed=$3 method float_model=${asr_exp}/${inference_model}
     local qtime="python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what"
     local compose="python -m mpq_plugins.bin.quant_config --base ${asr_config} --finetune ${finetune_config}
         --quant_conf ${qc} --token_list ${token_dir}/tokens.txt ${fold_opts}
@@ -232,13 +238,13 @@ quantize_system() {
     float|qat|one_stage)
         ${compose} --teacher_model ${float_model} --out ${qexp}/train_config.yaml
         trained ${qexp} || timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml \
-            ${qexp} --init_param ${float_model};;
+            ${qexp} --init_param ${float_model} --seed ${seed};;
     kl|hessian|supernet)
         if [ ! ${qexp}/bits.yaml -nt ${qc} ]; then
             if [ ${method} = supernet ]; then
                 ${compose} --search_run --teacher_model ${float_model} --out ${qexp}/search/train_config.yaml
                 timer="${qtime} search --" train_asr mpq_plugins.bin.asr_train ${qexp}/search/train_config.yaml \
-                    ${qexp}/search --init_param ${float_model}
+                    ${qexp}/search --init_param ${float_model} --seed ${seed}
             fi
             ${qtime} search -- python -m mpq_plugins.bin.search_precision --quant_conf ${qc} \
                 --asr_train_config ${asr_exp}/config.yaml --asr_model_file ${float_model} \
@@ -246,7 +252,7 @@ quantize_system() {
         fi
         ${compose} --bits ${qexp}/bits.yaml --out ${qexp}/train_config.yaml
         trained ${qexp} || timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml \
-            ${qexp} --init_param ${float_model};;
+            ${qexp} --init_param ${float_model} --seed ${seed};;
     *) echo "$0: ${qc}: method '${method}' is not one of float ptq qat one_stage supernet kl hessian" >&2; exit 1;;
     esac
     pack ${qexp} "${qtime} pack --"
@@ -258,9 +264,11 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     pack ${asr_exp}
     python -m mpq_plugins.bin.record_system --exp_dir ${asr_exp} --source_checkpoint ${asr_exp}/${inference_model}
     for qc in ${qconfs}; do
-        qexp=${asr_exp}_$(basename ${qc} .yaml)
-        log 6 "quantize: ${qc} -> ${qexp}/ (log: ${qexp}/train.log)"
-        quantize_system ${qc} ${qexp}
+        for seed in $(seeds_of ${qc}); do
+            qexp=$(system_dir ${qc} ${seed})
+            log 6 "quantize: ${qc} (seed ${seed}) -> ${qexp}/ (log: ${qexp}/train.log)"
+            quantize_system ${qc} ${qexp} ${seed}
+        done
     done
 fi
 

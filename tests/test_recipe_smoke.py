@@ -82,9 +82,20 @@ def test_all_stages_agree(recipe):
         record = yaml.safe_load((recipe / "exp" / system / "system.yaml").read_text())   # one record per system
         assert record["system"] == system and record["sizes"]["disk_bytes"] == size["disk_bytes"]
         assert record["bits_per_layer"] == size["bits_per_layer"]
-        assert record["source_checkpoint"] == "exp/asr_train_tiny/valid.acc.ave.pth"
+        assert record["source_checkpoint"] == "exp/asr_train_tiny/valid.acc.best.pth"
         assert f"|{system}|{record['description']}|" in results
     assert (recipe / "results" / "asr_train_tiny_training_curve.png").exists()
+    # the acoustic decode of every system and set, with its own tuned weights, scored and in the verdicts
+    acoustic = "decode_tiny_acoustic_packed"
+    for system in SYSTEMS:
+        for s in (SETS if system == SYSTEMS[0] else QSETS):
+            assert (recipe / "exp" / system / acoustic / s / "score_wer" / "hyp.trn.sgml").exists()
+    tuned = yaml.safe_load((exp / acoustic / "tuned_config.yaml").read_text())
+    assert tuned["search"] == "ctc" and "tune" not in tuned and tuned["ctc_weight"] in (0.3, 0.5)
+    assert "|test (tiny_acoustic)|asr_train_tiny_w4|" in results and "lossless on every test set and decode" in results
+    log = (exp / DECODE / "test" / "logdir" / "asr_inference.1.log").read_text()
+    assert "'search': 'lexicon'" in log and "RTF" in log
+    assert len((recipe / "data" / "test_perturbed" / "text").read_text().splitlines()) == 6
 
 
 def test_quantized_systems(recipe):
@@ -148,19 +159,19 @@ def test_post_training_conf_quantizes_without_training(recipe):
     log = json.loads((exp / "compression_time.json").read_text())
     assert [e["what"] for e in log] == ["train", "pack"]
     assert yaml.safe_load((exp / "system.yaml").read_text())["description"] == "uniform PTQ, weights"
-    model_mtime = (exp / "valid.acc.ave.pth").stat().st_mtime_ns
+    model_mtime = (exp / "valid.acc.best.pth").stat().st_mtime_ns
     r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", f"{ROOT}/conf/quant/w8_ptq.yaml")
-    assert r.returncode == 0 and (exp / "valid.acc.ave.pth").stat().st_mtime_ns == model_mtime   # up to date: kept
+    assert r.returncode == 0 and (exp / "valid.acc.best.pth").stat().st_mtime_ns == model_mtime   # up to date: kept
 
 
 def test_rerun_quantize_stage_keeps_what_is_done_and_counts_it_once(recipe):
     exp = recipe / "exp" / "asr_train_tiny_w4"
-    model_before = (exp / "valid.acc.ave.pth").read_bytes()
+    model_before = (exp / "valid.acc.best.pth").read_bytes()
     packed_mtime = (exp / "packed.safetensors").stat().st_mtime_ns
     r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", f"{ROOT}/conf/quant/w4.yaml")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "train_config.yaml is up to date" in r.stdout and not (exp / "train.log.1").exists()   # not retrained
-    assert (exp / "valid.acc.ave.pth").read_bytes() == model_before
+    assert (exp / "valid.acc.best.pth").read_bytes() == model_before
     log = json.loads((exp / "compression_time.json").read_text())
     assert [e["what"] for e in log] == ["train", "pack"]                  # the work, once
     assert (exp / "packed.safetensors").stat().st_mtime_ns == packed_mtime  # newer than the model: kept
@@ -377,6 +388,7 @@ def test_two_process_training_through_espnets_launcher_and_slurm_pl(recipe, tmp_
     (("--nj", "0"), "--nj 0: expected a positive integer"),
     (("--token_type", "phone"), "--token_type phone: expected char, bpe or word"),
     (("--no_such_option", "1"), "unknown option --no_such_option"),
+    (("--seeds", "1 two"), "--seeds 1 two: expected integers"),
 ])
 def test_bad_options_are_one_error_with_the_usage(tmp_path, args, message):
     r = subprocess.run([os.path.join(ROOT, "run.sh"), *args], cwd=tmp_path, capture_output=True, text=True)
@@ -535,6 +547,18 @@ def test_short_stage_killed_at_random_points_reruns_to_the_same_outputs(recipe, 
         r = run(recipe, "--stage", str(stage), "--stop_stage", str(stage))
         assert r.returncode == 0, r.stderr[-2000:]
         assert stage_outputs(recipe, stage) == want and not any(recipe.glob(STAGE_TEMPORARIES[stage]))
+
+
+def test_seeds_train_a_system_per_seed_and_the_report_pools_them(recipe):
+    r = run(recipe, "--stage", "6", "--quant_confs", f"{ROOT}/conf/quant/w4.yaml", "--seeds", "1 2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = yaml.safe_load((recipe / "exp" / "asr_train_tiny_w4" / "system.yaml").read_text())
+    two = yaml.safe_load((recipe / "exp" / "asr_train_tiny_w4_seed2" / "system.yaml").read_text())
+    assert (one["seed"], two["seed"]) == (1, 2)
+    results = (recipe / "RESULTS.md").read_text()
+    row = next(line for line in results.split("## Seeds and intervals (test)")[1].splitlines()
+               if line.startswith("|asr_train_tiny_w4|"))
+    assert row.split("|")[3] == "1, 2" and " of 2|" in row
 
 
 def test_espnet_rnn_lm_still_works(recipe):

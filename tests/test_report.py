@@ -33,7 +33,7 @@ def write_text(path, texts):
 
 
 def record(name, method="float", weight_bits=None, size=1000, bits_per_layer=None, budget=None, times=None,
-           training=None, description=None):
+           training=None, description=None, seed=0):
     """A system.yaml record as the quantize stage writes it. times: [(what, wall seconds)] of
     search / train / pack (CPU time twice the wall time)."""
     is_float = method in ("float", "float_control")
@@ -51,7 +51,7 @@ def record(name, method="float", weight_bits=None, size=1000, bits_per_layer=Non
             "budget": budget, "is_float": is_float, "weight_bits": bits, "bits_per_layer": bits_per_layer,
             "sizes": {"fp32_bytes": 4000, "disk_bytes": size, "accounted_bytes": size - 40, "header_bytes": 40,
                       "compression_ratio": 4000 / size, "params": 1000, "quantized_fraction": 0.0 if is_float else 0.9},
-            "compression_time": time, "source_checkpoint": "exp/asr_x/valid.acc.ave.pth", "seed": 0,
+            "compression_time": time, "source_checkpoint": "exp/asr_x/valid.acc.ave.pth", "seed": seed,
             "training": training}
 
 
@@ -108,7 +108,10 @@ def test_verdicts_reference_choice_and_table(recipe):
     assert (r_bad["err_a"], r_bad["err_b"]) == (0, 45) and r_bad["worse"] and not r_bad["lossless"]
     for r in (r_good, r_bad):
         assert r["p"] == pytest.approx(two_tailed_p(r["z"]))
-    row = {line.split("|")[1]: line.split("|") for line in lines if line.startswith("|asr_x")}
+    row = {}
+    for line in lines:            # the main table's row of each system (the first)
+        if line.startswith("|asr_x"):
+            row.setdefault(line.split("|")[1], line.split("|"))
     head = next(line for line in lines if line.startswith("|system|")).split("|")
     col = {h: i for i, h in enumerate(head)}
     assert row["asr_x_w8"][col["lossless on test"]] == "yes" and row["asr_x_w2"][col["lossless on test"]] == "**no**"
@@ -170,7 +173,8 @@ def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
     lines = report.report(base, [one, half, kl, w3, other, w3_ptq, w3_layers, sn], "test", "dev",
                           str(recipe / "RESULTS.md"), DECODE)
     i = lines.index("### Budget 3 bits")
-    rows = {r.split("|")[1]: r.split("|") for r in lines[i:] if r.startswith("|asr_m")}
+    rows = {r.split("|")[1]: r.split("|") for r in lines[i:lines.index("## Seeds and intervals (test)")]
+            if r.startswith("|asr_m")}
     rows = {k: v for k, v in rows.items() if k in ("asr_m_one", "asr_m_kl", "asr_m_w3", "asr_m_w4")}
     block = lines[i + 4: lines.index("", i + 3)]
     # uniform QAT and PTQ systems of 3 bits belong to the budget; not w4, nor a QAT system with per-layer bits
@@ -278,3 +282,28 @@ def test_lossless_means_on_every_test_set_under_every_decode(recipe):
     assert row[col["lossless on every test set and decode"]] == "**no** (test (acoustic))"   # dev is worse too: not counted
     assert "|test (acoustic)|asr_x_w4|asr_x|" in "\n".join(lines)                  # the verdict is shown
     assert "no quantized system is lossless on every test set and decode" in "\n".join(lines)
+
+
+def test_seeds_are_one_row_with_mean_sd_verdicts_and_a_bootstrap_interval(recipe):
+    """Two seeds of a conf (<name>, <name>_seed2): WER mean and sd over seeds, lossless in k of n, and the
+    paired bootstrap interval of the mean WER difference, which holds the difference and is narrow when
+    the errors are spread evenly."""
+    from mpq_plugins.eval.significance import bootstrap_interval
+    base = make_system(recipe, "asr_x", edit(lambda u: 0), size=4000)
+    one = make_system(recipe, "asr_x_w4", edit(lambda u: 1 if u % 3 == 0 else 0), "qat", weight_bits=4, size=1000,
+                      seed=1)
+    two = make_system(recipe, "asr_x_w4_seed2", edit(lambda u: 1 + u % 2), "qat", weight_bits=4, size=1000, seed=2)
+    lines = report.report(base, [one, two], "test", "dev", str(recipe / "RESULTS.md"), DECODE)
+    i = lines.index("## Seeds and intervals (test)")
+    rows = [line.split("|") for line in lines[i:] if line.startswith("|asr_x_w4|")]
+    assert len(rows) == 1
+    r = rows[0]
+    w1 = 100 * sum(1 for u in range(len(REF)) if u % 3 == 0) / 270
+    w2 = 100 * sum(1 + u % 2 for u in range(len(REF))) / 270
+    mean, sd = (w1 + w2) / 2, abs(w1 - w2) / 2 ** 0.5
+    assert r[3] == "1, 2"                                               # the seeds of the records
+    assert r[4] == f"{mean:.2f} ± {sd:.2f}" and r[5] == "1 of 2"
+    diff, lo, hi = bootstrap_interval([os.path.join(p, DECODE, "test", "score_wer", "hyp.trn.sgml") for p in (one, two)],
+                                      os.path.join(base, DECODE, "test", "score_wer", "hyp.trn.sgml"))
+    assert diff == pytest.approx(mean) and lo < diff < hi and hi - lo < diff
+    assert r[6] == f"{diff:+.2f}" and r[7] == f"[{lo:+.2f}, {hi:+.2f}]"

@@ -19,6 +19,7 @@ training summary and ESPnet-style sclite tables. Plots under results/ next to RE
 import glob
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -27,7 +28,7 @@ from mpq_plugins.datadir import write_atomic
 from mpq_plugins.eval import plots
 from mpq_plugins.eval.scoring import parse_sum_avg
 from mpq_plugins.eval.sctk import ScoringError
-from mpq_plugins.eval.significance import compare
+from mpq_plugins.eval.significance import bootstrap_interval, compare, utterance_errors
 from mpq_plugins.record import MIXED, read_json, read_system
 
 COLS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
@@ -117,6 +118,7 @@ class System:
         self.compress_cpu = t["cpu_s"] if t else None
         self.compress_parts = {w: t[f"{w}_s"] for w in ("search", "train", "pack")} if t else None
         self.training = rec["training"]
+        self.seed = rec["seed"]
         self.decode_dirs = {}   # {set label: decode dir}: "test" under the first decode, "test (acoustic)" ...
         for decode in decodes:
             for res in sorted(glob.glob(os.path.join(path, decode, "*", "score_wer", "result.txt"))):
@@ -236,6 +238,39 @@ def best_lossless(systems, valid_set, sig):
         lines.append(f"|{m}|{s.sizes['compression_ratio']:.2f}x|{s.name}|{s.weight_bits:.2f}|")
     if not best:
         lines.append("|(none)|no quantized system is lossless on every test set and decode|||")
+    return lines
+
+
+def family_of(name):
+    """A system's name without its seed suffix (run.sh: exp/asr_<tag>_<conf>_seed<k> for seed k > 1)."""
+    return re.sub(r"_seed\d+$", "", name)
+
+
+def seeds_table(systems, main_set, valid_set, sig):
+    """Per system family (a quant conf over its seeds): WER mean and standard deviation over seeds, the
+    verdict of each seed, and the bootstrap interval of the WER difference to the float reference."""
+    floats = [s for s in systems if s.is_float]
+    ref = reference_for(main_set, floats)
+    families = {}
+    for s in systems:
+        if s is not ref and main_set in s.wer:
+            families.setdefault(family_of(s.name), []).append(s)
+    lines = [f"|system|method|seeds|{main_set} WER, mean ± sd over seeds|lossless (every test set and decode), "
+             f"seeds|{main_set} WER change against {ref.name if ref else 'the float reference'}|bootstrap 95% "
+             "interval|", "|---|---|---|---|---|---|---|"]
+    for name, members in families.items():
+        wers = []
+        for m in members:   # exact, from the alignments (result.txt rounds to 0.1)
+            per_utt = utterance_errors(m.sgml(main_set)).values()
+            wers.append(100 * sum(e for e, _ in per_utt) / max(sum(n for _, n in per_utt), 1))
+        mean = sum(wers) / len(wers)
+        sd = (sum((w - mean) ** 2 for w in wers) / (len(wers) - 1)) ** 0.5 if len(wers) > 1 else 0.0
+        verdicts = [lossless_everywhere(m, sig, valid_set)[0] for m in members]
+        k = sum(bool(v) for v in verdicts)
+        diff, lo, hi = bootstrap_interval([m.sgml(main_set) for m in members], ref.sgml(main_set))
+        seeds = ", ".join(str(m.seed) if m.seed is not None else "?" for m in members)
+        lines.append(f"|{name}|{members[0].method}|{seeds}|{mean:.2f} ± {sd:.2f}|{k} of {len(members)}|"
+                     f"{diff:+.2f}|[{lo:+.2f}, {hi:+.2f}]|")
     return lines
 
 
@@ -380,6 +415,11 @@ def report(baseline, others, main_set, valid_set, out, decodes):
                   "Each budget's systems side by side: the mixed-precision methods and the uniform system of as many "
                   "bits. Compression time split into the search of the bit-widths (two-stage methods; the one-stage "
                   "method searches inside its fine-tuning run), the fine-tuning and the packing.", ""] + mpq
+    lines += [f"## Seeds and intervals ({main_set})", "",
+              "Each quant conf over the seeds it was fine-tuned with (`run.sh --seeds`; `<system>_seed<k>` for seed "
+              "k > 1): the WER's mean and standard deviation over seeds, in how many seeds it is lossless, and the "
+              "difference of its WER (mean over seeds) to the float reference with a paired bootstrap 95% interval "
+              "(2,000 resamplings of the utterances).", ""] + seeds_table(systems, main_set, valid_set, sig) + [""]
     lines += ["## Significance (MAPSSWE) per test set", ""] + significance_table(sig, sets) + [""]
     points = []
     for s in systems:

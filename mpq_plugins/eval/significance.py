@@ -73,3 +73,29 @@ def compare(sys_sgml, base_sgml, sys_name, base_name, outdir):
                    "system_sgml": sys_sgml, "baseline_sgml": base_sgml})
     write_atomic(os.path.join(outdir, "result.json"), json.dumps(result, indent=1))
     return result
+
+
+def utterance_errors(sgml):
+    """{utt id: (word errors, reference words)} of an sclite SGML alignment."""
+    _, paths = pyscore.read_sgml(sgml)
+    return {u: (sum(op != "C" for op, _, _ in p), sum(op != "I" for op, _, _ in p)) for u, p in paths.items()}
+
+
+def bootstrap_interval(sys_sgmls, ref_sgml, n_resamples=2000, seed=0, level=0.95):
+    """(difference, low, high): the WER of the systems (the mean of their per-utterance errors: one
+    system, or one per seed) minus the reference's, in % absolute, and its paired bootstrap interval
+    (utterances resampled with replacement, the same draw for both sides; percentile interval)."""
+    import numpy as np
+    ref = utterance_errors(ref_sgml)
+    systems = [utterance_errors(p) for p in sys_sgmls]
+    for path, s in zip(sys_sgmls, systems):
+        if set(s) != set(ref):
+            raise ScoringError(f"{path} and {ref_sgml} align different utterances: not the same test set")
+    utts = sorted(ref)
+    e_ref = np.array([ref[u][0] for u in utts], dtype=float)
+    words = np.array([ref[u][1] for u in utts], dtype=float)
+    e_sys = np.mean([[s[u][0] for u in utts] for s in systems], axis=0)
+    idx = np.random.default_rng(seed).integers(0, len(utts), size=(n_resamples, len(utts)))
+    diffs = 100 * (e_sys[idx].sum(1) - e_ref[idx].sum(1)) / np.maximum(words[idx].sum(1), 1)
+    lo, hi = np.percentile(diffs, [50 * (1 - level), 100 - 50 * (1 - level)])
+    return 100 * (e_sys.sum() - e_ref.sum()) / max(words.sum(), 1), float(lo), float(hi)
