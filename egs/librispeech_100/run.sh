@@ -9,5 +9,5 @@ exec ../../run.sh \
     --train_set train_clean_100 --valid_set dev_clean \
     --test_sets "dev_clean dev_other test_clean test_other" --quant_test_sets "" --report_set test_clean \
     --token_type bpe --nbpe 5000 \
-    --asr_config conf/train_asr_conformer.yaml --inference_config conf/decode_asr.yaml \
+    --asr_config conf/train_asr_conformer.yaml --inference_config conf/decode_asr.yaml --acoustic_config "" \
     --lm none --nj 16 "$@"

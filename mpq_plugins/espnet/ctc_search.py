@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from espnet2.text.build_tokenizer import build_tokenizer
 from espnet2.text.token_id_converter import TokenIDConverter
 
+from mpq_plugins.datadir import DataDirError, read_lines
+
 SEARCHES = ("lexicon", "ctc")
 TUNABLE = ("word_lm_weight", "word_score", "ctc_weight")   # the weights tuned on dev (`tune:` of a decoding config)
 BLANK, SPACE, UNK = "<blank>", "<space>", "<unk>"
@@ -37,23 +39,27 @@ class LexiconError(ValueError):
     pass
 
 
+def _lines(path, what):
+    """(line, line number) of a text file (strict UTF-8), its problems as LexiconError."""
+    try:
+        yield from read_lines(path)
+    except DataDirError as e:
+        raise LexiconError(str(e)) from None
+    except OSError as e:
+        raise LexiconError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
 def read_lexicon(path):
     """The words of a lexicon file (the first field of each line), in file order, without repeats."""
     words, seen = [], set()
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if parts[0] in seen:
-                    raise LexiconError(f"{path}:{n}: word {parts[0]!r} is listed twice")
-                seen.add(parts[0])
-                words.append((n, parts[0]))
-    except UnicodeDecodeError as e:
-        raise LexiconError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise LexiconError(f"cannot read lexicon {path}: {e.strerror}") from None
+    for line, n in _lines(path, "lexicon"):
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] in seen:
+            raise LexiconError(f"{path}:{n}: word {parts[0]!r} is listed twice")
+        seen.add(parts[0])
+        words.append((n, parts[0]))
     if not words:
         raise LexiconError(f"{path}: no words")
     return words
@@ -62,24 +68,18 @@ def read_lexicon(path):
 def arpa_words(path):
     """The unigrams of an ARPA file (without <s>, </s> and <unk>)."""
     words, in_unigrams = set(), False
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                s = line.strip()
-                if s.startswith("\\"):
-                    if in_unigrams:
-                        break
-                    in_unigrams = s == "\\1-grams:"
-                    continue
-                if in_unigrams and s:
-                    parts = s.split()
-                    if len(parts) < 2:
-                        raise LexiconError(f"{path}: bad unigram line {s!r}")
-                    words.add(parts[1])
-    except UnicodeDecodeError as e:
-        raise LexiconError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise LexiconError(f"cannot read ARPA file {path}: {e.strerror}") from None
+    for line, n in _lines(path, "ARPA file"):
+        s = line.strip()
+        if s.startswith("\\"):
+            if in_unigrams:
+                break
+            in_unigrams = s == "\\1-grams:"
+            continue
+        if in_unigrams and s:
+            parts = s.split()
+            if len(parts) < 2:
+                raise LexiconError(f"{path}:{n}: bad unigram line {s!r}")
+            words.add(parts[1])
     if not words:
         raise LexiconError(f"{path}: not an ARPA file (no \\1-grams: section)")
     return words - {"<s>", "</s>", UNK}
