@@ -145,7 +145,7 @@ def main(argv=None):
         int8 = f"{fl[r['decoder']] / r['rtf']:.2f}x faster" if r["system"] != "float32" and r["decoder"] in fl else ""
         lines.append(f"|{r['system']}|{r['decoder']}|{r['rtf']:.4f}|{speed}|{share}|{split}|"
                      f"{100 * r['errors'] / r['words']:.1f} ({r['errors']} / {r['words']})|{int8}|")
-    lines += ["", "Configs: " + "; ".join(f"{d}: `{c}`" for d, c in decoders.items()) + "."]
+    lines += ["", "Configs: " + "; ".join(f"{d}: `{os.path.relpath(c)}`" for d, c in decoders.items()) + "."]
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     write_atomic(a.out, "\n".join(lines) + "\n")
     write_atomic(os.path.splitext(a.out)[0] + ".json", json.dumps(res, indent=1))
