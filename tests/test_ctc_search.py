@@ -194,3 +194,40 @@ def test_tune_decoding_writes_the_chosen_weights_and_leaves_an_unchanged_result_
     before = os.stat(tmp_path / "out" / "tuned.yaml").st_mtime_ns
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert os.stat(tmp_path / "out" / "tuned.yaml").st_mtime_ns == before
+
+
+@pytest.fixture(scope="module")
+def bpe_model(tmp_path_factory):
+    """A tiny ESPnet model over sentencepiece pieces (no <space> token), and its config."""
+    import argparse
+
+    import sentencepiece as spm
+    from espnet2.tasks.asr import ASRTask
+    d = tmp_path_factory.mktemp("bpe")
+    (d / "text.txt").write_text("\n".join([" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 20) + "\n")
+    spm.SentencePieceTrainer.train(input=str(d / "text.txt"), model_prefix=str(d / "bpe"), vocab_size=14,
+                                   model_type="unigram", character_coverage=1.0, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(d / "bpe.model"))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_unknown(i) or sp.is_control(i))]
+    conf = tiny_asr_conf()
+    conf.update(token_list=["<blank>", "<unk>"] + pieces + ["<sos/eos>"], token_type="bpe", bpemodel=str(d / "bpe.model"))
+    torch.manual_seed(0)
+    model = ASRTask.build_model(argparse.Namespace(**conf)).eval()
+    with torch.no_grad():
+        model.ctc.ctc_lo.bias[2:-1] += 2.0
+    return model, conf
+
+
+def test_bpe_models_search_the_lexicon_in_pieces(bpe_model, lm_files):
+    """BPE pieces mark word starts themselves: the lexicon is spelt in pieces, the blank is the search's boundary."""
+    model, conf = bpe_model
+    _, lexicon, arpa = lm_files
+    rec = CTCRescoringRecognizer(model, conf, options(nbest=3), lexicon, arpa)
+    assert rec.sil == "<blank>"
+    spelt = dict(line.split(maxsplit=1) for line in open(rec._lexicon))
+    assert spelt["dead"].split()[0].startswith("\u2581") and set(spelt) == set(WORDS)
+    out = rec(waves())
+    assert all(w in WORDS for nbest in out for text, _, _ in nbest for w in text.split())
+    assert any(text for nbest in out for text, _, _ in nbest)
+    free = CTCRescoringRecognizer(model, conf, options(search="ctc", nbest=1))(waves())
+    assert all(len(n) == 1 and "\u2581" not in n[0][0] for n in free)      # pieces joined into words

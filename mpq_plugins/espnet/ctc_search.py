@@ -16,7 +16,8 @@
    (KenLM's log10 scores are scaled by ln 10 there).
 
 A lexicon is a word per line (the words of the LM's vocabulary); spellings come from the model's own
-tokenizer, so a word with a letter outside the token list is an error naming the file and line.
+tokenizer (characters, or sentencepiece pieces for BPE models), so a word with a letter outside the
+token list is an error naming the file and line.
 """
 import math
 import os
@@ -141,10 +142,11 @@ class CTCRescoringRecognizer:
         self.tokens = list(model.token_list)
         if opts["search"] not in SEARCHES:
             raise ValueError(f"search {opts['search']!r} is not one of {', '.join(SEARCHES)}")
-        for t in (BLANK, SPACE):
-            if t not in self.tokens:
-                raise ValueError(f"the fast decoder needs character tokens with {t} (this model's token list "
-                                 f"has none); use search: espnet")
+        if BLANK not in self.tokens:
+            raise ValueError(f"the fast decoder needs a CTC blank {BLANK} in the token list; use search: espnet")
+        # the search's word boundary: <space> of character tokens; BPE pieces and words carry their own
+        # boundaries, and the blank stands in (flashlight treats a silence equal to the blank as no token)
+        self.sil = SPACE if SPACE in self.tokens else BLANK
         self.tokenizer = build_tokenizer(token_type=conf.get("token_type", "char"), bpemodel=conf.get("bpemodel"))
         self.converter = TokenIDConverter(token_list=self.tokens)
         self.lm = None
@@ -152,7 +154,9 @@ class CTCRescoringRecognizer:
         lexicon = None
         if opts["search"] == "lexicon":
             if not lexicon_file or not arpa_file:
-                raise ValueError("search: lexicon needs a lexicon and an ARPA word LM (--lexicon_file, --arpa_file)")
+                raise ValueError("search: lexicon needs a lexicon and an ARPA word LM (--lexicon_file, --arpa_file; "
+                                 "run.sh's --lm ngram writes them): without them decode with search: ctc "
+                                 "(conf/decode_acoustic.yaml) or search: espnet (conf/decode_espnet.yaml)")
             lexicon = self._write_lexicon(lexicon_file, arpa_file)
             from flashlight.lib.text.decoder.kenlm import KenLM
             from flashlight.lib.text.dictionary import create_word_dict, load_words
@@ -219,7 +223,7 @@ class CTCRescoringRecognizer:
             lexicon=self._lexicon, tokens=self.tokens, lm=self.lm, nbest=self.opts["rescore_nbest"],
             beam_size=self.opts["beam_size"], beam_threshold=self.opts["beam_threshold"],
             lm_weight=word_lm_weight * math.log(10), word_score=word_score,
-            blank_token=BLANK, sil_token=SPACE, unk_word=UNK)
+            blank_token=BLANK, sil_token=self.sil, unk_word=UNK)
 
     @torch.no_grad()
     def __call__(self, speeches):
