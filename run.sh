@@ -84,6 +84,12 @@ for v in ngpu num_nodes; do is_int "${!v}" || usage "--${v} ${!v}: expected an i
 for v in ${seeds}; do is_int "${v}" || usage "--seeds ${seeds}: expected integers"; done
 [ "${num_nodes}" -ge 1 ] || usage "--num_nodes ${num_nodes}: expected at least 1"
 case "${lm}" in ngram|rnn|none) ;; *) usage "--lm ${lm}: expected ngram, rnn or none";; esac
+# a lexicon search reads stage 4's word n-gram (lm.arpa, words.txt): say so now, not after training
+for c in ${inference_config} ${acoustic_config}; do
+    if [ "$(sed -n 's/^search: *\([a-z]*\).*/\1/p' ${c})" = lexicon ] && [ "${lm}" != ngram ]; then
+        usage "${c} has search: lexicon, which needs --lm ngram (the word n-gram and its lexicon), not --lm ${lm}; decode with conf/decode_acoustic.yaml or conf/decode_espnet.yaml instead"
+    fi
+done
 case "${token_type}" in char|bpe|word) ;; *) usage "--token_type ${token_type}: expected char, bpe or word";; esac
 
 [ -z "${asr_tag}" ] && asr_tag=$(basename "${asr_config}" .yaml)

@@ -389,6 +389,7 @@ def test_two_process_training_through_espnets_launcher_and_slurm_pl(recipe, tmp_
     (("--token_type", "phone"), "--token_type phone: expected char, bpe or word"),
     (("--no_such_option", "1"), "unknown option --no_such_option"),
     (("--seeds", "1 two"), "--seeds 1 two: expected integers"),
+    (("--lm", "none"), "has search: lexicon, which needs --lm ngram"),
 ])
 def test_bad_options_are_one_error_with_the_usage(tmp_path, args, message):
     r = subprocess.run([os.path.join(ROOT, "run.sh"), *args], cwd=tmp_path, capture_output=True, text=True)
