@@ -293,7 +293,7 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
         # (rewritten only when they change; tuned.done says when they were last chosen)
         tuned=${asr_exp}/$(decode_name ${c})/tuned_config.yaml done=${asr_exp}/$(decode_name ${c})/tuned.done
         if [ ! ${done} -nt ${c} ] || [ ! ${done} -nt ${asr_exp}/packed.safetensors ] ||
-                { [ "${lm}" = ngram ] && [ ! ${done} -nt ${lm_exp}/lm.arpa ]; }; then
+                { [ "${lm}" = ngram ] && { [ ! ${done} -nt ${lm_exp}/lm.arpa ] || [ ! ${done} -nt ${lm_exp}/words.txt ]; }; }; then
             log 7 "decode: tune ${c} on ${valid_set} with ${asr_exp}/packed.safetensors -> ${tuned}"
             python -m mpq_plugins.bin.tune_decoding --config ${c} --data ${datadir}/${valid_set} \
                 --asr_train_config ${asr_exp}/config.yaml --asr_model_file ${asr_exp}/packed.safetensors \

@@ -14,15 +14,18 @@ done
 export OMP_NUM_THREADS=1   # one thread per job: nj jobs share the cores
 python -m mpq_plugins.bin.validate_data_dir --data ${data} >/dev/null
 n=$(wc -l < ${data}/wav.scp); [ ${nj} -gt ${n} ] && nj=${n}
-# up to date (a complete decode, newer than the model, config and data, with the same options): keep it
+# up to date (a complete decode, newer than the model, config, data and every file the options name, e.g.
+# the LM, with the same options): keep it
 sig="${model} ${config} ${args}"
+newer() { local f; for f in "$@"; do [ ! -f "${f}" ] || [ ${output_dir}/text -nt "${f}" ] || return 1; done; }
 if [ -f ${output_dir}/text ] && [ "$(wc -l < ${output_dir}/text)" = "${n}" ] && [ "$(cat ${output_dir}/decode_args 2>/dev/null)" = "${sig}" ] \
-        && [ ${output_dir}/text -nt ${model} ] && [ ${output_dir}/text -nt ${config} ] && [ ${output_dir}/text -nt ${data}/wav.scp ]; then
+        && newer ${model} ${config} ${data}/wav.scp ${args}; then
     echo "$0: ${output_dir}/text is up to date (${n} hypotheses); not decoding again"
     exit 0
 fi
+# the earlier text stays until the new one is complete (a failed decode leaves it as it was)
 logdir=${output_dir}/logdir
-rm -rf ${logdir} ${output_dir}/text ${output_dir}/decode_args && mkdir -p ${logdir}
+rm -rf ${logdir} && mkdir -p ${logdir}
 # contiguous split of the utterance ids into nj key files
 awk -v nj=${nj} -v n=${n} -v d=${logdir} '{ j = int((NR - 1) * nj / n) + 1; print $1 > (d "/keys." j ".scp") }' ${data}/wav.scp
 ${decode_cmd} JOB=1:${nj} ${logdir}/asr_inference.JOB.log \

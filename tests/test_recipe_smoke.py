@@ -425,6 +425,26 @@ def test_bad_audio_stops_every_stage_before_it_reads_it(recipe, audio, message):
             f.write(saved)
 
 
+def test_a_lexicon_that_does_not_fit_the_lm_stops_decoding_and_keeps_the_earlier_decodes(recipe):
+    words = recipe / "exp" / "lm_word_3gram" / "words.txt"
+    saved = words.read_bytes()
+    texts = {p: p.read_bytes() for p in (recipe / "exp").glob(f"*/{DECODE}/*/text")}
+    try:
+        words.write_bytes(saved + b"zzzq\n")
+        r = run(recipe, "--stage", "7", "--stop_stage", "7", "--quant_confs", "")
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert f"{words.relative_to(recipe)}: 1 words are not in the ARPA file" in r.stderr, r.stderr[-2000:]
+        assert {p: p.read_bytes() for p in texts} == texts                    # earlier decodes untouched
+    finally:
+        words.write_bytes(saved)
+    # the lexicon is newer than the decodes now: a rerun decodes again (the same words: the same hypotheses)
+    dev = recipe / "exp" / "asr_train_tiny" / DECODE / "dev" / "text"
+    before = dev.stat().st_mtime_ns
+    r = run(recipe, "--stage", "7", "--stop_stage", "7", "--quant_confs", "", "--test_sets", "dev")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert dev.stat().st_mtime_ns > before and dev.read_bytes() == texts[dev]
+
+
 def kill_when(cmd, cwd, ready, timeout=180, sig=None, output=None, poll=0.02):
     """Start cmd in its own process group, send the whole group sig (SIGTERM: a kill) once ready() is true
     (asked every poll seconds); its return code (and its stderr in output, a list, when given). SIGINT (a
