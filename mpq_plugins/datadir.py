@@ -2,6 +2,7 @@
 
 Every problem is reported as one line naming the file (and line) and what is wrong.
 """
+import contextlib
 import os
 import re
 import shutil
@@ -47,25 +48,37 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def write_datadir(path, utts):
-    """utts: iterable of (utt_id, spk_id, wav_path, text). Written to a temp dir, then swapped in."""
-    utts = sorted(utts)
+@contextlib.contextmanager
+def built_dir(path):
+    """Build a directory in <path>.tmp (yielded) and put it in place of path when the block ends: a crash
+    or a kill leaves the earlier directory (or none), never a half-built one. The temporary directory of
+    an earlier killed run is removed first, and the block's own on an error."""
     tmp = path.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    spk2utt = {}
-    with open(f"{tmp}/wav.scp", "w") as w, open(f"{tmp}/text", "w") as t, open(f"{tmp}/utt2spk", "w") as u:
-        for utt, spk, wav, text in utts:
-            w.write(f"{utt} {wav}\n")
-            t.write(f"{utt} {text}\n")
-            u.write(f"{utt} {spk}\n")
-            spk2utt.setdefault(spk, []).append(utt)
-    with open(f"{tmp}/spk2utt", "w") as s:
-        for spk in sorted(spk2utt):
-            s.write(f"{spk} {' '.join(spk2utt[spk])}\n")
-    if os.path.isdir(path):
-        shutil.rmtree(path)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def write_datadir(path, utts):
+    """utts: iterable of (utt_id, spk_id, wav_path, text). Written to a temp dir, then swapped in."""
+    utts = sorted(utts)
+    spk2utt = {}
+    with built_dir(path) as tmp:
+        with open(f"{tmp}/wav.scp", "w") as w, open(f"{tmp}/text", "w") as t, open(f"{tmp}/utt2spk", "w") as u:
+            for utt, spk, wav, text in utts:
+                w.write(f"{utt} {wav}\n")
+                t.write(f"{utt} {text}\n")
+                u.write(f"{utt} {spk}\n")
+                spk2utt.setdefault(spk, []).append(utt)
+        with open(f"{tmp}/spk2utt", "w") as s:
+            for spk in sorted(spk2utt):
+                s.write(f"{spk} {' '.join(spk2utt[spk])}\n")
 
 
 def _audio_problem(spec, sample_rate=None, min_samples=0):

@@ -16,6 +16,7 @@ ratios are against ESPnet's search and against float32 measured in it. The CPU's
 flags are recorded: int8 speed depends on them.
 """
 import argparse
+import itertools
 import json
 import os
 import time
@@ -38,13 +39,13 @@ def int8_served(rec, calib):
     """The recognizer's model served by int8 kernels, its static subsampling calibrated on calib batches."""
     model = rec.model
     to_int8_serving(model, calibration=lambda: [model.encode(torch.as_tensor(w)[None], torch.tensor([len(w)]))
-                                                for _, batch in calib for w in batch])
+                                                for _, wavs in calib for w in wavs])
     return rec
 
 
 def run_fast(rec, batches):
     """(hyps, seconds by part) of the fast decoder over batches [(keys, waveforms)]."""
-    from mpq_plugins.espnet.ctc_search import combine
+    from mpq_plugins.espnet.ctc_search import best_words, combine
     parts, hyps = {"encoder": 0.0, "search": 0.0, "rescoring": 0.0}, {}
     for keys, wavs in batches:
         t0 = time.perf_counter()
@@ -52,14 +53,9 @@ def run_fast(rec, batches):
         t1 = time.perf_counter()
         cands = rec.first_pass(logp, lens)
         t2 = time.perf_counter()
-        scores = combine(rec.components(enc, lens, logp, cands), rec.opts).tolist()
-        best = {}
-        for (b, words), s in zip(cands, scores):
-            if b not in best or s > best[b][0]:
-                best[b] = (s, " ".join(words))
+        best = best_words(cands, combine(rec.components(enc, lens, logp, cands), rec.opts), len(keys))
         t3 = time.perf_counter()
-        for b, k in enumerate(keys):
-            hyps[k] = best[b][1] if b in best else ""
+        hyps.update(zip(keys, best))
         parts["encoder"] += t1 - t0
         parts["search"] += t2 - t1
         parts["rescoring"] += t3 - t2
@@ -104,7 +100,8 @@ def main(argv=None):
     systems = {"float32": a.exp}
     if a.w8_exp and os.path.exists(os.path.join(a.w8_exp, "packed.safetensors")):
         systems["w8, int8 kernels"] = a.w8_exp
-    calib = list(read_batches(os.path.join(a.calib_data or a.data, "wav.scp") + ",speech,sound", None, 0.0))[:10]
+    calib = list(itertools.islice(read_batches(os.path.join(a.calib_data or a.data, "wav.scp") + ",speech,sound"), 10))
+    batches_of = {}   # {batch seconds: the test utterances so batched}, read once
     rows, audio_s = [], None
     for sys_name, exp in systems.items():
         for dec_name, conf in decoders.items():
@@ -112,10 +109,12 @@ def main(argv=None):
             rec = build_recognizer(os.path.join(exp, "config.yaml"), os.path.join(exp, "packed.safetensors"), opts,
                                    **lm)
             if sys_name != "float32":
-                rec = int8_served(rec, [([k for k, _ in b], [w for _, w in b]) for b in calib])
+                rec = int8_served(rec, calib)
             seconds = opts["batch_seconds"] if opts["search"] != "espnet" else 0.0
-            batches = [([k for k, _ in b], [w for _, w in b])
-                       for b in read_batches(os.path.join(a.data, "wav.scp") + ",speech,sound", key_file, seconds)]
+            if seconds not in batches_of:
+                batches_of[seconds] = list(read_batches(os.path.join(a.data, "wav.scp") + ",speech,sound", key_file,
+                                                        seconds))
+            batches = batches_of[seconds]
             audio_s = sum(len(w) for _, ws in batches for w in ws) / 16000
             print(f"benchmark_decoding: {sys_name}, {dec_name} ({conf}) ...", flush=True)
             hyps, parts = (run_espnet if opts["search"] == "espnet" else run_fast)(rec, batches)

@@ -11,10 +11,9 @@ beside it (<output_dir>.tmp) and swapped in whole, so a failed run leaves the pr
 import argparse
 import collections
 import os
-import shutil
 import sys
 
-from mpq_plugins.datadir import DataDirError, read_lines, read_table
+from mpq_plugins.datadir import DataDirError, built_dir, read_lines, read_table
 
 
 def read_text(path):
@@ -47,46 +46,40 @@ def main(argv=None):
                         "so that the lexicon search can spell every word (letters not in --text come last)")
     a = p.parse_args(argv)
     lines = read_text(a.text)
-    tmp = a.output_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run; must not leak an old bpe.model
-    os.makedirs(tmp)
-    if a.token_type == "bpe":
-        import sentencepiece as spm
-        corpus = os.path.join(tmp, "train.txt")
-        with open(corpus, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        try:
-            spm.SentencePieceTrainer.train(
-                input=corpus, model_prefix=os.path.join(tmp, "bpe"), vocab_size=a.nbpe,
-                model_type=a.bpemode, character_coverage=1.0, input_sentence_size=100000000,
-                minloglevel=2)
-        except RuntimeError as e:  # e.g. "Vocabulary size too high (300). Please set it to a value <= 14."
-            shutil.rmtree(tmp, ignore_errors=True)
-            sys.exit(f"make_tokens: sentencepiece failed on {a.text} with --nbpe {a.nbpe}: "
-                     f"{str(e).split('] ')[-1].strip()}")
-        sp = spm.SentencePieceProcessor(model_file=os.path.join(tmp, "bpe.model"))
-        tokens = [sp.id_to_piece(i) for i in range(sp.get_piece_size())
-                  if not (sp.is_unknown(i) or sp.is_control(i))]
-    else:
-        counts = collections.Counter()
-        for line in lines:
-            # ESPnet's char tokenizer writes a space as <space>
-            counts.update(line.split() if a.token_type == "word"
-                          else ["<space>" if c == " " else c for c in line])
-        tokens = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-        if a.lexicon and a.token_type == "char":
+    with built_dir(a.output_dir) as tmp:   # a failed or killed run leaves the previous token dir as it was
+        if a.token_type == "bpe":
+            import sentencepiece as spm
+            corpus = os.path.join(tmp, "train.txt")
+            with open(corpus, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
             try:
-                letters = {c for line, _ in read_lines(a.lexicon) for w in line.split()[:1] for c in w}
-            except DataDirError as e:
-                sys.exit(f"make_tokens: {e}")
-            except OSError as e:
-                sys.exit(f"make_tokens: cannot read {a.lexicon}: {e.strerror}")
-            tokens += sorted(letters - set(tokens))
-    with open(os.path.join(tmp, "tokens.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(["<blank>", "<unk>"] + tokens + ["<sos/eos>"]) + "\n")
-    if os.path.isdir(a.output_dir):
-        shutil.rmtree(a.output_dir)
-    os.replace(tmp, a.output_dir)
+                spm.SentencePieceTrainer.train(
+                    input=corpus, model_prefix=os.path.join(tmp, "bpe"), vocab_size=a.nbpe,
+                    model_type=a.bpemode, character_coverage=1.0, input_sentence_size=100000000,
+                    minloglevel=2)
+            except RuntimeError as e:  # e.g. "Vocabulary size too high (300). Please set it to a value <= 14."
+                sys.exit(f"make_tokens: sentencepiece failed on {a.text} with --nbpe {a.nbpe}: "
+                         f"{str(e).split('] ')[-1].strip()}")
+            sp = spm.SentencePieceProcessor(model_file=os.path.join(tmp, "bpe.model"))
+            tokens = [sp.id_to_piece(i) for i in range(sp.get_piece_size())
+                      if not (sp.is_unknown(i) or sp.is_control(i))]
+        else:
+            counts = collections.Counter()
+            for line in lines:
+                # ESPnet's char tokenizer writes a space as <space>
+                counts.update(line.split() if a.token_type == "word"
+                              else ["<space>" if c == " " else c for c in line])
+            tokens = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+            if a.lexicon and a.token_type == "char":
+                try:
+                    letters = {c for line, _ in read_lines(a.lexicon) for w in line.split()[:1] for c in w}
+                except DataDirError as e:
+                    sys.exit(f"make_tokens: {e}")
+                except OSError as e:
+                    sys.exit(f"make_tokens: cannot read {a.lexicon}: {e.strerror}")
+                tokens += sorted(letters - set(tokens))
+        with open(os.path.join(tmp, "tokens.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(["<blank>", "<unk>"] + tokens + ["<sos/eos>"]) + "\n")
     print(f"make_tokens: {len(tokens) + 3} tokens in {a.output_dir}/tokens.txt")
 
 

@@ -48,8 +48,7 @@ def main(argv=None):
             refs = {k: v.split() for k, v, _ in read_table(os.path.join(a.data, "text"))}
             rec = build_recognizer(a.asr_train_config, a.asr_model_file, opts, lexicon_file=a.lexicon_file,
                                    arpa_file=a.arpa_file)
-            batches = [([k for k, _ in b], [w for _, w in b])
-                       for b in read_batches(os.path.join(a.data, "wav.scp") + ",speech,sound", None, opts["batch_seconds"])]
+            batches = list(read_batches(os.path.join(a.data, "wav.scp") + ",speech,sound", None, opts["batch_seconds"]))
             rows, best = tune(rec, batches, refs, opts["tune"], log=log)
             raw = {k: v for k, v in raw.items() if k != "tune"}
             raw.update(best)

@@ -96,6 +96,15 @@ def combine(components, opts):
     return acoustic + opts["word_lm_weight"] * components["lm"] + opts["word_score"] * components["words"]
 
 
+def best_words(cands, scores, n_utts):
+    """The text of each utterance's best-scoring candidate (cands: [(utterance, words)], scores: theirs)."""
+    best = {}
+    for (b, words), sc in zip(cands, scores.tolist()):
+        if b not in best or sc > best[b][0]:
+            best[b] = (sc, words)
+    return [" ".join(best[b][1]) if b in best else "" for b in range(n_utts)]
+
+
 def tune(rec, batches, refs, grid, log=print):
     """Grid search of the weights on a held-out set: batches, [(keys, waveforms)]; refs, {key: words};
     grid, {option: [values]} over TUNABLE. Each first pass (word_lm_weight, word_score) runs once over the
@@ -106,6 +115,7 @@ def tune(rec, batches, refs, grid, log=print):
     opts = rec.opts
     axes = {k: list(grid.get(k, [opts[k]])) for k in TUNABLE}
     encoded = [(keys, rec.encode(wavs)) for keys, wavs in batches]
+    ref = [" ".join(refs[k]) for keys, _ in encoded for k in keys]
     n_words = sum(len(refs[k]) for keys, _ in encoded for k in keys)
     rows = []
     for lm_w, ws in itertools.product(axes["word_lm_weight"], axes["word_score"]):
@@ -116,16 +126,7 @@ def tune(rec, batches, refs, grid, log=print):
             parts.append((keys, cands, rec.components(enc, enc_lens, logp, cands)))
         for cw in axes["ctc_weight"]:
             values = {"word_lm_weight": lm_w, "word_score": ws, "ctc_weight": cw}
-            hyp, ref = [], []
-            for keys, cands, comp in parts:
-                scores = combine(comp, {**opts, **values}).tolist()
-                best = {}
-                for (b, words), sc in zip(cands, scores):
-                    if b not in best or sc > best[b][0]:
-                        best[b] = (sc, words)
-                for b, k in enumerate(keys):
-                    hyp.append(" ".join(best[b][1]) if b in best else "")
-                    ref.append(" ".join(refs[k]))
+            hyp = [h for keys, cands, comp in parts for h in best_words(cands, combine(comp, {**opts, **values}), len(keys))]
             out = jiwer.process_words(ref, hyp)
             errors = out.substitutions + out.deletions + out.insertions
             rows.append((values, errors, n_words))
@@ -144,6 +145,7 @@ class CTCRescoringRecognizer:
             raise ValueError(f"search {opts['search']!r} is not one of {', '.join(SEARCHES)}")
         if BLANK not in self.tokens:
             raise ValueError(f"the fast decoder needs a CTC blank {BLANK} in the token list; use search: espnet")
+        self.blank = self.tokens.index(BLANK)
         # the search's word boundary: <space> of character tokens; BPE pieces and words carry their own
         # boundaries, and the blank stands in (flashlight treats a silence equal to the blank as no token)
         self.sil = SPACE if SPACE in self.tokens else BLANK
@@ -239,7 +241,7 @@ class CTCRescoringRecognizer:
         return [n[: self.opts["nbest"]] for n in out]
 
     def _words_of(self, token_ids):
-        ids = [int(t) for t in token_ids if int(t) != self.tokens.index(BLANK)]
+        ids = [int(t) for t in token_ids if int(t) != self.blank]
         return tuple(self.tokenizer.tokens2text(self.converter.ids2tokens(ids)).split())
 
     @torch.no_grad()
@@ -247,13 +249,12 @@ class CTCRescoringRecognizer:
         """{"ctc", "att", "lm", "words"}: a tensor of each candidate's scores, which `combine` weighs."""
         m = self.model
         idx = torch.tensor([b for b, _ in cands], device=enc.device)
-        ys = [torch.tensor(self.converter.tokens2ids(self.tokenizer.text2tokens(" ".join(w))), dtype=torch.long)
-              for _, w in cands]
+        ys = [torch.tensor(self._token_ids(w), dtype=torch.long) for _, w in cands]
         ylens = torch.tensor([len(y) for y in ys])
         # CTC: log P(y|x) summed over every alignment
         targets = torch.cat(ys) if int(ylens.sum()) else torch.zeros(0, dtype=torch.long)
         ctc = -F.ctc_loss(logp[idx].transpose(0, 1).float(), targets.to(enc.device), enc_lens[idx],
-                          ylens.to(enc.device), blank=self.tokens.index(BLANK), reduction="none")
+                          ylens.to(enc.device), blank=self.blank, reduction="none")
         ctc = ctc.clamp(min=IMPOSSIBLE)   # more tokens than frames allow: never chosen (not 0, as zero_infinity would)
         # attention: teacher-forced <sos> y -> y <eos>, every candidate in one decoder call
         ys_in = torch.nn.utils.rnn.pad_sequence([torch.cat([torch.tensor([m.sos]), y]) for y in ys],

@@ -209,7 +209,7 @@ def build_recognizer(asr_train_config, asr_model_file, opts, lm_train_config=Non
 
 
 def read_batches(data_path_and_name_and_type, key_file=None, seconds=0.0, fs=16000, chunk=256):
-    """[(key, waveform)] batches of at most `seconds` of audio (one utterance at least) from a wav.scp
+    """(keys, waveforms) batches of at most `seconds` of audio (one utterance at least) from a wav.scp
     ("path,name,type"; the utterances of key_file), each read chunk of utterances sorted by length
     first, so that a batch pads little."""
     path, name, typ = data_path_and_name_and_type.split(",")
@@ -223,12 +223,12 @@ def read_batches(data_path_and_name_and_type, key_file=None, seconds=0.0, fs=160
         batch, total = [], 0
         for u in utts:
             if batch and total + len(u[1]) > seconds * fs:
-                yield batch
+                yield [k for k, _ in batch], [w for _, w in batch]
                 batch, total = [], 0
             batch.append(u)
             total += len(u[1])
         if batch:
-            yield batch
+            yield [k for k, _ in batch], [w for _, w in batch]
     utts = []
     for keys, b in loader:
         utts.append((keys[0], b[name][0][: int(b[name + "_lengths"][0])]))
@@ -244,8 +244,8 @@ def decode_datadir(rec, data_path_and_name_and_type, key_file, output_dir, log=p
     seconds = rec.opts["batch_seconds"] if rec.opts["search"] != "espnet" else 0.0   # ESPnet's search: one by one
     t0, n, audio = time.time(), 0, 0.0
     with DatadirWriter(output_dir) as writer:
-        for batch in read_batches(data_path_and_name_and_type, key_file, seconds):
-            for (key, speech), nbest in zip(batch, rec([s for _, s in batch])):
+        for keys, speeches in read_batches(data_path_and_name_and_type, key_file, seconds):
+            for key, speech, nbest in zip(keys, speeches, rec(speeches)):
                 for i, (text, tokens, score) in enumerate(nbest, 1):
                     w = writer[f"{i}best_recog"]
                     w["text"][key] = text

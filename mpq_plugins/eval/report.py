@@ -28,7 +28,7 @@ from mpq_plugins.datadir import write_atomic
 from mpq_plugins.eval import plots
 from mpq_plugins.eval.scoring import parse_sum_avg
 from mpq_plugins.eval.sctk import ScoringError
-from mpq_plugins.eval.significance import bootstrap_interval, compare, utterance_errors
+from mpq_plugins.eval.significance import bootstrap_errors, compare, utterance_errors
 from mpq_plugins.record import MIXED, read_json, read_system
 
 COLS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
@@ -259,15 +259,15 @@ def seeds_table(systems, main_set, valid_set, sig):
              f"seeds|{main_set} WER change against {ref.name if ref else 'the float reference'}|bootstrap 95% "
              "interval|", "|---|---|---|---|---|---|---|"]
     for name, members in families.items():
-        wers = []
-        for m in members:   # exact, from the alignments (result.txt rounds to 0.1)
-            per_utt = utterance_errors(m.sgml(main_set)).values()
-            wers.append(100 * sum(e for e, _ in per_utt) / max(sum(n for _, n in per_utt), 1))
+        errors = [utterance_errors(m.sgml(main_set)) for m in members]
+        # exact, from the alignments (result.txt rounds to 0.1)
+        wers = [100 * sum(e for e, _ in u.values()) / max(sum(n for _, n in u.values()), 1) for u in errors]
         mean = sum(wers) / len(wers)
         sd = (sum((w - mean) ** 2 for w in wers) / (len(wers) - 1)) ** 0.5 if len(wers) > 1 else 0.0
         verdicts = [lossless_everywhere(m, sig, valid_set)[0] for m in members]
         k = sum(bool(v) for v in verdicts)
-        diff, lo, hi = bootstrap_interval([m.sgml(main_set) for m in members], ref.sgml(main_set))
+        diff, lo, hi = bootstrap_errors(errors, utterance_errors(ref.sgml(main_set)),
+                                        [m.sgml(main_set) for m in members], ref.sgml(main_set))
         seeds = ", ".join(str(m.seed) if m.seed is not None else "?" for m in members)
         lines.append(f"|{name}|{members[0].method}|{seeds}|{mean:.2f} ± {sd:.2f}|{k} of {len(members)}|"
                      f"{diff:+.2f}|[{lo:+.2f}, {hi:+.2f}]|")

@@ -6,11 +6,10 @@ Without SCTK, score_dir writes the same files with mpq_plugins.eval.pyscore (a p
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 
-from mpq_plugins.datadir import DataDirError, read_table, write_atomic
+from mpq_plugins.datadir import DataDirError, built_dir, read_table, write_atomic
 from mpq_plugins.eval import pyscore
 from mpq_plugins.eval.sctk import ScoringError, find_tool, write_trn
 
@@ -100,37 +99,31 @@ def score_dir(ref_text, hyp_text, utt2spk_file, outdir):
               file=sys.stderr)
     out = {"missing": len(missing)}
     for unit, name in (("word", "score_wer"), ("char", "score_cer")):
-        # everything is written to <name>.tmp and swapped in when complete: a killed run leaves the
-        # earlier score dir (or none), never a new result.txt beside an old or half-written alignment
+        # built as <name>.tmp and swapped in when complete: a killed run leaves the earlier score dir (or
+        # none), never a new result.txt beside an old or half-written alignment
         final = os.path.join(outdir, name)
-        d = final + ".tmp"
-        shutil.rmtree(d, ignore_errors=True)
-        os.makedirs(d)
-        ref_trn, hyp_trn = os.path.join(d, "ref.trn"), os.path.join(d, "hyp.trn")
-        write_trn(ref_trn, _trn_texts(ref, utt2spk, unit))
-        write_trn(hyp_trn, _trn_texts(hyp, utt2spk, unit))
-        if sclite is None:
-            pyscore.write_result(os.path.join(d, "result.txt"), ref_trn, hyp_trn)
-            pyscore.write_sgml(os.path.join(d, "hyp.trn.sgml"), "hyp.trn", ref_trn, hyp_trn)
-        else:
-            with open(os.path.join(d, "result.txt"), "w") as f:
-                r = subprocess.run([sclite, "-r", "ref.trn", "trn", "-h", "hyp.trn", "trn", "-i", "rm",
-                                    "-o", "all", "stdout"], cwd=d, stdout=f, stderr=subprocess.PIPE)
-            if r.returncode == 0:  # the alignments as SGML (hyp.trn.sgml), for sc_stats significance tests
-                r = subprocess.run([sclite, "-r", "ref.trn", "trn", "-h", "hyp.trn", "trn", "-i", "rm",
-                                    "-o", "sgml", "-O", "."], cwd=d,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            if r.returncode != 0:
-                shutil.rmtree(d, ignore_errors=True)
-                raise ScoringError(f"sclite failed in {final}: {r.stderr.decode(errors='replace')[-300:]}")
-        row = parse_sum_avg(os.path.join(d, "result.txt"))
-        n_ref = sum(len(to_units(v, unit)) for v in ref.values())
-        if row["Wrd"] != n_ref or row["Snt"] != len(ref):
-            shutil.rmtree(d, ignore_errors=True)
-            raise ScoringError(f"{final}/result.txt counts {row['Snt']} sentences / {row['Wrd']} {unit}s, "
-                               f"but the reference has {len(ref)} / {n_ref}")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(d, final)
+        with built_dir(final) as d:
+            ref_trn, hyp_trn = os.path.join(d, "ref.trn"), os.path.join(d, "hyp.trn")
+            write_trn(ref_trn, _trn_texts(ref, utt2spk, unit))
+            write_trn(hyp_trn, _trn_texts(hyp, utt2spk, unit))
+            if sclite is None:
+                pyscore.write_result(os.path.join(d, "result.txt"), ref_trn, hyp_trn)
+                pyscore.write_sgml(os.path.join(d, "hyp.trn.sgml"), "hyp.trn", ref_trn, hyp_trn)
+            else:
+                with open(os.path.join(d, "result.txt"), "w") as f:
+                    r = subprocess.run([sclite, "-r", "ref.trn", "trn", "-h", "hyp.trn", "trn", "-i", "rm",
+                                        "-o", "all", "stdout"], cwd=d, stdout=f, stderr=subprocess.PIPE)
+                if r.returncode == 0:  # the alignments as SGML (hyp.trn.sgml), for sc_stats significance tests
+                    r = subprocess.run([sclite, "-r", "ref.trn", "trn", "-h", "hyp.trn", "trn", "-i", "rm",
+                                        "-o", "sgml", "-O", "."], cwd=d,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                if r.returncode != 0:
+                    raise ScoringError(f"sclite failed in {final}: {r.stderr.decode(errors='replace')[-300:]}")
+            row = parse_sum_avg(os.path.join(d, "result.txt"))
+            n_ref = sum(len(to_units(v, unit)) for v in ref.values())
+            if row["Wrd"] != n_ref or row["Snt"] != len(ref):
+                raise ScoringError(f"{final}/result.txt counts {row['Snt']} sentences / {row['Wrd']} {unit}s, "
+                                   f"but the reference has {len(ref)} / {n_ref}")
         out["wer" if unit == "word" else "cer"] = row
     return out
 

@@ -85,12 +85,16 @@ def bootstrap_interval(sys_sgmls, ref_sgml, n_resamples=2000, seed=0, level=0.95
     """(difference, low, high): the WER of the systems (the mean of their per-utterance errors: one
     system, or one per seed) minus the reference's, in % absolute, and its paired bootstrap interval
     (utterances resampled with replacement, the same draw for both sides; percentile interval)."""
+    return bootstrap_errors([utterance_errors(p) for p in sys_sgmls], utterance_errors(ref_sgml),
+                            sys_sgmls, ref_sgml, n_resamples, seed, level)
+
+
+def bootstrap_errors(systems, ref, sys_names, ref_name, n_resamples=2000, seed=0, level=0.95):
+    """bootstrap_interval on utterance_errors already read (names: for the error message)."""
     import numpy as np
-    ref = utterance_errors(ref_sgml)
-    systems = [utterance_errors(p) for p in sys_sgmls]
-    for path, s in zip(sys_sgmls, systems):
+    for path, s in zip(sys_names, systems):
         if set(s) != set(ref):
-            raise ScoringError(f"{path} and {ref_sgml} align different utterances: not the same test set")
+            raise ScoringError(f"{path} and {ref_name} align different utterances: not the same test set")
     utts = sorted(ref)
     e_ref = np.array([ref[u][0] for u in utts], dtype=float)
     words = np.array([ref[u][1] for u in utts], dtype=float)
