@@ -33,6 +33,7 @@ from mpq_plugins.datadir import read_table
 from mpq_plugins.espnet.decoding import Recognizer, read_decode_config
 from mpq_plugins.espnet.load import build_from_config, load_asr_model
 from mpq_plugins.espnet.wordlm import NgramLM
+from mpq_plugins.eval.report import environment
 from mpq_plugins.quant.serve import dynamic_int8_linears, to_int8_serving
 
 DEFAULT_CONF = "conf/train_asr_conformer.yaml"
@@ -210,6 +211,7 @@ def main(argv=None):
              + ("glibc's malloc keeps freed memory (mmap threshold 32 MB), so no timing pays page faults for "
                 "fresh memory; see steady_allocator()." if res["steady_allocator"] else
                 "(glibc's mallopt was not available: timings may include page faults for fresh memory.)"), "",
+             "## Environment", ""] + environment() + ["",
              "## QAT train step (default Conformer, batch of 12 x 3 s, forward + backward + Adam)", "",
              "|model|step (s)|over float32|", "|---|---|---|"]
     base = res["train_step_s"]["float32"]
