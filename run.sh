@@ -41,7 +41,7 @@ inference_model=valid.acc.best.pth  # the checkpoint of each system that is pack
 finetune_config=conf/finetune.yaml  # fine-tuning options shared by every quant conf (and the float control)
 seeds="1"             # fine-tuning seeds: each quant conf (PTQ: only the first) is trained once per seed;
                       # seed 1 makes exp/asr_<tag>_<conf>, seed k exp/asr_<tag>_<conf>_seed<k>
-quant_confs="conf/quant/w8_ptq.yaml conf/quant/w4.yaml conf/quant/mpq_one_stage_3bit.yaml conf/quant/mpq_kl_3bit.yaml conf/quant/fp32_cont.yaml"  # systems of the quantize stage
+quant_confs="conf/quant/w8_ptq.yaml conf/quant/w4.yaml conf/quant/w3.yaml conf/quant/w2.yaml conf/quant/mpq_one_stage_3bit.yaml conf/quant/mpq_kl_3bit.yaml conf/quant/fp32_cont.yaml"  # systems of the quantize stage
                       # (conf/quant/*.yaml; fp32_cont: the float control, fine-tuned like the others)
 asr_tag=""            # experiment name; default: the config's file name
 asr_args=""           # extra options for espnet2.bin.asr_train
