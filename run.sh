@@ -187,6 +187,7 @@ fold_opts="--fold_length 80000 --fold_length 150"   # ESPnet's length folding of
 train_asr() {
     local module=$1 config=$2 dir=$3; shift 3
     mkdir -p ${dir}
+    python -m mpq_plugins.bin.check_resume --exp_dir ${dir} --token_list ${token_dir}/tokens.txt
     rotate_log ${dir}/train.log   # a resumed run keeps the log of the epochs before it
     ${timer:-} python -m mpq_plugins.bin.launch --cmd "${cuda_cmd} --name train_$(basename ${dir})" --log ${dir}/train.log \
         --ngpu ${ngpu} --num_nodes ${num_nodes} --init_file_prefix ${dir}/.dist_init_ \

@@ -92,3 +92,20 @@ def compose(path, _seen=()):
 def training_options(conf):
     """The ESPnet training options of a composed quant conf (without method and base)."""
     return {k: v for k, v in conf.items() if k not in RECIPE_KEYS}
+
+
+def resume_conflict(exp_dir, token_list):
+    """Why ESPnet could not resume the run in exp_dir with the token list file token_list, or None: a run
+    with a checkpoint whose config.yaml lists other tokens (stage 2 made a new list since) would end in a
+    size mismatch deep inside ESPnet."""
+    config, ckpt = os.path.join(exp_dir, "config.yaml"), os.path.join(exp_dir, "checkpoint.pth")
+    if not (os.path.exists(config) and os.path.exists(ckpt)):
+        return None
+    with open(config, encoding="utf-8") as f:
+        old = (yaml.safe_load(f) or {}).get("token_list")
+    with open(token_list, encoding="utf-8") as f:
+        new = [t.strip() for t in f if t.strip()]
+    if not isinstance(old, list) or old == new:
+        return None
+    return (f"{exp_dir} was trained with another token list ({len(old)} tokens; {token_list} has {len(new)} now): "
+            f"its checkpoint cannot be resumed; delete {exp_dir} or train into another one (--asr_tag)")

@@ -65,3 +65,21 @@ def test_base_loops_and_inherited_methods(tmp_path):
     write(tmp_path / "d.yaml", "base: c.yaml\nquantization: {weight_bits: 3}\n")
     with pytest.raises(ConfError, match="every quant conf states its method"):
         compose(str(tmp_path / "d.yaml"))                     # the method is not inherited
+
+
+def test_a_run_trained_with_another_token_list_is_not_resumed(tmp_path):
+    from mpq_plugins.bin.check_resume import main
+    from mpq_plugins.confio import resume_conflict
+    exp, tokens = tmp_path / "exp" / "asr_x", tmp_path / "tokens.txt"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text("token_list:\n- <blank>\n- a\n- b\n")
+    tokens.write_text("<blank>\na\nb\n")
+    assert resume_conflict(str(exp), str(tokens)) is None            # no checkpoint: a fresh start
+    (exp / "checkpoint.pth").write_bytes(b"x")
+    assert resume_conflict(str(exp), str(tokens)) is None            # the same tokens: resumes
+    tokens.write_text("<blank>\na\nb\nc\n")
+    problem = resume_conflict(str(exp), str(tokens))
+    assert f"{exp} was trained with another token list (3 tokens; {tokens} has 4 now)" in problem
+    assert "--asr_tag" in problem
+    with pytest.raises(SystemExit, match="check_resume: .*another token list"):
+        main(["--exp_dir", str(exp), "--token_list", str(tokens)])
