@@ -94,6 +94,12 @@ def training_options(conf):
     return {k: v for k, v in conf.items() if k not in RECIPE_KEYS}
 
 
+def read_token_list(path):
+    """The tokens of an ESPnet token list file, one a line, in order."""
+    with open(path, encoding="utf-8") as f:
+        return [t.strip() for t in f if t.strip()]
+
+
 def resume_conflict(exp_dir, token_list):
     """Why ESPnet could not resume the run in exp_dir with the token list file token_list, or None: a run
     with a checkpoint whose config.yaml lists other tokens (stage 2 made a new list since) would end in a
@@ -103,8 +109,7 @@ def resume_conflict(exp_dir, token_list):
         return None
     with open(config, encoding="utf-8") as f:
         old = (yaml.safe_load(f) or {}).get("token_list")
-    with open(token_list, encoding="utf-8") as f:
-        new = [t.strip() for t in f if t.strip()]
+    new = read_token_list(token_list)
     if not isinstance(old, list) or old == new:
         return None
     return (f"{exp_dir} was trained with another token list ({len(old)} tokens; {token_list} has {len(new)} now): "

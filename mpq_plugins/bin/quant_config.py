@@ -23,7 +23,7 @@ import sys
 
 import yaml
 
-from mpq_plugins.confio import ConfError, compose, merge, read_config, training_options
+from mpq_plugins.confio import ConfError, compose, merge, read_config, read_token_list, training_options
 from mpq_plugins.espnet.load import build_from_config
 from mpq_plugins.espnet.task import MIXED_MODEL, QuantASRTask, planned_updates
 from mpq_plugins.quant import QuantConfig, QuantConfigError
@@ -85,8 +85,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         merged = training_config(a.base, a.finetune, a.quant_conf, a.bits, a.search_run, a.teacher_model, a.set)
-        with open(a.token_list, encoding="utf-8") as f:
-            tokens = [t.strip() for t in f if t.strip()]
+        tokens = read_token_list(a.token_list)
         build_from_config({**merged, "token_list": tokens, "normalize": None}, a.quant_conf)
         if merged.get("model") == MIXED_MODEL and a.train_shape_file:
             steps = QuantConfig.from_dict(merged["quantization"]).mpq.search_steps

@@ -258,6 +258,7 @@ def seeds_table(systems, main_set, valid_set, sig):
     lines = [f"|system|method|seeds|{main_set} WER, mean ± sd over seeds|lossless (every test set and decode), "
              f"seeds|{main_set} WER change against {ref.name if ref else 'the float reference'}|bootstrap 95% "
              "interval|", "|---|---|---|---|---|---|---|"]
+    ref_errors = utterance_errors(ref.sgml(main_set)) if families else None   # read once, not per family
     for name, members in families.items():
         errors = [utterance_errors(m.sgml(main_set)) for m in members]
         # exact, from the alignments (result.txt rounds to 0.1)
@@ -266,8 +267,7 @@ def seeds_table(systems, main_set, valid_set, sig):
         sd = (sum((w - mean) ** 2 for w in wers) / (len(wers) - 1)) ** 0.5 if len(wers) > 1 else 0.0
         verdicts = [lossless_everywhere(m, sig, valid_set)[0] for m in members]
         k = sum(bool(v) for v in verdicts)
-        diff, lo, hi = bootstrap_errors(errors, utterance_errors(ref.sgml(main_set)),
-                                        [m.sgml(main_set) for m in members], ref.sgml(main_set))
+        diff, lo, hi = bootstrap_errors(errors, ref_errors, [m.sgml(main_set) for m in members], ref.sgml(main_set))
         seeds = ", ".join(str(m.seed) if m.seed is not None else "?" for m in members)
         lines.append(f"|{name}|{members[0].method}|{seeds}|{mean:.2f} ± {sd:.2f}|{k} of {len(members)}|"
                      f"{diff:+.2f}|[{lo:+.2f}, {hi:+.2f}]|")
