@@ -125,6 +125,15 @@ def test_run_pl_max_jobs_run_3_is_parallel(tmp_path):
     assert sorted(lines[:3]) == ["start 1", "start 2", "start 3"]
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_run_pl_default_runs_jobs_side_by_side_despite_omp_num_threads(tmp_path):
+    # decode.sh exports OMP_NUM_THREADS=1 for its jobs; nproc then reports 1, and the jobs ran one at a time
+    r = run_pl(tmp_path, "JOB=1:2", "log/s.JOB.log", order_command(), env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "order.txt").read_text().splitlines()
+    assert sorted(lines[:2]) == ["start 1", "start 2"]
+
+
 def test_run_pl_accepts_cluster_options(tmp_path):
     r = run_pl(tmp_path, "--gpu", "0", "--mem=4G", "--num-threads", "4", "--time", "1:00:00",
                "--name", "x", "--config", "conf/none.conf", "--num_nodes", "1",
