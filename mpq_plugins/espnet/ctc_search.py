@@ -9,7 +9,8 @@
    - `search: ctc`: over tokens, no lexicon and no LM (the acoustic decode).
 3. Its n-best (`rescore_nbest` distinct word sequences) is scored again, all utterances of the batch at
    once: exact CTC log-likelihood (torch's CTC loss) and the attention decoder's log-likelihood
-   (teacher-forced, one decoder call), combined as ESPnet's joint decoding weighs them:
+   (teacher-forced, one decoder call; the source attention projects each utterance's encoder output once,
+   not once per hypothesis: shared_memory.py), combined as ESPnet's joint decoding weighs them:
        (1 - ctc_weight) * log P_att(y|x) + ctc_weight * log P_ctc(y|x) + word_lm_weight * ln P_lm(words)
        + word_score * len(words)
    and the best is the result. The LM and word scores are natural-log, in the first pass too
@@ -29,6 +30,7 @@ from espnet2.text.build_tokenizer import build_tokenizer
 from espnet2.text.token_id_converter import TokenIDConverter
 
 from mpq_plugins.datadir import DataDirError, read_lines
+from mpq_plugins.espnet.shared_memory import decode_shared
 
 SEARCHES = ("lexicon", "ctc")
 TUNABLE = ("word_lm_weight", "word_score", "ctc_weight")   # the weights tuned on dev (`tune:` of a decoding config)
@@ -261,7 +263,7 @@ class CTCRescoringRecognizer:
                                                 batch_first=True, padding_value=m.eos).to(enc.device)
         ys_out = torch.nn.utils.rnn.pad_sequence([torch.cat([y, torch.tensor([m.eos])]) for y in ys],
                                                  batch_first=True, padding_value=-1).to(enc.device)
-        dec, _ = m.decoder(enc[idx], enc_lens[idx], ys_in, (ylens + 1).to(enc.device))
+        dec = decode_shared(m.decoder, enc, enc_lens, idx, ys_in, (ylens + 1).to(enc.device))
         lp = torch.log_softmax(dec.float(), dim=-1)
         att = (lp.gather(-1, ys_out.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (ys_out >= 0)).sum(-1)
         lm = [self._lm_score(w) for _, w in cands] if self.lm is not None else [0.0] * len(cands)
