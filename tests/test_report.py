@@ -145,6 +145,17 @@ def test_baseline_better_than_control_is_the_reference(recipe):
     assert r_ctrl["baseline"] == "asr_y"                                   # the control is tested too
 
 
+def test_a_lucky_control_seed_is_not_the_reference(recipe):
+    base = make_system(recipe, "asr_s", edit(lambda u: 2 if u < 12 else 0))
+    ctrl = make_system(recipe, "asr_s_fp32_cont", edit(lambda u: 1 if u < 12 else 0), "float_control", seed=1)
+    lucky = make_system(recipe, "asr_s_fp32_cont_seed2", edit(lambda u: 0), "float_control", seed=2)
+    q = make_system(recipe, "asr_s_w4", edit(lambda u: 1 if u < 12 else 0), "qat", weight_bits=4)
+    report.report(base, [q, ctrl, lucky], "test", "dev", str(recipe / "RESULTS.md"), DECODE)
+    for s in (q, lucky):                      # the control's first seed is the reference; seed 2 is compared
+        assert json.load(open(os.path.join(s, DECODE, "test", "mapsswe", "result.json")))["baseline"] == \
+            "asr_s_fp32_cont"
+
+
 def test_mixed_precision_system_gets_a_bit_allocation_plot(recipe):
     base = make_system(recipe, "asr_z", edit(lambda u: 0))
     q = make_system(recipe, "asr_z_mpq", edit(lambda u: 0), "qat", weight_bits=5.5, description="mixed QAT, weights",
