@@ -62,10 +62,8 @@ setup($prog,
 sub num_cpus {
   # nproc counts the cores this process may use, but reports OMP_NUM_THREADS instead when it is set (decode
   # jobs set it to 1 for each job): without these, jobs meant to run side by side would run one at a time
-  local $ENV{OMP_NUM_THREADS};
-  local $ENV{OMP_THREAD_LIMIT};
-  delete $ENV{OMP_NUM_THREADS};
-  delete $ENV{OMP_THREAD_LIMIT};
+  delete local $ENV{OMP_NUM_THREADS};
+  delete local $ENV{OMP_THREAD_LIMIT};
   if (open(my $fh, '-|', 'nproc 2>/dev/null')) {
     my $n = <$fh>;
     close($fh);

@@ -40,14 +40,10 @@ def supported(decoder):
     """Whether every layer's source attention is one `SharedSourceAttention` can stand in for (plain
     MultiHeadedAttention: not the sdpa or flash-attention paths)."""
     layers = getattr(decoder, "decoders", None)
-    if layers is None or len(layers) == 0:
-        return False
-    for layer in layers:
-        att = getattr(layer, "src_attn", None)
-        if type(att) is not MultiHeadedAttention or getattr(att, "use_sdpa", False) \
-                or getattr(att, "use_flash_attn", False):
-            return False
-    return True
+    return bool(layers) and all(
+        type(getattr(layer, "src_attn", None)) is MultiHeadedAttention
+        and not getattr(layer.src_attn, "use_sdpa", False) and not getattr(layer.src_attn, "use_flash_attn", False)
+        for layer in layers)
 
 
 @contextlib.contextmanager
@@ -67,10 +63,10 @@ def decode_shared(decoder, memory, memory_lens, index, ys_in, ys_in_lens):
     """The decoder's output (hypotheses x tokens x vocabulary) for hypotheses `ys_in` (padded, with lengths)
     of the utterances `index` (a long tensor, one entry per hypothesis) of `memory` (utterances x frames x dim,
     with lengths): the same as decoder(memory[index], memory_lens[index], ys_in, ys_in_lens)."""
-    # the memory tensor the layers see still has one row per hypothesis (its shape and mask are what the
-    # layer's other code uses), but an expanded view of nothing: only SharedSourceAttention reads it
     if not supported(decoder):
         return decoder(memory[index], memory_lens[index], ys_in, ys_in_lens)[0]
+    # the memory tensor the layers see still has one row per hypothesis (its shape and mask are what the
+    # layer's other code uses), but an expanded view of nothing: only SharedSourceAttention reads it
     stand_in = memory.new_zeros(1, memory.size(1), memory.size(2)).expand(len(index), -1, -1)
     with _shared_source(decoder, memory, index):
         return decoder(stand_in, memory_lens[index], ys_in, ys_in_lens)[0]
