@@ -235,7 +235,8 @@ quantize_system() {
     local qtime="python -m mpq_plugins.bin.timed --log ${qexp}/compression_time.json --what"
     local compose="python -m mpq_plugins.bin.quant_config --base ${asr_config} --finetune ${finetune_config}
         --quant_conf ${qc} --token_list ${token_dir}/tokens.txt ${fold_opts}
-        --train_shape_file ${stats_dir}/train/speech_shape --train_shape_file ${stats_dir}/train/text_shape.${token_type}"
+        --train_shape_file ${stats_dir}/train/speech_shape --train_shape_file ${stats_dir}/train/text_shape.${token_type}
+        --teacher_model ${float_model}"
     method=$(conf_method ${qc})
     case ${method} in
     ptq)
@@ -243,13 +244,13 @@ quantize_system() {
             ${qtime} train -- python -m mpq_plugins.bin.ptq --asr_train_config ${asr_exp}/config.yaml \
                 --asr_model_file ${float_model} --quant_conf ${qc} --out ${qexp}/${inference_model};;
     float|qat|one_stage)
-        ${compose} --teacher_model ${float_model} --out ${qexp}/train_config.yaml
+        ${compose} --out ${qexp}/train_config.yaml
         trained ${qexp} || timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml \
             ${qexp} --init_param ${float_model} --seed ${seed};;
     kl|hessian|supernet)
         if [ ! ${qexp}/bits.yaml -nt ${qc} ]; then
             if [ ${method} = supernet ]; then
-                ${compose} --search_run --teacher_model ${float_model} --out ${qexp}/search/train_config.yaml
+                ${compose} --search_run --out ${qexp}/search/train_config.yaml
                 timer="${qtime} search --" train_asr mpq_plugins.bin.asr_train ${qexp}/search/train_config.yaml \
                     ${qexp}/search --init_param ${float_model} --seed ${seed}
             fi

@@ -13,7 +13,8 @@ from mpq_plugins.espnet.decoding import DECODE_OPTIONS, Recognizer
 from mpq_plugins.espnet.groups import CONFORMER
 from mpq_plugins.espnet.load import load_asr_model, load_packed, model_config, pack_asr_model
 from mpq_plugins.quant import quantize_
-from mpq_plugins.quant.packing import PackedFileError, pack_bits, unpack_bits
+from mpq_plugins.quant.packing import PackedFileError, decode, encode, pack_bits, unpack_bits
+from mpq_plugins.quant.numerics import BITS, storage_bytes
 from tests.fixtures import tiny_asr_conf, tiny_asr_model
 
 
@@ -25,6 +26,31 @@ def test_pack_unpack_round_trip(bits, data):
     packed = pack_bits(levels, bits)
     assert packed.dtype == np.uint8 and packed.size == math.ceil(n * bits / 8)   # b bits a value, not a byte
     assert np.array_equal(unpack_bits(packed, bits, n), levels)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bits=st.sampled_from(BITS), data=st.data())
+def test_levels_encode_and_decode_at_their_stored_size(bits, data):
+    n = data.draw(st.integers(0, 300))
+    if bits == 1.6:
+        allowed = [-1, 0, 1]
+    elif bits <= 2:
+        allowed = list(range(-(2 ** bits - 1), 2 ** bits, 2))      # the odd integers of the grids without zero
+    else:
+        allowed = list(range(-(2 ** (bits - 1) - 1), 2 ** (bits - 1)))
+    levels = np.array(data.draw(st.lists(st.sampled_from(allowed), min_size=n, max_size=n)), dtype=np.int16)
+    blob = encode(levels, bits)
+    assert blob.size == storage_bytes(n, bits)
+    assert blob.size == (math.ceil(n / 5) if bits == 1.6 else math.ceil(n * bits / 8))
+    assert np.array_equal(decode(blob, bits, n), levels)
+
+
+def test_ternary_packs_five_weights_to_a_byte():
+    blob = encode(np.array([-1, 0, 1, 1, -1, 1], np.int16), 1.6)
+    # codes 0 1 2 2 0 -> 0 + 1*3 + 2*9 + 2*27 + 0*81 = 75; then code 2 alone
+    assert blob.tolist() == [75, 2]
+    with pytest.raises(PackedFileError, match="above 242"):
+        decode(np.array([250], np.uint8), 1.6, 5)
 
 
 def test_unpack_rejects_wrong_length():
@@ -55,7 +81,8 @@ def forward_all(model):
 
 @pytest.mark.parametrize("act_bits", [None, 8])
 def test_packed_model_is_the_fake_quantized_model(tmp_path, act_bits):
-    bits = {r"encoder\.embed\..*": 8, r".*feed_forward.*w_1": 3, r".*feed_forward.*w_2": 6, "ctc.ctc_lo": 2}
+    bits = {r"encoder\.embed\..*": 8, r".*feed_forward.*w_1": 3, r".*feed_forward.*w_2": 6, "ctc.ctc_lo": 2,
+            r".*conv_module.*pointwise_conv1": 1, r".*conv_module.*pointwise_conv2": 1.6}
     model = quantized_tiny(bits, act_bits)
     forward_all(model)                                   # steps initialised (lazily) before packing
     conf = conf_of(model)
@@ -71,7 +98,7 @@ def test_packed_model_is_the_fake_quantized_model(tmp_path, act_bits):
 
 def test_sizes_follow_the_bit_widths(tmp_path):
     sizes = {}
-    for b in (2, 3, 4, 6, 8):
+    for b in (1, 1.6, 2, 3, 4, 6, 8):
         model = tiny_asr_model()
         quantize_(model, {"weight_bits": b}, CONFORMER)
         forward_all(model)
@@ -79,10 +106,10 @@ def test_sizes_follow_the_bit_widths(tmp_path):
         conf["quantization"] = {"weight_bits": b}
         sizes[b] = pack_asr_model(model, conf, tmp_path / f"w{b}.safetensors")
     nq = sum(m.weight.numel() for m in model.modules() if hasattr(m, "weight_quantizer"))
-    for b in (2, 3, 4, 6):     # each extra bit a weight costs nq/8 bytes, give or take byte rounding per layer
+    for b in (1, 1.6, 2, 3, 4, 6):   # each extra bit a weight costs nq/8 bytes, give or take byte rounding per layer
         extra = sizes[8]["accounted_bytes"] - sizes[b]["accounted_bytes"]
         assert abs(extra - nq * (8 - b) / 8) < 60
-        assert sizes[b]["avg_weight_bits"] == b
+        assert sizes[b]["avg_weight_bits"] == pytest.approx(b)
 
 
 def test_damaged_files_are_one_clear_error(tmp_path):

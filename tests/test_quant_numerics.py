@@ -7,13 +7,46 @@ from mpq_plugins.quant.numerics import (ActQuantizer, WeightQuantizer, check_bit
 
 
 def test_levels():
-    assert [qmax(b) for b in range(2, 9)] == [1, 3, 7, 15, 31, 63, 127]
+    assert [qmax(b) for b in range(3, 9)] == [3, 7, 15, 31, 63, 127]
+    assert [qmax(b) for b in (1, 1.6, 2)] == [0.5, 1, 1.5]
 
 
-@pytest.mark.parametrize("bad", [1, 9, 0, 32, 4.0, "4", None, True])
-def test_bit_width_outside_2_8_is_rejected(bad):
-    with pytest.raises(ValueError, match="outside 2..8"):
+@pytest.mark.parametrize("bad", [9, 0, 1.5, 32, 4.0, "4", None, True])
+def test_a_bit_width_that_does_not_exist_is_rejected_with_the_list(bad):
+    with pytest.raises(ValueError, match=r"is not one of 1, 1.6 \(ternary\), 2, 3"):
         check_bits(bad)
+
+
+def test_the_bit_widths_below_3_by_hand():
+    x = torch.tensor([-2.0, -0.6, -0.4, -0.1, 0.0, 0.1, 0.4, 0.6, 2.0])
+    s = torch.tensor(0.5)
+    # binary: +-s/2 by sign (0 goes to +: round(-0.5) is -0, +0.5)
+    assert fake_quant(x, s, 1).tolist() == [-0.25] * 4 + [0.25] * 5
+    assert to_int(x, s, 1).tolist() == [-1] * 4 + [1] * 5
+    # ternary: -s, 0, s with zero for |x| < s/2
+    assert fake_quant(x, s, 1.6).tolist() == [-0.5, -0.5, -0.5, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5]
+    assert to_int(x, s, 1.6).tolist() == [-1, -1, -1, 0, 0, 0, 1, 1, 1]
+    # four levels: +-s/2, +-3s/2 (thresholds 0 and +-s); no zero; as integers the odd numbers at half the step
+    assert fake_quant(x, s, 2).tolist() == [-0.75, -0.75, -0.25, -0.25, 0.25, 0.25, 0.25, 0.75, 0.75]
+    assert to_int(x, s, 2).tolist() == [-3, -3, -1, -1, 1, 1, 1, 3, 3]
+    assert sorted(set(fake_quant(torch.linspace(-3, 3, 101), s, 2).tolist())) == [-0.75, -0.25, 0.25, 0.75]
+
+
+@pytest.mark.parametrize("bits", [1, 1.6, 2, 3, 4])
+def test_int_weight_times_its_unit_is_the_forward(bits):
+    torch.manual_seed(0)
+    w = torch.randn(6, 40)
+    wq = WeightQuantizer(w.shape, bits)
+    levels, unit = wq.int_weight(w)
+    assert torch.equal(levels.float() * unit, wq(w).detach())
+
+
+def test_mse_step_of_binary_is_near_the_mean_magnitude():
+    torch.manual_seed(0)
+    w = torch.randn(4, 4000)
+    s = mse_step(w, 1)
+    # the best binary level of a Gaussian is E|w| (0.80 sigma); the grid has 40 points
+    assert torch.allclose(s.reshape(-1) / 2, w.abs().mean(1), rtol=0.08)
 
 
 def test_rounding_and_clipping_by_hand():
@@ -22,8 +55,8 @@ def test_rounding_and_clipping_by_hand():
     y = fake_quant(x, torch.tensor(0.5), 3)
     assert y.tolist() == [-1.0, -0.5, -0.0, 0.0, 0.0, 0.0, 0.5, 1.0, 1.5]
     assert to_int(x, torch.tensor(0.5), 3).tolist() == [-2, -1, 0, 0, 0, 0, 1, 2, 3]
-    # 2 bits: ternary
-    assert fake_quant(x, torch.tensor(0.5), 2).tolist() == [-0.5, -0.5, -0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5]
+    # 1.6 bits: ternary
+    assert fake_quant(x, torch.tensor(0.5), 1.6).tolist() == [-0.5, -0.5, -0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5]
 
 
 def test_ste_and_lsq_gradients_by_hand():

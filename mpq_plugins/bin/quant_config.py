@@ -8,16 +8,19 @@ options and a quant conf on top.
 The quant conf (mpq_plugins.confio: its `method`, an optional `base`, a `quantization:` section and
 ESPnet training options) decides the rest:
 - float: no quantization (the control); qat: its quantization section;
-- one_stage: the mixed-precision model (`model: mpq_espnet`), which learns the bits in this run, with
-  the float checkpoint it learns from (--teacher_model);
+- one_stage: the mixed-precision model (`model: mpq_espnet`), which learns the bits in this run (a
+  `search_fraction` becomes search_steps from the run's length, given the shape files);
 - supernet --search_run: the same model trained for `search_steps` optimizer updates (stage 1);
 - kl, hessian, supernet with --bits FILE: QAT with the bit-widths the search wrote there (stage 2).
-Then each --set KEY=VALUE. The result is built into the real model before anything is written, so a
+Every method learns from the float checkpoint (--teacher_model) with the fine-tuning option
+teacher_kl_weight (conf/finetune.yaml: the same for all; `model: mpq_espnet` then). Each --set KEY=VALUE
+applies before that. The result is built into the real model before anything is written, so a
 bad option, bit-width or pattern fails before training starts; given the training data's shape files
 (--train_shape_file, --fold_length as for ESPnet), a mixed-precision run whose search_steps it would
 never reach fails here too.
 """
 import argparse
+import copy
 import os
 import sys
 
@@ -29,8 +32,10 @@ from mpq_plugins.espnet.task import MIXED_MODEL, QuantASRTask, planned_updates
 from mpq_plugins.quant import QuantConfig, QuantConfigError
 
 
-def training_config(base, finetune, quant_conf, bits=None, search_run=False, teacher_model=None, sets=()):
-    """The merged training config (dict) of a quant conf; see the module doc."""
+def training_config(base, finetune, quant_conf, bits=None, search_run=False, teacher_model=None, sets=(),
+                    shape_files=(), fold_lengths=()):
+    """The merged training config (dict) of a quant conf; see the module doc. shape_files (ESPnet's of the
+    training data): to turn a search_fraction into search_steps and check the search against the run."""
     conf = compose(quant_conf)
     method = conf["method"]
     known = set(vars(QuantASRTask.get_parser().parse_args([])))
@@ -40,6 +45,11 @@ def training_config(base, finetune, quant_conf, bits=None, search_run=False, tea
         if unknown:
             raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)}")
     merged = merge(merge(read_config(base), shared), training_options(conf))
+    for kv in sets:
+        key, eq, value = kv.partition("=")
+        if not eq or key not in known:
+            raise ValueError(f"--set {kv}: expected KEY=VALUE with an ESPnet training option as KEY")
+        merged[key] = yaml.safe_load(value)
     if method == "ptq":
         raise ValueError(f"{quant_conf}: method ptq does not train (mpq_plugins.bin.ptq)")
     if search_run != (method == "supernet" and bits is None):
@@ -49,20 +59,35 @@ def training_config(base, finetune, quant_conf, bits=None, search_run=False, tea
             raise ValueError(f"{quant_conf}: method {method} trains the bit-widths its search chose (--bits FILE)")
         merged["quantization"] = read_config(bits).get("quantization")
         QuantConfig.from_dict(merged["quantization"], f"{bits}: quantization")
-    if method in ("one_stage", "supernet") and bits is None:
+    mixed = method in ("one_stage", "supernet") and bits is None
+    kl_weight = merged.get("teacher_kl_weight") or 0.0
+    if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or kl_weight < 0:
+        raise ValueError(f"teacher_kl_weight must be a number >= 0, got {kl_weight!r}")
+    if mixed or kl_weight > 0:
         merged["model"] = MIXED_MODEL
-        if teacher_model is not None:
-            if not os.path.isfile(teacher_model):
-                raise ValueError(f"--teacher_model {teacher_model}: no such file")
-            merged["teacher_model"] = teacher_model
-    if search_run:
-        steps = QuantConfig.from_dict(merged["quantization"], f"{quant_conf}: quantization").mpq.search_steps
-        merged.update(max_epoch=1, num_iters_per_epoch=steps * int(merged.get("accum_grad", 1)))
-    for kv in sets:
-        key, eq, value = kv.partition("=")
-        if not eq or key not in known:
-            raise ValueError(f"--set {kv}: expected KEY=VALUE with an ESPnet training option as KEY")
-        merged[key] = yaml.safe_load(value)
+    if kl_weight > 0:
+        if teacher_model is None:
+            raise ValueError(f"teacher_kl_weight {kl_weight} needs the float checkpoint to learn from (--teacher_model)")
+        if not os.path.isfile(teacher_model):
+            raise ValueError(f"--teacher_model {teacher_model}: no such file")
+        merged["teacher_model"] = teacher_model
+    if mixed:
+        mp = QuantConfig.from_dict(merged["quantization"], f"{quant_conf}: quantization").mpq
+        if mp.search_fraction is not None or shape_files:
+            if not shape_files:
+                raise ValueError(f"{quant_conf}: search_fraction needs the run's length: the training data's "
+                                 "shape files (--train_shape_file)")
+            updates = planned_updates(merged, shape_files, fold_lengths)
+            steps = max(1, round(mp.search_fraction * updates)) if mp.search_fraction is not None else mp.search_steps
+            if steps > updates:
+                raise ValueError(f"{quant_conf}: mixed_precision search_steps {steps} is more than the {updates} "
+                                 "optimizer updates this run makes (max_epoch x batches an epoch / accum_grad): the "
+                                 "bit-widths would never be fixed; lower search_steps or train longer")
+            merged["quantization"] = copy.deepcopy(merged["quantization"])
+            merged["quantization"]["mixed_precision"]["search_steps"] = steps
+        if search_run:
+            steps = QuantConfig.from_dict(merged["quantization"]).mpq.search_steps
+            merged.update(max_epoch=1, num_iters_per_epoch=steps * int(merged.get("accum_grad", 1)))
     return merged
 
 
@@ -84,16 +109,10 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:
-        merged = training_config(a.base, a.finetune, a.quant_conf, a.bits, a.search_run, a.teacher_model, a.set)
+        merged = training_config(a.base, a.finetune, a.quant_conf, a.bits, a.search_run, a.teacher_model, a.set,
+                                 a.train_shape_file, a.fold_length)
         tokens = read_token_list(a.token_list)
         build_from_config({**merged, "token_list": tokens, "normalize": None}, a.quant_conf)
-        if merged.get("model") == MIXED_MODEL and a.train_shape_file:
-            steps = QuantConfig.from_dict(merged["quantization"]).mpq.search_steps
-            updates = planned_updates(merged, a.train_shape_file, a.fold_length)
-            if steps > updates:
-                raise ValueError(f"{a.quant_conf}: mixed_precision search_steps {steps} is more than the {updates} "
-                                 "optimizer updates this run makes (max_epoch x batches an epoch / accum_grad): the "
-                                 "bit-widths would never be fixed; lower search_steps or train longer")
     except (ValueError, OSError, QuantConfigError, ConfError) as e:
         sys.exit(f"quant_config: {e}")
     text = (f"# {a.base} with {a.finetune}, {a.quant_conf}{' and ' + a.bits if a.bits else ''} on top "

@@ -1,11 +1,14 @@
-"""ESPnet's ASR model learning the bit-width of its layers (one-stage MPQ and the supernet search).
+"""ESPnet's ASR model learning from a float teacher, and learning the bit-width of its layers (one-stage
+MPQ and the supernet search).
 
 `MixedPrecisionESPnetModel` is ESPnet's `ESPnetASRModel`, registered with ESPnet's model choices as
-`model: mpq_espnet` (mpq_plugins.espnet.task): the training config of a mixed-precision run names it,
-ESPnet builds it like its own, and its layers are then swapped for quantization-aware ones with
-mixed-precision quantizers (mpq_plugins.quant.mixed). In training it adds to ESPnet's loss
-- the penalty on the expected size above the budget, and
-- the KL from the float teacher's posteriors (CTC and the teacher-forced decoder) to its own;
+`model: mpq_espnet` (mpq_plugins.espnet.task): the training config of a run with a teacher or with
+mixed precision names it, ESPnet builds it like its own, and its layers are then swapped for
+quantization-aware ones (with mixed-precision quantizers: mpq_plugins.quant.mixed). In training it
+adds to ESPnet's loss
+- the KL from the float teacher's posteriors (CTC and the teacher-forced decoder) to its own, times
+  the fine-tuning option `teacher_kl_weight` (every method, the float control too: conf/finetune.yaml),
+- with mixed precision, the penalty on the expected size above the budget;
 and after each optimizer update (`after_update`, which the task hooks to the optimizer) it counts the
 update, raises the size weight while above the budget (size_weight_lr), and after `search_steps`
 updates fixes every layer's bit-width within the budget; each training forward takes the Gumbel-softmax
@@ -27,7 +30,7 @@ from mpq_plugins.quant import QuantConfigError
 from mpq_plugins.quant.allocation import BudgetError, average_bits, layer_costs
 from mpq_plugins.quant.mixed import (budget_avg_bits, expected_avg_bits, fix_allocation, is_searching,
                                      mixed_quantizers, numels, penalty, tau_at)
-from mpq_plugins.quant.packing import fixed_bytes
+from mpq_plugins.quant.packing import fixed_bytes, stored_params
 from mpq_plugins.quant.sensitivity import kl_div
 
 
@@ -44,24 +47,27 @@ class Teacher:
 
 
 class MixedPrecisionESPnetModel(ESPnetASRModel):
-    def setup_mixed_precision(self, cfg, teacher=None):
-        """After quantize_ gave the layers their candidates: the budget (checked here, before any
-        training), the update counter, the size weight and the teacher (a Teacher, or None)."""
-        self.mpq_cfg = cfg
-        self.budget_fixed_bytes = fixed_bytes(self)   # the packed file's bytes that no bit-width changes
-        nums = numels(self, mixed_quantizers(self))
-        try:
-            layer_costs(nums, cfg.candidates, cfg.budget_obj, self.budget_fixed_bytes)
-        except BudgetError as e:
-            raise QuantConfigError(f"mixed_precision: {e}") from None
-        self.budget_bits = budget_avg_bits(cfg.budget_obj, nums, self.budget_fixed_bytes)
-        self.register_buffer("mpq_updates", torch.zeros(()))   # optimizer updates so far (float: averaged safely)
-        if cfg.size_weight_lr:
-            self.register_buffer("mpq_size_weight", torch.full((), float(cfg.size_weight)))
-        if cfg.kl_weight > 0 and teacher is None:
-            raise QuantConfigError("mixed_precision: kl_weight > 0 needs the float model to learn from "
-                                   "(--teacher_model); or set kl_weight: 0")
-        self.teacher = teacher
+    mpq_cfg = None
+
+    def setup_mixed_precision(self, cfg, teacher=None, kl_weight=0.0):
+        """After quantize_: the teacher (a Teacher, or None) and its KL weight; with mixed precision (cfg),
+        the budget (checked here, before any training), the update counter and the size weight."""
+        if kl_weight > 0 and teacher is None:
+            raise QuantConfigError("teacher_kl_weight > 0 needs the float model to learn from (--teacher_model); "
+                                   "or set teacher_kl_weight: 0")
+        self.mpq_cfg, self.teacher, self.kl_weight = cfg, teacher, kl_weight
+        if cfg is not None:
+            self.budget_fixed_bytes = fixed_bytes(self)   # the packed file's bytes that no bit-width changes
+            self.budget_params = stored_params(self)      # what avg_bits and ratio budgets count
+            nums = numels(self, mixed_quantizers(self))
+            try:
+                layer_costs(nums, cfg.candidates, cfg.budget_obj, self.budget_fixed_bytes, self.budget_params)
+            except BudgetError as e:
+                raise QuantConfigError(f"mixed_precision: {e}") from None
+            self.budget_bits = budget_avg_bits(cfg.budget_obj, nums, self.budget_fixed_bytes, self.budget_params)
+            self.register_buffer("mpq_updates", torch.zeros(()))   # optimizer updates so far (float: averaged safely)
+            if cfg.size_weight_lr:
+                self.register_buffer("mpq_size_weight", torch.full((), float(cfg.size_weight)))
         # ESPnet's forward computes the encoder's input and output and the decoder's logits inside; hooks on
         # the model's own encoder and decoder keep them for the KL term instead of re-implementing that forward
         self._seen = {}
@@ -85,7 +91,7 @@ class MixedPrecisionESPnetModel(ESPnetASRModel):
             if self.size_weight is not None and self._last_expected is not None:
                 self.size_weight.add_(cfg.size_weight_lr * (self._last_expected - self.budget_bits).clamp(min=0))
             if n >= cfg.search_steps:
-                bits = fix_allocation(self, cfg.budget_obj, self.budget_fixed_bytes)
+                bits = fix_allocation(self, cfg.budget_obj, self.budget_fixed_bytes, self.budget_params)
                 logging.info(f"mixed precision: bit-widths fixed after {n} updates: "
                              f"{average_bits(bits, numels(self, bits)):.3f} average bits; {bits}")
 
@@ -111,24 +117,29 @@ class MixedPrecisionESPnetModel(ESPnetASRModel):
         if not self.training:
             return super().forward(speech, speech_lengths, text, text_lengths, **kwargs)
         cfg = self.mpq_cfg
-        tau = tau_at(int(self.mpq_updates), cfg)     # from the counter: right after a resumption too
-        for q in mixed_quantizers(self).values():
-            q.tau = tau
+        if cfg is not None:
+            tau = tau_at(int(self.mpq_updates), cfg)     # from the counter: right after a resumption too
+            for q in mixed_quantizers(self).values():
+                q.tau = tau
         self._seen.clear()
         loss, stats, weight = super().forward(speech, speech_lengths, text, text_lengths, **kwargs)
-        expected = expected_avg_bits(self)
-        self._last_expected = expected.detach()
-        searching = is_searching(self)
-        sw = cfg.size_weight if self.size_weight is None else self.size_weight.clone()
-        extra = penalty(expected, self.budget_bits, sw) if searching else torch.zeros((), device=loss.device)
-        stats["mpq_bits"] = expected.detach()
-        if self.size_weight is not None:
-            stats["mpq_size_weight"] = self.size_weight.detach().clone()
-        if cfg.kl_weight > 0 and (searching or cfg.kl_after_fix):
+        extra = torch.zeros((), device=loss.device)
+        searching = False
+        if cfg is not None:
+            expected = expected_avg_bits(self)
+            self._last_expected = expected.detach()
+            searching = is_searching(self)
+            sw = cfg.size_weight if self.size_weight is None else self.size_weight.clone()
+            if searching:
+                extra = penalty(expected, self.budget_bits, sw)
+            stats["mpq_bits"] = expected.detach()
+            if self.size_weight is not None:
+                stats["mpq_size_weight"] = self.size_weight.detach().clone()
+            stats["mpq_tau"] = torch.tensor(tau)
+        if self.kl_weight > 0 and (cfg is None or searching or cfg.kl_after_fix):
             kl = self._kl_to_teacher(text_lengths, text.size(0))
-            extra = extra + cfg.kl_weight * kl
+            extra = extra + self.kl_weight * kl
             stats["mpq_kl"] = kl.detach()
-        stats["mpq_tau"] = torch.tensor(tau)
         loss = loss + extra.to(loss.device)
         stats["loss"] = loss.detach()
         return force_gatherable((loss, stats, weight), loss.device)   # as ESPnet's: every stat 1-d for DDP averaging

@@ -28,7 +28,7 @@ from mpq_plugins.quant import QuantConfig, quantize_
 from mpq_plugins.quant.allocation import allocate, average_bits, layer_costs
 from mpq_plugins.quant.config import plan
 from mpq_plugins.quant.mixed import numels
-from mpq_plugins.quant.packing import fixed_bytes
+from mpq_plugins.quant.packing import fixed_bytes, stored_params
 from mpq_plugins.quant.sensitivity import hessian_sensitivity, kl_div, kl_sensitivity
 
 
@@ -74,14 +74,30 @@ def espnet_hessian_sensitivity(model, batches, names, candidates, n_samples=16, 
     return out
 
 
+def spread_over_speakers(utts, utt2spk, n):
+    """n utterances taken in turn from every speaker (first of each speaker, then the second, ...),
+    speakers in order of first appearance: held-out data that hears every voice, not one or two."""
+    by_spk = {}
+    for u in utts:
+        by_spk.setdefault(utt2spk.get(u, u), []).append(u)
+    out, rank = [], 0
+    while len(out) < n and any(rank < len(v) for v in by_spk.values()):
+        out += [v[rank] for v in by_spk.values() if rank < len(v)][: n - len(out)]
+        rank += 1
+    return out
+
+
 def held_out_batches(conf, data, n_utts, batch_size=8):
-    """The first n_utts utterances of a Kaldi data dir as padded (speech, lengths, text, lengths)."""
+    """n_utts utterances of a Kaldi data dir, spread over its speakers (utt2spk), as padded
+    (speech, lengths, text, lengths)."""
     args = argparse.Namespace(**conf)
     args.use_preprocessor = True
     prep = ASRTask.build_preprocess_fn(args, train=False)
     wavs = {k: v for k, v, _ in read_table(os.path.join(data, "wav.scp"))}
     texts = {k: v for k, v, _ in read_table(os.path.join(data, "text"))}
-    utts = [u for u in wavs if u in texts][:n_utts]
+    spk_file = os.path.join(data, "utt2spk")
+    utt2spk = {k: v.strip() for k, v, _ in read_table(spk_file)} if os.path.exists(spk_file) else {}
+    utts = spread_over_speakers([u for u in wavs if u in texts], utt2spk, n_utts)
     if not utts:
         raise ValueError(f"{data}: no utterance with both audio and text")
     items = []
@@ -114,17 +130,18 @@ def sensitivity_search(method, model, conf, qcfg, data, progress=None):
     mp = qcfg.mpq
     nums = numels(model, names)
     probe = copy.deepcopy(model)    # the size budget's fixed part: this model packed at any bit-width
-    quantize_(probe, QuantConfig.from_dict({k: v for k, v in vars(qcfg).items() if k not in ("mixed_precision", "mpq")}),
+    quantize_(probe, QuantConfig.from_dict({k: v for k, v in vars(qcfg).items()
+                                            if k not in ("mixed_precision", "mpq", "budget_obj")}),
               groups)
-    fixed = fixed_bytes(probe)
-    layer_costs(nums, mp.candidates, mp.budget_obj, fixed)
+    fixed, n_params = fixed_bytes(probe), stored_params(probe)
+    layer_costs(nums, mp.candidates, mp.budget_obj, fixed, n_params)
     batches = held_out_batches(conf, data, mp.n_utts)
     t0 = time.time()
     if method == "kl":
         sens = kl_sensitivity(model, batches, names, mp.candidates, posteriors, progress=progress)
     else:
         sens = espnet_hessian_sensitivity(model, batches, names, mp.candidates, n_samples=mp.hutchinson_samples)
-    bits = allocate(sens, nums, mp.candidates, mp.budget_obj, fixed)
+    bits = allocate(sens, nums, mp.candidates, mp.budget_obj, fixed, n_params)
     return bits, {"sensitivity": sens, "search_seconds": time.time() - t0, "avg_bits": average_bits(bits, nums),
                   "utterances": sum(len(b[1]) for b in batches)}
 

@@ -5,9 +5,10 @@
   then the chosen modules are swapped for quantization-aware ones that keep ESPnet's parameter
   names, so `--init_param` of a float checkpoint, the trainer, checkpoint averaging and DDP work
   unchanged.
-- `--teacher_model`: the float checkpoint whose posteriors a mixed-precision run learns from (KL).
+- `--teacher_model`, `--teacher_kl_weight`: the float checkpoint whose posteriors the run learns from
+  (KL, any method: conf/finetune.yaml sets the weight for every system alike).
 
-A `quantization:` with a `mixed_precision:` part trains `model: mpq_espnet`
+A `quantization:` with a `mixed_precision:` part, or a teacher, trains `model: mpq_espnet`
 (MixedPrecisionESPnetModel, registered here with ESPnet's model choices). Its optimizer calls the
 model's schedules after every update (torch's optimizer step hooks), and when the run ends the task
 finalizes it (`main_worker`): the inference checkpoints (averaged and best models) are rewritten as
@@ -38,7 +39,7 @@ from mpq_plugins.espnet.groups import groups_for
 from mpq_plugins.espnet.model import MixedPrecisionESPnetModel, Teacher
 from mpq_plugins.quant import QuantConfig, QuantConfigError, quantize_, with_fixed_bits
 from mpq_plugins.quant.allocation import average_bits
-from mpq_plugins.quant.mixed import finalize, mixed_quantizers, numels
+from mpq_plugins.quant.mixed import finalize, mixed_quantizers, numels, sgd_logits
 
 MIXED_MODEL = "mpq_espnet"
 espnet_asr.model_choices.classes.setdefault(MIXED_MODEL, MixedPrecisionESPnetModel)   # ESPnet's registry
@@ -53,7 +54,9 @@ class QuantASRTask(ASRTask):
                            help="quantization section: weight_bits, per_channel, act_bits, act_mode, modules, bits, "
                                 "mixed_precision (see mpq_plugins/quant/config.py)")
         group.add_argument("--teacher_model", type=str_or_none, default=None,
-                           help="float checkpoint whose posteriors a mixed-precision run learns from (KL)")
+                           help="float checkpoint whose posteriors the run learns from (KL)")
+        group.add_argument("--teacher_kl_weight", type=float, default=0.0,
+                           help="weight of the KL from the teacher's posteriors (CTC and decoder) to the model's")
 
     @classmethod
     def build_model(cls, args):
@@ -61,17 +64,18 @@ class QuantASRTask(ASRTask):
         where = f"{getattr(args, 'config', None) or 'config'}: quantization"
         config = QuantConfig.from_dict(q, where) if q else None
         mixed = config is not None and config.mpq is not None
-        if mixed != (getattr(args, "model", "espnet") == MIXED_MODEL):
-            raise QuantConfigError(f"{where}: a mixed_precision part trains `model: {MIXED_MODEL}`, and that model "
-                                   "needs one (quant confs are turned into training configs by "
-                                   "mpq_plugins.bin.quant_config, which sets both)")
+        kl_weight = float(getattr(args, "teacher_kl_weight", 0.0) or 0.0)
+        if (mixed or kl_weight > 0) != (getattr(args, "model", "espnet") == MIXED_MODEL):
+            raise QuantConfigError(f"{where}: a mixed_precision part or a teacher (teacher_kl_weight > 0) trains "
+                                   f"`model: {MIXED_MODEL}`, and that model needs one (quant confs are turned into "
+                                   "training configs by mpq_plugins.bin.quant_config, which sets both)")
         model = super().build_model(args)
-        if config is None:
-            return model
-        quantize_(model, config, groups_for(model), where=where)
-        if mixed:
+        if config is not None:
+            quantize_(model, config, groups_for(model), where=where)
+        if isinstance(model, MixedPrecisionESPnetModel):
             teacher = getattr(args, "teacher_model", None)
-            model.setup_mixed_precision(config.mpq, Teacher(lambda: cls.build_teacher(args)) if teacher else None)
+            model.setup_mixed_precision(config.mpq if mixed else None,
+                                        Teacher(lambda: cls.build_teacher(args)) if teacher else None, kl_weight)
         return model
 
     @classmethod
@@ -90,9 +94,14 @@ class QuantASRTask(ASRTask):
         mixed precision to a group of their own learning rate, and the mixed-precision schedules run
         after every update of the first optimizer."""
         optimizers = super().build_optimizers(args, model)
-        mixed = isinstance(model, MixedPrecisionESPnetModel)
-        out = [regroup_quantizer_params(o, model, model.mpq_cfg.logit_lr if mixed else None) for o in optimizers]
-        if mixed:
+        cfg = getattr(model, "mpq_cfg", None)
+        q = getattr(args, "quantization", None) or {}
+        sgd = cfg is not None and cfg.logit_optim == "sgd"
+        out = [regroup_quantizer_params(o, model, cfg.logit_lr if cfg is not None else None, q.get("step_lr"),
+                                        logits_out=sgd) for o in optimizers]
+        if cfg is not None:
+            if sgd:
+                out[0].register_step_post_hook(lambda optimizer, a, kw: sgd_logits(model, cfg.logit_lr))
             out[0].register_step_post_hook(lambda optimizer, a, kw: model.after_update())
         return out
 
@@ -103,7 +112,7 @@ class QuantASRTask(ASRTask):
         finished = False
         try:
             if (not distributed or torch.distributed.get_rank() == 0) and not args.collect_stats \
-                    and not args.dry_run and getattr(args, "model", None) == MIXED_MODEL:
+                    and not args.dry_run and getattr(args, "model", None) == MIXED_MODEL:   # mixed or a teacher
                 finalize_run(cls, args)
             finished = True
         finally:
@@ -135,7 +144,9 @@ def planned_updates(conf, shape_files, fold_lengths=()):
     return int(c["max_epoch"]) * (int(iters) // max(int(c.get("accum_grad") or 1), 1))
 
 
-def regroup_quantizer_params(optimizer, model, logit_lr=None):
+def regroup_quantizer_params(optimizer, model, logit_lr=None, step_lr=None, logits_out=False):
+    """The quantizers' log-steps to a group without weight decay (at step_lr if given), the precision
+    logits to one at logit_lr (or out of the optimizer: logits_out, for logit_optim sgd)."""
     steps = {id(p) for n, p in model.named_parameters() if "_quantizer." in n and not n.endswith(".logits")}
     logits = {id(p) for n, p in model.named_parameters() if "_quantizer." in n and n.endswith(".logits")}
     if not (steps or logits) or not hasattr(optimizer, "param_groups"):
@@ -147,8 +158,9 @@ def regroup_quantizer_params(optimizer, model, logit_lr=None):
         group["params"] = [p for p in group["params"] if id(p) not in steps and id(p) not in logits]
     optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
     if moved_steps:
-        optimizer.add_param_group({"params": moved_steps, "weight_decay": 0.0})
-    if moved_logits:
+        group = {"params": moved_steps, "weight_decay": 0.0}
+        optimizer.add_param_group(group if step_lr is None else {**group, "lr": step_lr})
+    if moved_logits and not logits_out:
         group = {"params": moved_logits, "weight_decay": 0.0}
         optimizer.add_param_group(group if logit_lr is None else {**group, "lr": logit_lr})
     return optimizer
@@ -171,11 +183,28 @@ def inference_checkpoints(output_dir):
     return out
 
 
+def _plain_config(output_dir, quantization):
+    """config.yaml of a finished run rewritten as the plain ESPnet model it now is: no teacher, the
+    quantization (with fixed bit-widths) that rebuilds it."""
+    config = os.path.join(output_dir, "config.yaml")
+    with open(config, encoding="utf-8") as f:
+        conf = yaml.safe_load(f)
+    conf.update(model="espnet", quantization=quantization, teacher_model=None, teacher_kl_weight=0.0)
+    with open(config + ".tmp", "w", encoding="utf-8") as f:
+        yaml.safe_dump(conf, f, sort_keys=False)
+    os.replace(config + ".tmp", config)
+
+
 def finalize_run(task, args):
-    """A finished mixed-precision run as plain quantized models at the fixed bit-widths (see the module doc)."""
+    """A finished run of `model: mpq_espnet` as plain (quantized) models; mixed precision at the fixed
+    bit-widths (see the module doc)."""
     output_dir = args.output_dir
+    if not (getattr(args, "quantization", None) or {}).get("mixed_precision"):
+        _plain_config(output_dir, getattr(args, "quantization", None))   # a teacher only: nothing else to fix
+        return
     plain_args = copy.copy(args)
     plain_args.model = "espnet"
+    plain_args.teacher_kl_weight = 0.0
     bits, record = None, {}
     for path in inference_checkpoints(output_dir):
         state = load_checkpoint(path)
@@ -212,13 +241,7 @@ def finalize_run(task, args):
             record = json.load(f)
         bits = record["bits"]
         plain_args.quantization = with_fixed_bits(args.quantization, bits)
-    config = os.path.join(output_dir, "config.yaml")
-    with open(config, encoding="utf-8") as f:
-        conf = yaml.safe_load(f)
-    conf.update(model="espnet", quantization=plain_args.quantization)
-    with open(config + ".tmp", "w", encoding="utf-8") as f:
-        yaml.safe_dump(conf, f, sort_keys=False)
-    os.replace(config + ".tmp", config)
+    _plain_config(output_dir, plain_args.quantization)
     if "avg_bits" not in record:
         record.update(bits=bits, avg_bits=average_bits(bits, numels(plain, bits)))
         with open(done + ".tmp", "w") as f:

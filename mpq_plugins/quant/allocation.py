@@ -1,16 +1,19 @@
 """Bit allocation for mixed-precision quantization: the budget, and the exact knapsack that turns
 per-layer sensitivities (or learnt probabilities) into one bit-width per layer.
 
-Budget (a `mixed_precision:` section's `budget`): `avg_bits` (average bits per quantized weight)
-or `size_mb` (the packed file in MB, 1e6 bytes). A layer at b bits costs what the packed file
-stores for it (mpq_plugins.quant.packing): ceil(n * b / 8) bytes of levels; its steps and every
-float tensor cost the same whatever b is, so they enter the size budget as fixed bytes.
+Budget (a `mixed_precision:` section's `budget`), always the whole packed file, every stored byte:
+`avg_bits` (the file's bits per parameter of the model, = 32 / compression ratio), `ratio` (the
+compression ratio over float32) or `size_mb` (the file in MB, 1e6 bytes). A layer at b bits costs
+what the packed file stores for it (mpq_plugins.quant.packing.storage_bytes: ceil(n * b / 8) bytes,
+ternary ceil(n / 5)); its steps, biases, every float tensor and the header cost the same whatever b
+is, so they are paid first (the caller's `fixed_bytes`) and the weights share what is left.
 
 The sensitivities themselves (KL, Hessian trace) need the model's loss and live with the ESPnet
 adapter (mpq_plugins.espnet.sensitivity); a learnt allocation's values are -log p (mixed.py).
 
 `knapsack` picks one candidate per layer minimising the summed sensitivity under the budget by
-dynamic programming over integer costs (exact: costs are divided by their greatest common divisor).
+dynamic programming over integer costs (exact when the costs divided by their greatest common
+divisor fit KNAPSACK_CELLS; beyond that, costs in coarser units rounded up, so never over budget).
 """
 import dataclasses
 import math
@@ -18,7 +21,9 @@ from functools import reduce
 
 import numpy as np
 
-from mpq_plugins.quant.numerics import check_bits
+from mpq_plugins.quant.numerics import check_bits, storage_bytes
+
+KNAPSACK_CELLS = 100_000_000     # layers x capacity units of the dynamic programme
 
 
 class BudgetError(ValueError):
@@ -28,48 +33,64 @@ class BudgetError(ValueError):
 @dataclasses.dataclass
 class Budget:
     avg_bits: float = None
+    ratio: float = None
     size_mb: float = None
 
     @classmethod
     def from_dict(cls, d, where="budget"):
-        if not isinstance(d, dict) or set(d) - {"avg_bits", "size_mb"} or len(d) != 1:
-            raise BudgetError(f"{where}: expected exactly one of avg_bits or size_mb, got {d!r}")
+        keys = {"avg_bits", "ratio", "size_mb"}
+        if not isinstance(d, dict) or set(d) - keys or len(d) != 1:
+            raise BudgetError(f"{where}: expected exactly one of avg_bits, ratio or size_mb, got {d!r}")
         b = cls(**d)
-        v = b.avg_bits if b.avg_bits is not None else b.size_mb
+        key, v = next(iter(d.items()))
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise BudgetError(f"{where}: {next(iter(d))} must be a positive number, got {v!r}")
+            raise BudgetError(f"{where}: {key} must be a positive number, got {v!r}")
         if b.avg_bits is not None and b.avg_bits > 32:
             raise BudgetError(f"{where}: avg_bits {b.avg_bits} is above 32 bits")
+        if b.ratio is not None and b.ratio < 1:
+            raise BudgetError(f"{where}: ratio {b.ratio} is below 1 (larger than the float32 model)")
         return b
+
+    def file_bytes(self, n_params):
+        """The packed file's bytes this budget allows for a model of n_params stored values."""
+        if self.avg_bits is not None:
+            return self.avg_bits * n_params / 8
+        if self.ratio is not None:
+            return 4 * n_params / self.ratio
+        return self.size_mb * 1e6
+
+    def text(self):
+        if self.avg_bits is not None:
+            return f"avg_bits {self.avg_bits:g} (stored bits a parameter, whole file)"
+        if self.ratio is not None:
+            return f"ratio {self.ratio:g}"
+        return f"size_mb {self.size_mb:g}"
 
 
 def check_candidates(candidates, where="candidates"):
     if not isinstance(candidates, (list, tuple)) or not candidates:
         raise BudgetError(f"{where}: the list of candidate bit-widths is empty")
     try:
-        for b in candidates:
-            check_bits(b, f"{where} entry")
+        return sorted({check_bits(b, f"{where} entry") for b in candidates})
     except ValueError as e:
         raise BudgetError(f"{where}: {e}") from None
-    return sorted(set(candidates))
 
 
-def layer_costs(numels, candidates, budget, fixed_bytes=0):
-    """({layer: [cost of each candidate]}, capacity) in one integer unit for `budget`."""
-    if budget.avg_bits is not None:
-        costs = {n: [k * b for b in candidates] for n, k in numels.items()}
-        capacity = math.floor(budget.avg_bits * sum(numels.values()) + 1e-9)
-        what = f"avg_bits {budget.avg_bits}"
-    else:
-        costs = {n: [math.ceil(k * b / 8) for b in candidates] for n, k in numels.items()}
-        capacity = math.floor(budget.size_mb * 1e6) - fixed_bytes
-        what = f"size_mb {budget.size_mb} ({fixed_bytes} bytes of it are steps, float tensors and the header)"
-        if budget.size_mb * 1e6 > fixed_bytes + sum(4 * k for k in numels.values()):
-            raise BudgetError(f"budget {what} is above the size of the float32 model: above 32 bits")
+def layer_costs(numels, candidates, budget, fixed_bytes=0, n_params=None):
+    """({layer: [bytes of each candidate]}, bytes the weights may take) for `budget`.
+    fixed_bytes: what the file stores whatever the bit-widths; n_params: the model's stored values
+    (avg_bits and ratio budgets are per parameter of the whole model; default: the weights alone)."""
+    n_params = n_params if n_params is not None else sum(numels.values())
+    costs = {n: [storage_bytes(k, b) for b in candidates] for n, k in numels.items()}
+    total = budget.file_bytes(n_params)
+    capacity = math.floor(total + 1e-6) - fixed_bytes
+    what = f"{budget.text()}: {total / 1e6:.4f} MB, {fixed_bytes} bytes of it steps, float tensors and the header"
+    if total > fixed_bytes + sum(4 * k for k in numels.values()):
+        raise BudgetError(f"budget {what} is above the size of the float32 model: above 32 bits")
     least = sum(min(c) for c in costs.values())
     if least > capacity:
-        raise BudgetError(f"budget {what} is below what the smallest candidates allow "
-                          f"({min(candidates)} bits everywhere needs {least} against {capacity})")
+        raise BudgetError(f"budget {what} is below what the smallest candidates allow: {min(candidates)} bits "
+                          f"everywhere stores {8 * (least + fixed_bytes) / n_params:.3f} bits a parameter")
     return costs, capacity
 
 
@@ -80,9 +101,10 @@ def knapsack(costs, values, capacity):
     """
     items = list(costs)
     unit = reduce(math.gcd, [c for i in items for c in costs[i]] + [0]) or 1
+    if (capacity // unit) * len(items) > KNAPSACK_CELLS:   # coarser units, costs rounded up: within budget
+        unit = math.ceil(capacity * len(items) / KNAPSACK_CELLS)
+    costs = {i: [math.ceil(c / unit) * unit for c in costs[i]] for i in items}
     cap = capacity // unit
-    if cap * len(items) > 400_000_000:
-        raise BudgetError(f"knapsack too large ({len(items)} layers x {cap} cost units)")
     best = np.full(cap + 1, np.inf)
     best[0] = 0.0
     choice = np.zeros((len(items), cap + 1), dtype=np.int16)
@@ -132,14 +154,14 @@ def fill_budget(costs, values, pick, capacity):
         used += extra
 
 
-def allocate(sensitivity, numels, candidates, budget, fixed_bytes=0):
+def allocate(sensitivity, numels, candidates, budget, fixed_bytes=0, n_params=None):
     """{layer: bits} minimising the summed sensitivity ({layer: {bits: value}}) within budget."""
     candidates = check_candidates(candidates)
-    costs, capacity = layer_costs(numels, candidates, budget, fixed_bytes)
+    costs, capacity = layer_costs(numels, candidates, budget, fixed_bytes, n_params)
     values = {n: [float(sensitivity[n][b]) for b in candidates] for n in numels}
     pick = knapsack(costs, values, capacity)
     return {n: candidates[i] for n, i in pick.items()}
 
 
 def average_bits(bits, numels):
-    return sum(bits[n] * numels[n] for n in numels) / sum(numels.values())
+    return sum(float(bits[n]) * numels[n] for n in numels) / sum(numels.values())

@@ -1,13 +1,14 @@
 """The `quantization:` section of a training yaml, and `quantize_(model, config, groups)`.
 
     quantization:
-      weight_bits: 4          # bit-width of every quantized weight (2..8)
+      weight_bits: 4          # bit-width of every quantized weight: 1, 1.6 (ternary), 2..8
       per_channel: true       # one step per output channel (false: one per tensor)
       act_bits: null          # 8 or 4: quantize the inputs of Linear and conv layers too
       act_mode: lsq           # lsq (learnt step) or minmax (moving average of the largest value)
       modules: [all]          # group names (see `groups`) or regular expressions over module names
       bits:                   # per-module bit-widths: regular expression -> bits, first match wins
         'encoder\\.embed\\..*': 8
+      step_lr: null           # learning rate of the quantizers' log-steps (null: the fine-tuning lr)
       mixed_precision:        # learn or search the bit-widths (MixedPrecisionConfig below)
         budget: {avg_bits: 3.0}
 
@@ -48,42 +49,53 @@ class MixedPrecisionConfig:
     quant conf's `method:`; a training config with this part trains a supernet (mixed.py).
 
         candidates: [2, 3, 4, 6, 8]
-        budget: {avg_bits: 3.0}    # or {size_mb: 1.2}: the packed file
+        budget: {avg_bits: 3.0}    # the whole packed file: stored bits a parameter (= 32 / ratio),
+                                   # or {ratio: 10.7} over float32, or {size_mb: 1.2}
         search_steps: 200          # optimizer updates before the bits are fixed (one_stage, supernet)
-        tau: [1.0, 0.1]            # Gumbel-softmax temperature, annealed geometrically over search_steps
+        search_fraction: null      # or the search as a fraction of the run's optimizer updates: the quantize
+                                   # stage turns it into search_steps from the run's length before training
+        tau: [1.0, 0.1]            # Gumbel-softmax temperature, annealed geometrically over the whole search
+        hard: false                # true: straight-through Gumbel (one candidate a forward, the soft gradient),
+                                   # so the model searched is the model deployed
         size_weight: 20.0          # penalty per average bit above the budget (expected size): strong
                                    # enough that the search reaches the budget before the fix (at 2.0
                                    # a 3-bit search on the default corpus still expected 4.0 bits)
         size_weight_lr: 0.0        # > 0: after each update above the budget the weight grows by this times
                                    # the excess in average bits (dual ascent), so the search reaches any
                                    # budget (at 2.5 bits a fixed 20 left it at 2.76: the KL pulled back as hard)
-        kl_weight: 1.0             # KL from the float teacher's posteriors (CTC and decoder) to the model's
-        kl_after_fix: true         # keep the KL once the bits are fixed (false: the teacher runs only
-                                   # while searching; its forward is ~20% of a fine-tuning step)
-        logit_lr: 0.05             # peak learning rate of the precision logits (their own group; the
-                                   # scheduler shapes it as the model's), whatever the fine-tuning lr
+        kl_after_fix: true         # keep the teacher's KL (fine-tuning option teacher_kl_weight) once the
+                                   # bits are fixed (false: the teacher runs only while searching)
+        logit_optim: adam          # adam: the logits in the optimizer, their own group at logit_lr (each moves
+                                   # about logit_lr an update whatever its gradient); sgd: out of the optimizer,
+                                   # moved by logit_lr x their gradient after each update (by their gradient)
+        logit_lr: 0.05             # learning rate of the precision logits
         n_utts: 32                 # kl, hessian: held-out utterances for the sensitivities
         hutchinson_samples: 16     # hessian: Rademacher probes
     """
     candidates: list = dataclasses.field(default_factory=lambda: [2, 3, 4, 6, 8])
     budget: dict = None
     search_steps: int = 200
+    search_fraction: float = None
     tau: list = dataclasses.field(default_factory=lambda: [1.0, 0.1])
+    hard: bool = False
     size_weight: float = 20.0
     size_weight_lr: float = 0.0
-    kl_weight: float = 1.0
     kl_after_fix: bool = True
+    logit_optim: str = "adam"
     logit_lr: float = 0.05
     n_utts: int = 32
     hutchinson_samples: int = 16
 
     @classmethod
     def from_dict(cls, d, where="mixed_precision"):
+        if isinstance(d, dict) and "kl_weight" in d:
+            raise QuantConfigError(f"{where}: kl_weight is now the fine-tuning option teacher_kl_weight "
+                                   "(conf/finetune.yaml), the same teacher for every method")
         c = from_mapping(cls, d, where)
         try:
             c.candidates = check_candidates(c.candidates, f"{where}: candidates")
             if c.budget is None:
-                raise QuantConfigError(f"{where}: budget is missing (avg_bits or size_mb)")
+                raise QuantConfigError(f"{where}: budget is missing (avg_bits, ratio or size_mb)")
             c.budget_obj = Budget.from_dict(c.budget, f"{where}: budget")
         except BudgetError as e:
             raise QuantConfigError(str(e)) from None
@@ -94,8 +106,14 @@ class MixedPrecisionConfig:
             raise QuantConfigError(f"{where}: tau must be [start, end], both positive")
         if not isinstance(c.size_weight_lr, (int, float)) or c.size_weight_lr < 0:
             raise QuantConfigError(f"{where}: size_weight_lr must be a number >= 0")
-        if not isinstance(c.kl_after_fix, bool):
-            raise QuantConfigError(f"{where}: kl_after_fix must be true or false")
+        for key in ("kl_after_fix", "hard"):
+            if not isinstance(getattr(c, key), bool):
+                raise QuantConfigError(f"{where}: {key} must be true or false")
+        if c.logit_optim not in ("adam", "sgd"):
+            raise QuantConfigError(f"{where}: logit_optim {c.logit_optim!r} is not adam or sgd")
+        if c.search_fraction is not None and (isinstance(c.search_fraction, bool) or not
+                                              isinstance(c.search_fraction, (int, float)) or not 0 < c.search_fraction <= 1):
+            raise QuantConfigError(f"{where}: search_fraction must be a number in (0, 1], got {c.search_fraction!r}")
         if not isinstance(c.search_steps, int) or isinstance(c.search_steps, bool) or c.search_steps < 1:
             raise QuantConfigError(f"{where}: search_steps must be a positive integer")
         return c
@@ -109,19 +127,24 @@ class QuantConfig:
     act_mode: str = "lsq"
     modules: list = dataclasses.field(default_factory=lambda: ["all"])
     bits: dict = dataclasses.field(default_factory=dict)
+    step_lr: float = None
     mixed_precision: dict = None
 
     @classmethod
     def from_dict(cls, d, where="quantization"):
         c = from_mapping(cls, d, where)
         try:
-            check_bits(c.weight_bits, "weight_bits")
-            if c.act_bits is not None:
-                check_bits(c.act_bits, "act_bits")
-            for pat, b in c.bits.items():
-                check_bits(b, f"bits[{pat!r}]")
+            c.weight_bits = check_bits(c.weight_bits, "weight_bits")
+            if c.act_bits is not None and (check_bits(c.act_bits, "act_bits") not in range(2, 9)):
+                raise ValueError(f"act_bits {c.act_bits!r} is not one of 2..8")
+            if not isinstance(c.bits, dict):
+                raise ValueError(f"bits must be a mapping of patterns to bit-widths, got {c.bits!r}")
+            c.bits = {pat: check_bits(b, f"bits[{pat!r}]") for pat, b in c.bits.items()}
         except ValueError as e:
             raise QuantConfigError(f"{where}: {e}") from None
+        if c.step_lr is not None and (isinstance(c.step_lr, bool) or not isinstance(c.step_lr, (int, float))
+                                      or not c.step_lr > 0):
+            raise QuantConfigError(f"{where}: step_lr must be a positive number (or null: the fine-tuning lr)")
         if c.act_mode not in ("lsq", "minmax"):
             raise QuantConfigError(f"{where}: act_mode {c.act_mode!r} is not lsq or minmax")
         if not isinstance(c.modules, list) or not c.modules:
@@ -179,7 +202,7 @@ def quantize_(model, config, groups=None, where="quantization"):
         model.set_submodule(name, QUANT_CLASS[type(mod)].from_float(mod, bits, config.per_channel,
                                                                     config.act_bits, config.act_mode))
     if config.mpq is not None:
-        attach_mixed(model, list(chosen), config.mpq.candidates, config.per_channel)
+        attach_mixed(model, list(chosen), config.mpq.candidates, config.per_channel, config.mpq.hard)
     return chosen
 
 

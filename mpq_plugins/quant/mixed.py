@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mpq_plugins.quant.allocation import fill_budget, knapsack, layer_costs
-from mpq_plugins.quant.numerics import WeightQuantizer, fake_quant, scale_grad
+from mpq_plugins.quant.numerics import WeightQuantizer, fake_quant_grid, grid, scale_grad, storage_bits
 
 
 class MixedWeightQuantizer(torch.nn.Module):
@@ -31,9 +31,10 @@ class MixedWeightQuantizer(torch.nn.Module):
     fix happens in training, so it must survive checkpoints and resumption; float, because ESPnet's
     checkpoint averaging sums integer tensors."""
 
-    def __init__(self, weight_shape, candidates, per_channel=True):
+    def __init__(self, weight_shape, candidates, per_channel=True, hard=False):
         super().__init__()
         self.candidates = list(candidates)
+        self.hard = hard
         self.per_channel = per_channel
         self.quantizers = torch.nn.ModuleList(WeightQuantizer(weight_shape, b, per_channel) for b in candidates)
         self.logits = torch.nn.Parameter(torch.zeros(len(candidates)))
@@ -42,13 +43,14 @@ class MixedWeightQuantizer(torch.nn.Module):
 
     def chosen(self):
         """Index of the fixed candidate, or None while searching."""
-        b = int(round(float(self.fixed)))
+        b = float(self.fixed)
         if b == 0:
             return None
-        if b not in self.candidates:
-            raise ValueError(f"fixed bit-width {float(self.fixed)} is not a candidate {self.candidates} "
+        near = [i for i, c in enumerate(self.candidates) if abs(c - b) < 1e-3]
+        if not near:
+            raise ValueError(f"fixed bit-width {b} is not a candidate {self.candidates} "
                              "(checkpoints averaged across the fix?)")
-        return self.candidates.index(b)
+        return near[0]
 
     @property
     def bits(self):
@@ -59,7 +61,9 @@ class MixedWeightQuantizer(torch.nn.Module):
         return self.logits.softmax(-1)
 
     def expected_bits(self):
-        return (self.probs() * torch.tensor(self.candidates, dtype=self.logits.dtype, device=self.logits.device)).sum()
+        """Expected stored bits a weight (ternary counts 1.6)."""
+        costs = torch.tensor([storage_bits(b) for b in self.candidates], dtype=self.logits.dtype, device=self.logits.device)
+        return (self.probs() * costs).sum()
 
     def forward(self, w):
         i = self.chosen()
@@ -67,7 +71,7 @@ class MixedWeightQuantizer(torch.nn.Module):
             i = int(self.logits.argmax())         # validation while searching: the likeliest choice
         if i is not None:
             return self.quantizers[i](w)
-        g = F.gumbel_softmax(self.logits, tau=self.tau, hard=False)
+        g = F.gumbel_softmax(self.logits, tau=self.tau, hard=self.hard)
         return self.mix(w, g)
 
     def mix(self, w, g):
@@ -79,12 +83,13 @@ class MixedWeightQuantizer(torch.nn.Module):
         lead = (len(self.quantizers),) + (1,) * w.dim()
         consts = getattr(self, "_mix_consts", None)          # the candidates' bits and LSQ gradient scales
         if consts is None or consts[0].device != w.device:
-            bits = torch.tensor([float(q.bits) for q in self.quantizers], device=w.device).view(lead)
+            h = torch.tensor([grid(q.bits)[0] for q in self.quantizers], device=w.device).view(lead)
+            off = torch.tensor([grid(q.bits)[1] for q in self.quantizers], device=w.device).view(lead)
             gscale = torch.tensor([q.grad_scale() for q in self.quantizers], device=w.device).view(lead)
-            consts = self._mix_consts = (bits, gscale)
-        bits, gscale = consts
+            consts = self._mix_consts = (h, off, gscale)
+        h, off, gscale = consts
         step = scale_grad(torch.stack([q.log_step for q in self.quantizers]), gscale).exp()   # (K, *step shape)
-        return (g.view(lead).to(w.dtype) * fake_quant(w.unsqueeze(0), step, bits)).sum(0)
+        return (g.view(lead).to(w.dtype) * fake_quant_grid(w.unsqueeze(0), step, h, off)).sum(0)
 
     def extra_repr(self):
         return f"candidates={self.candidates}, fixed={self.bits}"
@@ -94,11 +99,11 @@ def mixed_quantizers(model):
     return {n[: -len(".weight_quantizer")]: m for n, m in model.named_modules() if isinstance(m, MixedWeightQuantizer)}
 
 
-def attach_mixed(model, names, candidates, per_channel=True):
+def attach_mixed(model, names, candidates, per_channel=True, hard=False):
     """Give every quantized layer in names a MixedWeightQuantizer (layers from quantize_)."""
     for n in names:
         mod = model.get_submodule(n)
-        mod.weight_quantizer = MixedWeightQuantizer(tuple(mod.weight.shape), candidates, per_channel)
+        mod.weight_quantizer = MixedWeightQuantizer(tuple(mod.weight.shape), candidates, per_channel, hard)
 
 
 def numels(model, names):
@@ -112,20 +117,20 @@ def expected_avg_bits(model):
     return sum(n[k] * q.expected_bits() for k, q in mq.items()) / total
 
 
-def budget_avg_bits(budget, nums, fixed_bytes=0):
-    """The budget as average bits per searched weight (for the expected-size penalty)."""
-    if budget.avg_bits is not None:
-        return budget.avg_bits
-    return (budget.size_mb * 1e6 - fixed_bytes) * 8 / sum(nums.values())
+def budget_avg_bits(budget, nums, fixed_bytes=0, n_params=None):
+    """The budget as average stored bits per searched weight (for the expected-size penalty): what the
+    whole-file budget leaves once the fixed bytes are paid."""
+    n_params = n_params if n_params is not None else sum(nums.values())
+    return (budget.file_bytes(n_params) - fixed_bytes) * 8 / sum(nums.values())
 
 
-def fix_allocation(model, budget, fixed_bytes=0):
+def fix_allocation(model, budget, fixed_bytes=0, n_params=None):
     """Fix every searching layer to the likeliest allocation within budget, filled up to the budget
     (fill_budget); returns {layer: bits}."""
     mq = mixed_quantizers(model)
     nums = numels(model, mq)
     cands = next(iter(mq.values())).candidates
-    costs, capacity = layer_costs(nums, cands, budget, fixed_bytes)
+    costs, capacity = layer_costs(nums, cands, budget, fixed_bytes, n_params)
     values = {k: (-q.logits.detach().log_softmax(-1)).tolist() for k, q in mq.items()}
     pick = fill_budget(costs, values, knapsack(costs, values, capacity), capacity)
     with torch.no_grad():
@@ -145,6 +150,15 @@ def finalize(model):
         model.get_submodule(k).weight_quantizer = q.quantizers[i]
         out[k] = q.candidates[i]
     return out
+
+
+@torch.no_grad()
+def sgd_logits(model, lr):
+    """Move every precision logit by -lr x its gradient and clear the gradient (logit_optim: sgd)."""
+    for q in mixed_quantizers(model).values():
+        if q.logits.grad is not None:
+            q.logits.sub_(lr * q.logits.grad)
+            q.logits.grad = None
 
 
 def tau_at(update, cfg):

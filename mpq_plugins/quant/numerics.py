@@ -1,8 +1,13 @@
 """Quantizer numerics, usable without ESPnet.
 
-Weights: signed symmetric integers with zero preserved, levels -Q..Q with Q = 2^(b-1) - 1
-(4 bits: -7..7, as AQT does; 2 bits: ternary -1, 0, 1), one step per output channel (or one
-per tensor). The step is learnt (LSQ: Esser et al. 2020) with the gradient scale
+Weights: signed symmetric grids, one step per output channel (or one per tensor). The bit-widths
+(BITS) and their levels, in steps:
+- b = 3..8: integers -Q..Q with zero, Q = 2^(b-1) - 1 (4 bits: -7..7, as AQT does);
+- 2: four levels -3/2, -1/2, 1/2, 3/2 (no zero: all four codes of two bits are used);
+- 1.6: ternary -1, 0, 1, stored five values to a byte (3^5 = 243 <= 256), so 1.6 bits a weight;
+- 1: binary -1/2, 1/2 (sign times half the step, the +-alpha of binary networks).
+The grids without zero round x/step - 1/2 and add the half back; as integers (to_int, packing,
+the int8 kernels) they are the odd numbers 2q at half the step. The step is learnt (LSQ: Esser et al. 2020) with the gradient scale
 1/sqrt(N * Q), N the number of values that share the step; rounding passes gradients straight
 through. The first step is the MSE-optimal clipping of the weight it quantizes.
 
@@ -24,20 +29,67 @@ import math
 
 import torch
 
-MIN_BITS, MAX_BITS = 2, 8
+BITS = (1, 1.6, 2, 3, 4, 5, 6, 7, 8)
+TERNARY = 1.6
 EPS = 1e-8
+BITS_TEXT = "1, 1.6 (ternary), 2, 3, 4, 5, 6, 7, 8"
 
 
 def check_bits(bits, what="bit-width"):
-    if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"{what} {bits!r} is outside {MIN_BITS}..{MAX_BITS}")
+    """bits as the canonical value (an int, or 1.6); anything else is one error naming what exists."""
+    if isinstance(bits, float) and abs(bits - TERNARY) < 1e-9:
+        return TERNARY
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits not in BITS:
+        raise ValueError(f"{what} {bits!r} is not one of {BITS_TEXT}")
     return bits
 
 
+def parse_bits(text):
+    """A bit-width written as text ("4", "1.6") -> its canonical value; ValueError otherwise."""
+    v = float(text)
+    return check_bits(int(v) if v == int(v) else v)
+
+
+def bits_label(bits):
+    """The bit-width as it appears in names: 4 -> "4", 1.6 -> "1p6"."""
+    return str(bits).replace(".", "p")
+
+
+def grid(bits):
+    """(h, offset) of a bit-width's levels: values offset + k in [-h, h] steps (k an integer)."""
+    if bits == TERNARY:
+        return 1.0, 0.0
+    if bits <= 2:
+        return (2 ** bits - 1) / 2, 0.5
+    return float(2 ** (bits - 1) - 1), 0.0
+
+
 def qmax(bits):
-    """Largest integer level of a signed symmetric b-bit quantizer with zero preserved (bits: an int,
-    or a tensor of them that broadcasts against what is quantized)."""
-    return 2 ** (bits - 1) - 1
+    """Largest level of a bit-width, in steps (3..8 bits: 2^(b-1) - 1; 2 bits: 3/2; 1.6: 1; 1: 1/2)."""
+    return grid(bits)[0]
+
+
+def positive_levels(bits):
+    """How many levels above zero (LSQ's Q_P in its gradient scale)."""
+    return int(math.ceil(qmax(bits)))
+
+
+def int_unit(bits):
+    """The integer levels' unit in steps: 1/2 for the grids without zero (odd integers), else 1."""
+    return 0.5 if grid(bits)[1] else 1.0
+
+
+def storage_bits(bits):
+    """Bits a weight takes in the packed file (1.6 for ternary: five to a byte)."""
+    return float(bits)
+
+
+TRITS = 5   # ternary values in a byte
+
+
+def storage_bytes(n, bits):
+    """Bytes of n weights at `bits` in the packed file (mpq_plugins.quant.packing)."""
+    return math.ceil(n / TRITS) if bits == TERNARY else math.ceil(n * bits / 8)
 
 
 def round_ste(x):
@@ -51,15 +103,22 @@ def scale_grad(x, g):
 
 
 def fake_quant(x, step, bits):
-    """Quantize-dequantize: round(clamp(x / step, -Q, Q)) * step, with STE and LSQ gradients."""
-    q = qmax(bits)
-    return round_ste(torch.clamp(x / step, -q, q)) * step
+    """Quantize-dequantize onto the grid of `bits` (STE and LSQ gradients)."""
+    h, off = grid(bits)
+    return fake_quant_grid(x, step, h, off)
+
+
+def fake_quant_grid(x, step, h, off):
+    """(round(clamp(x / step, -h, h) - off) + off) * step; h and off may be tensors that broadcast."""
+    u = torch.clamp(x / step, -h, h)
+    return (round_ste(u - off) + off) * step
 
 
 def to_int(x, step, bits):
-    """The integer levels of x (int8 tensor; every b <= 8 fits)."""
-    q = qmax(bits)
-    return torch.clamp(torch.round(x / step), -q, q).to(torch.int8)
+    """The levels of x as integers in units of int_unit(bits) steps (int8; every grid fits)."""
+    h, off = grid(bits)
+    u = torch.clamp(x / step, -h, h)
+    return ((torch.round(u - off) + off) / int_unit(bits)).round().to(torch.int8)
 
 
 def _channel_view(w, per_channel):
@@ -69,12 +128,13 @@ def _channel_view(w, per_channel):
 
 def mse_step(w, bits, per_channel=True, grid=40):
     """The step that minimises the squared quantization error, searched over clipping ratios
-    0.2..1 of the largest magnitude (per channel, or per tensor); shape broadcasts against w."""
+    0.2..1 of the largest magnitude (0.05..1 at 2 bits and below, where the best binary level is near
+    the mean magnitude), per channel or per tensor; shape broadcasts against w."""
     v = _channel_view(w.detach().float(), per_channel)
     peak = v.abs().amax(dim=1, keepdim=True).clamp_min(EPS)
     best_err = torch.full_like(peak, float("inf"))
     best = peak / qmax(bits)
-    for r in torch.linspace(0.2, 1.0, grid):
+    for r in torch.linspace(0.05 if bits <= 2 else 0.2, 1.0, grid):
         s = peak * r / qmax(bits)
         err = ((fake_quant(v, s, bits) - v) ** 2).sum(dim=1, keepdim=True)
         better = err < best_err
@@ -122,7 +182,7 @@ class WeightQuantizer(torch.nn.Module):
 
     def grad_scale(self):
         """LSQ's gradient scale of the step: 1 / sqrt(values per step * Q)."""
-        return 1.0 / (self.values_per_step * qmax(self.bits)) ** 0.5
+        return 1.0 / (self.values_per_step * positive_levels(self.bits)) ** 0.5
 
     def effective_step(self):
         """The step as the forward pass uses it: exp(log_step), the LSQ gradient scale on log_step."""
@@ -142,11 +202,13 @@ class WeightQuantizer(torch.nn.Module):
         return self._frozen[1]
 
     def int_weight(self, w):
-        """(int8 levels, step) of w: levels * effective_step() is exactly what forward computes."""
+        """(int8 levels, unit) of w: levels * unit is exactly what forward computes (unit: the step, or
+        half of it for the grids without zero)."""
         if not self.initialised():
             self.init_from(w)
         with torch.no_grad():
-            return to_int(w, self.effective_step(), self.bits), self.effective_step().detach().clone()
+            step = self.effective_step()
+            return to_int(w, step, self.bits), (step * int_unit(self.bits)).detach().clone()
 
     def extra_repr(self):
         return f"bits={self.bits}, per_channel={self.per_channel}"
@@ -159,6 +221,8 @@ class ActQuantizer(torch.nn.Module):
     def __init__(self, bits, mode="lsq", momentum=0.9):
         super().__init__()
         self.bits = check_bits(bits, "activation bit-width")
+        if not isinstance(self.bits, int) or self.bits < 2:
+            raise ValueError(f"activation bit-width {bits!r} is not one of 2..8")
         if mode not in ("lsq", "minmax"):
             raise ValueError(f"activation quantizer mode {mode!r} is not lsq or minmax")
         self.mode, self.momentum = mode, momentum

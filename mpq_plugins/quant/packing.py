@@ -8,9 +8,11 @@ Layout of `<name>.safetensors` (a header of a few kB, then three blobs):
   altered file is an error, never a wrong model,
   and the caller's strings (the ESPnet adapter: "config", the model-building part of its config
   as yaml, and "mvn_dim");
-- "packed" (uint8): each quantized weight's levels q + 2^(b-1) (0..2^b - 2) as a little-endian
-  bit stream of b bits a value, layer after layer, each layer starting on a byte; so 3- and
-  6-bit weights take 3 and 6 bits, not a byte;
+- "packed" (uint8): each quantized weight's levels as codes (`codes`: 3..8 bits: q + 2^(b-1), so
+  1..2^b - 1; 2 and 1 bits: the four and two levels in order, 0..3 and 0..1) in a little-endian
+  bit stream of b bits a value; ternary (1.6) as base-3 digits, five to a byte (sum of d_i 3^i);
+  layer after layer, each layer starting on a byte; so 3- and 6-bit weights take 3 and 6 bits,
+  ternary 1.6 bits, not a byte;
 - "float32": every other floating-point tensor of the state dict (log-steps of the quantizers,
   float parameters, buffers), flattened in state-dict order; "int64": the integer buffers.
 Names and shapes are not stored: the rebuilt model's state dict gives them, and every blob must
@@ -29,9 +31,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from mpq_plugins.quant.layers import quantized_modules
+from mpq_plugins.quant.numerics import TERNARY, TRITS, int_unit, parse_bits, storage_bytes
 
-FORMAT = "mpq-asr packed 3"   # 3: with the blobs' SHA-256; 2: quantizer steps stored as log-steps
-READABLE = (FORMAT, "mpq-asr packed 2")   # files of format 2 (no checksum) still load
+FORMAT = "mpq-asr packed 4"   # 4: 1, 1.6 (ternary) and four-level 2 bits; 3: with the blobs' SHA-256;
+#                               2: quantizer steps stored as log-steps
+READABLE = (FORMAT, "mpq-asr packed 3", "mpq-asr packed 2")   # older files load unless they hold 2-bit
+#                               weights (ternary in those formats; 2 bits now means four levels)
 HEADER_BYTES = 4096   # the header is about 2 kB for a Conformer; counted generously in budgets
 
 
@@ -55,6 +60,57 @@ def unpack_bits(data, bits, n):
     return (planes.astype(np.uint8) << np.arange(bits, dtype=np.uint8)).sum(axis=1).astype(np.uint8)
 
 
+def codes(levels, bits):
+    """Integer levels (in int_unit(bits) steps, as numerics.to_int gives them) -> codes 0..2^b - 1."""
+    v = np.asarray(levels, dtype=np.int16)
+    if bits == TERNARY:
+        return (v + 1).astype(np.uint8)
+    if int_unit(bits) != 1:          # odd integers -(2^b - 1)..(2^b - 1)
+        return ((v + 2 ** bits - 1) // 2).astype(np.uint8)
+    return (v + 2 ** (bits - 1)).astype(np.uint8)
+
+
+def levels_of(code, bits):
+    """Inverse of codes."""
+    v = np.asarray(code, dtype=np.int16)
+    if bits == TERNARY:
+        return v - 1
+    if int_unit(bits) != 1:
+        return 2 * v - (2 ** bits - 1)
+    return v - 2 ** (bits - 1)
+
+
+def pack_trits(values):
+    """values in 0..2 -> uint8 array of ceil(n / 5) bytes, five base-3 digits a byte."""
+    v = np.asarray(values, dtype=np.uint8).reshape(-1)
+    pad = (-v.size) % TRITS
+    v = np.concatenate([v, np.zeros(pad, np.uint8)]).reshape(-1, TRITS).astype(np.uint16)
+    return (v * (3 ** np.arange(TRITS, dtype=np.uint16))).sum(axis=1).astype(np.uint8)
+
+
+def unpack_trits(data, n):
+    need = math.ceil(n / TRITS)
+    if data.size != need:
+        raise PackedFileError(f"{n} ternary values need {need} bytes, found {data.size}")
+    d = np.asarray(data, dtype=np.uint8).astype(np.int16)
+    if (d >= 3 ** TRITS).any():
+        raise PackedFileError("a ternary byte is above 242: not five base-3 digits")
+    digits = (d[:, None] // (3 ** np.arange(TRITS, dtype=np.int16))) % 3
+    return digits.reshape(-1)[:n].astype(np.uint8)
+
+
+def encode(levels, bits):
+    """Integer levels of one weight -> its bytes in the packed blob."""
+    c = codes(levels, bits)
+    return pack_trits(c) if bits == TERNARY else pack_bits(c, int(bits))
+
+
+def decode(data, bits, n):
+    """Bytes of one weight -> its n integer levels (int16)."""
+    c = unpack_trits(data, n) if bits == TERNARY else unpack_bits(data, int(bits), n)
+    return levels_of(c, bits)
+
+
 def _layout(model):
     """(quantized modules in order, names of the other state-dict tensors in order)."""
     qmods = quantized_modules(model)
@@ -71,7 +127,7 @@ def export_packed(model, path, metadata):
     for name, mod in qmods.items():
         q, _ = mod.weight_quantizer.int_weight(mod.weight)
         b = mod.weight_quantizer.bits
-        packed.append(pack_bits((q.to(torch.int16) + 2 ** (b - 1)).cpu().numpy(), b))
+        packed.append(encode(q.cpu().numpy(), b))
         bits.append(b)
     floats = [state[k].detach().cpu().reshape(-1).float().numpy() for k in rest if state[k].is_floating_point()]
     ints = [state[k].detach().cpu().reshape(-1).long().numpy() for k in rest if not state[k].is_floating_point()]
@@ -88,14 +144,14 @@ def export_packed(model, path, metadata):
 def size_report(model, path, payload):
     """Bytes of the float32 model, of the file on disk and by the bit accounting; ratio; bits/param."""
     fp32 = sum(4 * t.numel() for k, t in model.state_dict().items() if "quantizer" not in k)
-    n_params = sum(t.numel() for k, t in model.state_dict().items() if "quantizer" not in k)
+    n_params = stored_params(model)
     disk = os.path.getsize(path)
     qm = quantized_modules(model)
     nq = sum(m.weight.numel() for m in qm.values())
     return {"fp32_bytes": fp32, "disk_bytes": disk, "accounted_bytes": payload,
             "header_bytes": disk - payload, "compression_ratio": fp32 / disk,
             "avg_bits_per_param": 8.0 * disk / n_params,
-            "avg_weight_bits": (sum(m.weight.numel() * m.weight_quantizer.bits for m in qm.values()) / nq) if nq else 32.0,
+            "avg_weight_bits": (sum(m.weight.numel() * float(m.weight_quantizer.bits) for m in qm.values()) / nq) if nq else 32.0,
             "quantized_fraction": nq / n_params, "params": n_params,
             "bits_per_layer": {n: m.weight_quantizer.bits for n, m in qm.items()}}
 
@@ -125,6 +181,12 @@ def fixed_bytes(model):
     return total
 
 
+def stored_params(model):
+    """Values of the model the packed file stores (every state-dict value but the quantizers'): the
+    parameters that avg_bits budgets and size reports count."""
+    return sum(t.numel() for k, t in model.state_dict().items() if "quantizer" not in k)
+
+
 def read_packed(path):
     """(tensors dict of numpy arrays, metadata dict of strings, bits list); one clear error for a bad file."""
     try:
@@ -137,9 +199,12 @@ def read_packed(path):
         raise PackedFileError(f"{path}: not an mpq-asr packed model this version reads (format {meta.get('format')!r}; "
                               f"it reads {', '.join(READABLE)})")
     try:
-        bits = [int(b) for b in meta["bits"].split(",")] if meta["bits"] else []
+        bits = [parse_bits(b) for b in meta["bits"].split(",")] if meta["bits"] else []
     except (KeyError, ValueError) as e:
         raise PackedFileError(f"{path}: damaged header ({e})") from None
+    if meta["format"] != FORMAT and 2 in bits:
+        raise PackedFileError(f"{path}: {meta['format']} stored 2-bit weights as ternary, which this version "
+                              "reads as 1.6 bits and 2 bits as four levels: quantize and pack the system again")
     missing = {"packed", "float32", "int64"} - set(tensors)
     if missing:
         raise PackedFileError(f"{path}: missing {', '.join(sorted(missing))}")
@@ -161,10 +226,10 @@ def unpack_state(model, tensors, bits, path):
         if mod.weight_quantizer.bits != b:
             raise PackedFileError(f"{path}: {name}: header says {b} bits, the model has {mod.weight_quantizer.bits}")
         n = mod.weight.numel()
-        nbytes = math.ceil(n * b / 8)
+        nbytes = storage_bytes(n, b)
         if pos + nbytes > blob.size:
             raise PackedFileError(f"{path}: packed weights end before {name}")
-        levels = unpack_bits(blob[pos:pos + nbytes], b, n).astype(np.int16) - 2 ** (b - 1)
+        levels = decode(blob[pos:pos + nbytes], b, n)
         state[f"{name}.weight"] = torch.from_numpy(levels.astype(np.float32)).reshape(mod.weight.shape)
         pos += nbytes
     if pos != blob.size:
@@ -182,7 +247,8 @@ def unpack_state(model, tensors, bits, path):
         if used != tensors[kind].size:
             raise PackedFileError(f"{path}: {tensors[kind].size - used} {kind} values left over: "
                                   "the header does not match its tensors")
-    for name, mod in qmods.items():   # levels * step, with the step the forward pass uses
+    for name, mod in qmods.items():   # levels * unit, with the step the forward pass uses
         mod.weight_quantizer.log_step.data.copy_(state[f"{name}.weight_quantizer.log_step"])
-        state[f"{name}.weight"] = state[f"{name}.weight"] * mod.weight_quantizer.effective_step().detach()
+        unit = mod.weight_quantizer.effective_step().detach() * int_unit(mod.weight_quantizer.bits)
+        state[f"{name}.weight"] = state[f"{name}.weight"] * unit
     return state

@@ -56,17 +56,17 @@ def kl_sensitivity(model, batches, names, candidates, outputs, progress=None):
     return out
 
 
-def hutchinson_traces(loss_fn, params, n_samples, seed=0):
+def hutchinson_traces(loss_fn, params, n_samples=16, gen=None):
     """{name: estimate of the trace of d2 loss / d param2} for each named parameter (its diagonal
-    block of the Hessian), from n_samples Rademacher probes: E[v^T H v] = tr H."""
-    gen = torch.Generator().manual_seed(seed)
+    block of the Hessian), from n_samples Rademacher probes made on the parameters' device from `gen`
+    (a torch.Generator of that device; each call draws new probes): E[v^T H v] = tr H."""
     names = list(params)
     tensors = [params[n] for n in names]
     loss = loss_fn()
     grads = torch.autograd.grad(loss, tensors, create_graph=True)
     traces = {n: 0.0 for n in names}
     for s in range(n_samples):
-        vs = [(torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(t.device, t.dtype) for t in tensors]
+        vs = [(torch.randint(0, 2, t.shape, generator=gen, device=t.device) * 2 - 1).to(t.dtype) for t in tensors]
         hvs = torch.autograd.grad(grads, tensors, grad_outputs=vs, retain_graph=s < n_samples - 1)
         for n, v, hv in zip(names, vs, hvs):
             traces[n] += float((v * hv).sum()) / n_samples
@@ -74,17 +74,24 @@ def hutchinson_traces(loss_fn, params, n_samples, seed=0):
 
 
 def hessian_sensitivity(model, loss_fns, names, candidates, n_samples=16, seed=0):
-    """{layer: {bits: (tr H / n) * ||Q_b(W) - W||^2}}, tr H by Hutchinson, averaged over loss_fns
-    (one closure per batch, each computing the loss from the model's current weights)."""
+    """{layer: {bits: (tr H / n) * ||Q_b(W) - W||^2}}, tr H by Hutchinson with fresh probes for every
+    batch, averaged over loss_fns (one closure per batch, each computing the loss from the model's
+    current weights). A layer whose estimate is not positive (noise around a flat direction) takes the
+    smallest positive average trace of the model: a cheap layer, never a free one."""
     mods = _layers(model, names)
+    device = next(iter(mods.values())).weight.device
+    gen = torch.Generator(device=device).manual_seed(seed)
     traces = {n: 0.0 for n in names}
     for loss_fn in loss_fns:
-        tr = hutchinson_traces(loss_fn, {n: m.weight for n, m in mods.items()}, n_samples, seed)
+        tr = hutchinson_traces(loss_fn, {n: m.weight for n, m in mods.items()}, n_samples, gen)
         for n in names:
             traces[n] += tr[n] / len(loss_fns)
+    avg = {n: traces[n] / m.weight.numel() for n, m in mods.items()}
+    positive = [a for a in avg.values() if a > 0]
+    floor = min(positive) if positive else 1.0
     out = {}
     for n, m in mods.items():
         w = m.weight.detach()
-        avg_trace = max(traces[n], 0.0) / w.numel()
-        out[n] = {b: avg_trace * float(((fake_quant(w, mse_step(w, b), b) - w) ** 2).sum()) for b in candidates}
+        a = avg[n] if avg[n] > 0 else floor
+        out[n] = {b: a * float(((fake_quant(w, mse_step(w, b), b) - w) ** 2).sum()) for b in candidates}
     return out
