@@ -78,3 +78,26 @@ def test_hessian_sensitivity_on_a_device_matches_the_cpu(device):
                                     n_samples=4)
     assert [on[n][b] for n in names for b in (2, 4)] == pytest.approx([cpu[n][b] for n in names for b in (2, 4)],
                                                                       rel=1e-3)
+
+
+def test_no_tensor_is_made_without_the_models_device():
+    """With torch's default device set to `meta`, a tensor made without naming a device lands on meta and
+    any op mixing it with the CPU model fails: what a CPU-made tensor does to a model on a GPU."""
+    from mpq_plugins.quant.mixed import MixedWeightQuantizer, expected_avg_bits, attach_mixed
+    from mpq_plugins.quant.numerics import mse_step
+    from mpq_plugins.quant.sensitivity import hessian_sensitivity
+    from mpq_plugins.quant import quantize_
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 4))
+    x = torch.randn(8, 6)
+    quantize_(model, {"weight_bits": 4, "mixed_precision": {"candidates": [1, 1.6, 2, 4], "budget": {"avg_bits": 3}}})
+    probe = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 4))
+    with torch.device("meta"):
+        model.train()
+        out = model(x)
+        assert out.device.type == "cpu"
+        out.sum().backward()
+        assert expected_avg_bits(model).device.type == "cpu"
+        assert mse_step(x, 2).device.type == "cpu"
+        sens = hessian_sensitivity(probe, [lambda: (probe(x) ** 2).mean()], ["0", "1"], [1, 2, 4], n_samples=2)
+        assert all(v >= 0 for layer in sens.values() for v in layer.values())

@@ -12,7 +12,7 @@ from mpq_plugins.espnet.sensitivity import espnet_hessian_sensitivity, posterior
 from mpq_plugins.quant.allocation import (Budget, BudgetError, allocate, average_bits, fill_budget, knapsack,
                                           layer_costs)
 from mpq_plugins.quant.config import QuantConfig, plan
-from mpq_plugins.quant.sensitivity import hutchinson_traces, kl_sensitivity
+from mpq_plugins.quant.sensitivity import hessian_sensitivity, hutchinson_traces, kl_sensitivity
 from tests.fixtures import tiny_asr_model
 
 
@@ -89,7 +89,7 @@ def test_bad_budgets(conf, message):
         layer_costs({"a": 1000}, [2, 4], Budget.from_dict(conf), fixed_bytes=100)
 
 
-@pytest.mark.parametrize("cands,message", [([], "empty"), ([2, 9], "outside 2..8"), ([1, 4], "outside 2..8")])
+@pytest.mark.parametrize("cands,message", [([], "empty"), ([2, 9], "9 is not one of 1, 1.6"), ([1.5, 4], "1.5 is not one of")])
 def test_bad_candidates(cands, message):
     with pytest.raises(BudgetError, match=message):
         allocate({"a": {}}, {"a": 10}, cands, Budget(avg_bits=4))
@@ -107,7 +107,8 @@ def test_hutchinson_matches_the_exact_hessian_trace():
 
     h1 = torch.autograd.functional.hessian(lambda a: loss_of(a, w2), w1).reshape(20, 20)
     h2 = torch.autograd.functional.hessian(lambda b: loss_of(w1, b), w2).reshape(12, 12)
-    est = hutchinson_traces(lambda: loss_of(w1, w2), {"w1": w1, "w2": w2}, n_samples=300, seed=1)
+    est = hutchinson_traces(lambda: loss_of(w1, w2), {"w1": w1, "w2": w2}, n_samples=300,
+                            gen=torch.Generator().manual_seed(1))
     assert est["w1"] == pytest.approx(h1.trace().item(), rel=0.1)
     assert est["w2"] == pytest.approx(h2.trace().item(), rel=0.1)
     # a diagonal Hessian is exact from a single probe (v_i^2 = 1)
@@ -115,6 +116,31 @@ def test_hutchinson_matches_the_exact_hessian_trace():
     w = torch.zeros(3, requires_grad=True)
     one = hutchinson_traces(lambda: 0.5 * (d * w * w).sum(), {"w": w}, n_samples=1)
     assert one["w"] == pytest.approx(6.0)
+
+
+def test_hessian_probes_are_fresh_for_every_batch_and_no_layer_gets_bits_for_free():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 4))
+    x = torch.randn(16, 6)
+    seen = []
+    real = torch.randint
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append(out.clone())
+        return out
+    torch.randint = spy
+    try:
+        loss = lambda: (model(x) ** 2).mean()
+        sens = hessian_sensitivity(model, [loss, loss], ["0", "1"], [2, 4], n_samples=1)
+    finally:
+        torch.randint = real
+    assert len(seen) == 4 and not torch.equal(seen[0], seen[2])   # batch 2 draws new probes
+    # a layer whose trace is negative (a concave loss in it) costs like the flattest positive layer, not nothing
+    z = torch.randn(16, 5)
+    out = hessian_sensitivity(model, [lambda: -10 * (model[0](x) ** 2).mean() + (model[1](z) ** 2).mean()],
+                              ["0", "1"], [2, 4], n_samples=4)
+    assert all(v > 0 for layer in out.values() for v in layer.values())
 
 
 def tiny_batch():

@@ -108,3 +108,17 @@ def test_chain_stays_as_is_without_calibration_or_when_not_quantized():
     with torch.no_grad():
         assert to_int8_serving(plain, calibration=lambda: plain.encode(torch.randn(1, 1, 9, 9))) == []
     assert isinstance(plain.conv, torch.nn.Sequential)
+
+
+@pytest.mark.parametrize("bits", [1, 1.6, 2])
+def test_the_grids_below_3_bits_serve_on_the_int8_kernels(bits):
+    torch.manual_seed(0)
+    lin = QLinear.from_float(torch.nn.Linear(64, 32), bits)
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        want = lin(x)
+        levels, _ = lin.weight_quantizer.int_weight(lin.weight)
+        holder = torch.nn.Sequential(lin)
+        assert to_int8_serving(holder) == ["0"]
+        assert torch.equal(holder[0].weight().int_repr(), levels)      # odd integers at half the step (1, 2 bits)
+        assert rel_err(holder[0](x), want) < 0.02

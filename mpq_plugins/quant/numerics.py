@@ -134,7 +134,7 @@ def mse_step(w, bits, per_channel=True, grid=40):
     peak = v.abs().amax(dim=1, keepdim=True).clamp_min(EPS)
     best_err = torch.full_like(peak, float("inf"))
     best = peak / qmax(bits)
-    for r in torch.linspace(0.05 if bits <= 2 else 0.2, 1.0, grid):
+    for r in torch.linspace(0.05 if bits <= 2 else 0.2, 1.0, grid, device=v.device):
         s = peak * r / qmax(bits)
         err = ((fake_quant(v, s, bits) - v) ** 2).sum(dim=1, keepdim=True)
         better = err < best_err
