@@ -11,7 +11,7 @@ ignored:
     description: uniform QAT, weights    # the human-readable method (the report's "method" column)
     quant_conf: conf/quant/w4.yaml       # null for the baseline
     conf: {...}                  # the composed quant conf, {} for the baseline
-    budget: {avg_bits: 3.0}      # or {size_mb: 1.2}; null unless mixed precision
+    budget: {avg_bits: 3.0}      # stored bits a parameter, whole file; or {ratio: R} or {size_mb: M}; null unless mixed precision
     is_float: false              # true for float and float_control
     weight_bits: 4.0             # average bits per quantized weight (32.0 for float)
     bits_per_layer: {layer: 4, ...}      # {} for float
@@ -73,8 +73,9 @@ def _problems(rec, name):
     elif rec["is_float"] is not (rec["method"] in FLOAT):
         out.append(f"is_float {rec['is_float']!r} does not fit method {rec['method']}")
     if rec["method"] in MIXED and not (isinstance(rec["budget"], dict) and
-                                       len(set(rec["budget"]) & {"avg_bits", "size_mb"}) == 1):
-        out.append(f"method {rec['method']} needs a budget {{avg_bits: B}} or {{size_mb: M}}, not {rec['budget']!r}")
+                                       len(set(rec["budget"]) & {"avg_bits", "ratio", "size_mb"}) == 1):
+        out.append(f"method {rec['method']} needs a budget {{avg_bits: B}}, {{ratio: R}} or {{size_mb: M}}, "
+                   f"not {rec['budget']!r}")
     if not _number(rec["weight_bits"]):
         out.append(f"weight_bits {rec['weight_bits']!r} is not a number")
     for key, sub in (("sizes", SIZES), ("compression_time", COMPRESSION_TIME), ("training", TRAINING)):

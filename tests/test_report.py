@@ -168,27 +168,28 @@ def test_mixed_precision_system_gets_a_bit_allocation_plot(recipe):
 
 def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
     base = make_system(recipe, "asr_m", edit(lambda u: 0))
-    mixed = {"bits_per_layer": {"a": 2, "b": 4}, "weight_bits": 3.0}
+    mixed = {"bits_per_layer": {"a": 2, "b": 4}, "weight_bits": 3.0, "size": 370}   # 3.0 weight bits, 2.96 stored
     one = make_system(recipe, "asr_m_one", edit(lambda u: 0), "one_stage", budget={"avg_bits": 3},
                       times=[("train", 300), ("pack", 12)], **mixed)
     kl = make_system(recipe, "asr_m_kl", edit(lambda u: 1 if u < 2 else 0), "kl", budget={"avg_bits": 3.0},
                      times=[("search", 240), ("train", 300), ("pack", 12)], **mixed)
-    w3 = make_system(recipe, "asr_m_w3", edit(lambda u: 1 + u % 2), "qat", weight_bits=3)
-    other = make_system(recipe, "asr_m_w4", edit(lambda u: 0), "qat", weight_bits=4)
-    w3_ptq = make_system(recipe, "asr_m_w3_ptq", edit(lambda u: 1 + u % 2), "ptq", weight_bits=3)
+    w3 = make_system(recipe, "asr_m_w3", edit(lambda u: 1 + u % 2), "qat", weight_bits=3, size=420)   # 3.36 stored
+    other = make_system(recipe, "asr_m_w4", edit(lambda u: 0), "qat", weight_bits=4, size=560)      # 4.48 stored
+    w3_ptq = make_system(recipe, "asr_m_w3_ptq", edit(lambda u: 1 + u % 2), "ptq", weight_bits=3, size=420)
     w3_layers = make_system(recipe, "asr_m_w3_layers", edit(lambda u: 0), "qat", weight_bits=3,   # per-layer bits
-                            bits_per_layer={"a": 2, "b": 4}, description="mixed QAT, weights")
+                            bits_per_layer={"a": 2, "b": 4}, description="mixed QAT, weights", size=370)
     half = make_system(recipe, "asr_m_one_half", edit(lambda u: 1 if u == 4 else 0), "one_stage",
                        budget={"avg_bits": 3}, times=[("train", 150), ("pack", 12)], **mixed)
     sn = make_system(recipe, "asr_m_sn", edit(lambda u: 0), "supernet", budget={"size_mb": 1.2}, **mixed)
     lines = report.report(base, [one, half, kl, w3, other, w3_ptq, w3_layers, sn], "test", "dev",
                           str(recipe / "RESULTS.md"), DECODE)
-    i = lines.index("### Budget 3 bits")
+    i = lines.index("### Budget 3 stored bits (10.67x)")
     rows = {r.split("|")[1]: r.split("|") for r in lines[i:lines.index("## Seeds and intervals (test)")]
             if r.startswith("|asr_m")}
     rows = {k: v for k, v in rows.items() if k in ("asr_m_one", "asr_m_kl", "asr_m_w3", "asr_m_w4")}
     block = lines[i + 4: lines.index("", i + 3)]
-    # uniform QAT and PTQ systems of 3 bits belong to the budget; not w4, nor a QAT system with per-layer bits
+    # uniform QAT and PTQ systems storing within half a bit of the budget are shown beside it; not w4 (4.48
+    # stored bits), nor a QAT system with per-layer bits
     assert [r.split("|")[1] for r in block] == ["asr_m_one", "asr_m_one_half", "asr_m_kl", "asr_m_w3", "asr_m_w3_ptq"]
     j = lines.index("### Budget 1.2 MB")                                   # a size budget: its own table
     assert [r.split("|")[1] for r in lines[j + 4: lines.index("", j + 3)]] == ["asr_m_sn"]

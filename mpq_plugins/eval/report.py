@@ -276,14 +276,29 @@ def seeds_table(systems, main_set, valid_set, sig):
     return lines
 
 
+NEAR_BITS = 0.5   # a uniform system is shown beside a budget when it stores within this many bits of it
+
+
+def budget_bits(s):
+    """A mixed-precision system's budget in stored bits a parameter (whole file; 32 / ratio), or None
+    (a size budget, or not mixed precision)."""
+    if not s.mixed or "size_mb" in s.budget:
+        return None
+    return float(s.budget["avg_bits"]) if "avg_bits" in s.budget else 32.0 / float(s.budget["ratio"])
+
+
 def budget_of(s):
-    """The budget of a mixed-precision system as text ('3 bits', '1.2 MB'); a uniform system (QAT or
-    PTQ, every layer at the same bits): its bits; otherwise None."""
-    if s.mixed:
-        return f"{s.budget['avg_bits']:g} bits" if "avg_bits" in s.budget else f"{s.budget['size_mb']} MB"
-    if s.kind in ("qat", "ptq") and len(set(s.bits_per_layer.values())) <= 1:
-        return f"{s.weight_bits:g} bits"
-    return None
+    """The budget of a mixed-precision system as text ('3 stored bits (10.67x)', '1.2 MB'), else None."""
+    if not s.mixed:
+        return None
+    bits = budget_bits(s)
+    return f"{s.budget['size_mb']} MB" if bits is None else f"{bits:g} stored bits ({32 / bits:.2f}x)"
+
+
+def near_uniform(s, bits):
+    """A uniform system (QAT or PTQ, every layer at the same bits) storing within NEAR_BITS of `bits`."""
+    return (bits is not None and s.kind in ("qat", "ptq") and len(set(s.bits_per_layer.values())) <= 1
+            and abs(32.0 / s.sizes["compression_ratio"] - bits) <= NEAR_BITS)
 
 
 def against_one_stage(one, s, main_set):
@@ -301,14 +316,14 @@ def equal_budget(systems, main_set, valid_set, sig):
     """Per budget of the mixed-precision systems: each method (and the uniform system of that many
     bits) with its accuracy, the one-stage system tested against it (MAPSSWE), and its compression
     time split into search, fine-tuning and packing."""
-    budgets = list(dict.fromkeys(budget_of(s) for s in systems if s.mixed))
+    budgets = {budget_of(s): budget_bits(s) for s in systems if s.mixed}
     lines = []
-    for b in budgets:
-        rows = [s for s in systems if not s.is_float and budget_of(s) == b]
+    for b, bits in budgets.items():
+        rows = [s for s in systems if not s.is_float and (budget_of(s) == b or near_uniform(s, bits))]
         one_stage = [s for s in rows if s.kind == "one_stage"]
         one = one_stage[0] if one_stage else None
         lines += [f"### Budget {b}", "",
-                  f"|system|method|weight bits|size on disk (bytes)|ratio|{valid_set} WER|{main_set} WER|lossless|"
+                  f"|system|method|weight bits|size on disk (bytes)|ratio (stored bits)|{valid_set} WER|{main_set} WER|lossless|"
                   "search (min)|fine-tuning (min)|pack (min)|total (min)|time over one-stage|"
                   f"one-stage against it ({main_set})|",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -321,7 +336,8 @@ def equal_budget(systems, main_set, valid_set, sig):
                 if t else [""] * 4
             over = f"{s.compress_wall / one.compress_wall:.2f}x" if t and one and one.compress_wall else ""
             lines.append(f"|{s.name}|{s.method}|{s.weight_bits:.2f}|{s.sizes['disk_bytes']:,}|"
-                         f"{s.sizes['compression_ratio']:.2f}x|{wer[0]}|{wer[1]}|{verdict}|" + "|".join(times) +
+                         f"{s.sizes['compression_ratio']:.2f}x ({32 / s.sizes['compression_ratio']:.2f})|{wer[0]}|{wer[1]}|"
+                         f"{verdict}|" + "|".join(times) +
                          f"|{over}|{against_one_stage(one, s, main_set)}|")
         lines.append("")
         for other in one_stage[1:]:
