@@ -245,21 +245,22 @@ quantize_system() {
                 --asr_model_file ${float_model} --quant_conf ${qc} --out ${qexp}/${inference_model};;
     float|qat|one_stage)
         ${compose} --out ${qexp}/train_config.yaml
-        trained ${qexp} || timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml \
+        trained ${qexp} || timer="${qtime} train --resumable ${qexp} --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml \
             ${qexp} --init_param ${float_model} --seed ${seed};;
     kl|hessian|supernet)
         if [ ! ${qexp}/bits.yaml -nt ${qc} ]; then
             if [ ${method} = supernet ]; then
                 ${compose} --search_run --out ${qexp}/search/train_config.yaml
-                timer="${qtime} search --" train_asr mpq_plugins.bin.asr_train ${qexp}/search/train_config.yaml \
+                timer="${qtime} search --resumable ${qexp}/search --" train_asr mpq_plugins.bin.asr_train ${qexp}/search/train_config.yaml \
                     ${qexp}/search --init_param ${float_model} --seed ${seed}
             fi
-            ${qtime} search -- python -m mpq_plugins.bin.search_precision --quant_conf ${qc} \
+            ${qtime} search --resumable ${qexp}/bits.yaml.d -- python -m mpq_plugins.bin.search_precision --quant_conf ${qc} \
                 --asr_train_config ${asr_exp}/config.yaml --asr_model_file ${float_model} \
-                --data ${datadir}/${valid_set} --supernet_dir ${qexp}/search --out ${qexp}/bits.yaml
+                --data ${datadir}/${valid_set} --supernet_dir ${qexp}/search --out ${qexp}/bits.yaml \
+                --cache_dir ${asr_exp}/sensitivities
         fi
         ${compose} --bits ${qexp}/bits.yaml --out ${qexp}/train_config.yaml
-        trained ${qexp} || timer="${qtime} train --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml \
+        trained ${qexp} || timer="${qtime} train --resumable ${qexp} --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml \
             ${qexp} --init_param ${float_model} --seed ${seed};;
     *) echo "$0: ${qc}: method '${method}' is not one of float ptq qat one_stage supernet kl hessian" >&2; exit 1;;
     esac

@@ -1,6 +1,7 @@
 """Precision search: budgets, the exact knapsack against brute force, Hutchinson against the exact
 Hessian trace, and the sensitivities of a real (tiny) ESPnet Conformer."""
 import copy
+import os
 import itertools
 import random
 
@@ -176,3 +177,46 @@ def test_an_unmeetable_size_budget_fails_before_the_search():
     qcfg = QuantConfig.from_dict({"mixed_precision": {"candidates": [2, 4, 8], "budget": {"size_mb": 0.01}}})
     with pytest.raises(BudgetError, match="below what the smallest candidates allow"):
         sensitivity_search("kl", model, {}, qcfg, "/no/such/data/dir")      # the data is never read
+
+
+def test_sensitivities_are_computed_once_and_every_budget_pays_for_them(tmp_path, monkeypatch):
+    import json
+    from mpq_plugins.espnet import sensitivity as sens_mod
+    from mpq_plugins.espnet.system import compression_time
+    model = tiny_asr_model()
+    model_file = tmp_path / "fp32.pth"
+    torch.save(model.state_dict(), model_file)
+    data = tmp_path / "dev"
+    data.mkdir()
+    for f in ("wav.scp", "text", "utt2spk"):
+        (data / f).write_text("u1 x\n")
+    monkeypatch.setattr(sens_mod, "held_out_batches", lambda conf, d, n: [tiny_batch()])
+    cache = tmp_path / "sensitivities"
+    mp = {"candidates": [1, 1.6, 2, 4, 8], "n_utts": 2}
+    q = lambda bits: QuantConfig.from_dict({"modules": [r"encoder\.encoders\.0\.feed_forward\.w_[12]", "ctc"],  # noqa
+                                            "mixed_precision": {**mp, "budget": {"avg_bits": bits}}})
+    bits_a, rec_a = sens_mod.sensitivity_search("kl", model, {}, q(31.0), str(data), model_file=str(model_file),
+                                                cache_dir=str(cache))
+    assert rec_a["sensitivity_cache"]["computed_here"] is True and len(os.listdir(cache)) == 1
+    monkeypatch.setattr(sens_mod, "kl_sensitivity", lambda *a, **k: pytest.fail("computed again"))
+    bits_b, rec_b = sens_mod.sensitivity_search("kl", model, {}, q(30.9), str(data), model_file=str(model_file),
+                                                cache_dir=str(cache))
+    assert rec_b["sensitivity_cache"] == {"file": rec_a["sensitivity_cache"]["file"], "computed_here": False}
+    assert rec_b["sensitivity"] == rec_a["sensitivity"] and 1.6 in next(iter(rec_b["sensitivity"].values()))
+    assert rec_b["search_seconds"] == rec_a["search_seconds"]
+    # another held-out set is another cache entry
+    (data / "text").write_text("u1 y\n")
+    monkeypatch.setattr(sens_mod, "kl_sensitivity", lambda *a, **k: {n: {b: 1.0 for b in mp["candidates"]}
+                                                                   for n in a[2]})
+    _, rec_c = sens_mod.sensitivity_search("kl", model, {}, q(30.9), str(data), model_file=str(model_file),
+                                           cache_dir=str(cache))
+    assert rec_c["sensitivity_cache"]["computed_here"] is True and len(os.listdir(cache)) == 2
+    # a system whose search read the cache is charged the search that computed it
+    exp = tmp_path / "exp_b"
+    exp.mkdir()
+    (exp / "compression_time.json").write_text(json.dumps([{"what": "search", "wall_s": 2.0, "cpu_s": 2.0, "rc": 0},
+                                                           {"what": "train", "wall_s": 100.0, "cpu_s": 190.0, "rc": 0}]))
+    (exp / "search.json").write_text(json.dumps({"search_seconds": 50.0, "search_cpu_seconds": 90.0,
+                                                 "sensitivity_cache": {"file": "x", "computed_here": False}}))
+    t = compression_time(str(exp))
+    assert t["search_s"] == 52.0 and t["total_s"] == 152.0 and t["cpu_s"] == 282.0

@@ -191,10 +191,11 @@ def test_quantize_stage_killed_midway_reruns_cleanly(recipe, tmp_path):
     r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(conf))
     assert r.returncode == 0, r.stderr[-2000:]
     log = json.loads((exp / "compression_time.json").read_text())
-    assert [e["what"] for e in log] == ["train", "train", "pack"] and log[0]["rc"] != 0 and log[1]["rc"] == 0
+    # cut before its first checkpoint, the epoch starts over: the cut run is not charged (timed --resumable)
+    assert "1 cut run(s) not counted" in r.stderr
+    assert [e["what"] for e in log] == ["train", "pack"] and log[0]["rc"] == 0
     record = yaml.safe_load((exp / "system.yaml").read_text())
-    assert record["weight_bits"] == 3 and record["compression_time"]["train_s"] == pytest.approx(
-        log[0]["wall_s"] + log[1]["wall_s"], abs=0.02)
+    assert record["weight_bits"] == 3 and record["compression_time"]["train_s"] == pytest.approx(log[0]["wall_s"], abs=0.02)
 
 
 def test_stock_espnet_loader_drops_the_quantizers_ours_does_not(recipe, monkeypatch):

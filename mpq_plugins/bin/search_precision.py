@@ -11,7 +11,9 @@ mpq_plugins.bin.quant_config --bits).
         --supernet_dir exp/asr_x_mpq_supernet_3bit/search --out exp/asr_x_mpq_supernet_3bit/bits.yaml
 
 Writes bits.yaml and, beside it, search.json (the sensitivities or probabilities, the allocation,
-its average bits and the budget).
+its average bits and the budget). With --cache_dir, KL and Hessian sensitivities are computed once
+per float model, layers, candidates and held-out data, and read by every later budget or seed;
+search.json then names the file and the seconds of the search that computed them.
 """
 import argparse
 import json
@@ -40,7 +42,8 @@ def search(a):
         if not (a.asr_train_config and a.asr_model_file and a.data):
             raise ValueError("--asr_train_config, --asr_model_file and --data are needed")
         model, model_conf = load_asr_model(a.asr_train_config, a.asr_model_file)
-        bits, record = sensitivity_search(method, model, model_conf, qcfg, a.data, progress)
+        bits, record = sensitivity_search(method, model, model_conf, qcfg, a.data, progress,
+                                          model_file=a.asr_model_file, cache_dir=a.cache_dir)
     elif method == "supernet":
         if not a.supernet_dir:
             raise ValueError("--supernet_dir is needed for method supernet")
@@ -57,6 +60,8 @@ def main(argv=None):
     p.add_argument("--asr_model_file")
     p.add_argument("--data", help="held-out Kaldi data dir for the sensitivities")
     p.add_argument("--supernet_dir", help="exp dir of a finished supernet run (method supernet)")
+    p.add_argument("--cache_dir", help="kl, hessian: read the sensitivities from here when a search of the same model, "
+                                       "layers, candidates and data computed them; else compute and keep them here")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     try:

@@ -6,6 +6,11 @@ The log is a list of {"what", "wall_s", "cpu_s", "rc"}. An interrupted command (
 with SIGTERM) is logged with its status (130 or 143): what it finished (ESPnet's epochs) a rerun resumes from rather than redoes, so
 the total counts it; run.sh does not rerun a step that is done, so nothing is counted twice. Exits with
 the command's status; an interruption is one line, not a traceback.
+
+With --resumable DIR, a rerun first drops the failed or interrupted entries of the same step when
+DIR/checkpoint.pth is not there: the step starts over (a search; a one-epoch fine-tuning cut before
+ESPnet saved its first checkpoint) and its lost minutes would otherwise be charged to the method.
+A step that resumes from DIR/checkpoint.pth keeps them: their work is in the result.
 """
 import argparse
 import json
@@ -25,11 +30,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log", required=True)
     p.add_argument("--what", required=True)
+    p.add_argument("--resumable", metavar="DIR", default=None,
+                   help="drop this step's earlier failed entries unless DIR/checkpoint.pth lets the rerun resume")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
     if not cmd:
         sys.exit("timed: no command given")
+    if a.resumable is not None and not os.path.exists(os.path.join(a.resumable, "checkpoint.pth")):
+        log = read_log(a.log)
+        kept = [e for e in log if e["what"] != a.what or e["rc"] == 0]
+        if len(kept) != len(log):
+            print(f"timed: {a.what}: starts over; {len(log) - len(kept)} cut run(s) not counted", file=sys.stderr)
+            write_log(a.log, kept)
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     child = subprocess.Popen(cmd)
@@ -43,16 +56,22 @@ def main(argv=None):
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     entry = {"what": a.what, "wall_s": round(time.time() - t0, 2),
              "cpu_s": round(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, 2), "rc": rc}
-    log = []
-    if os.path.exists(a.log):
-        with open(a.log) as f:
-            log = json.load(f)
-    log.append(entry)
-    os.makedirs(os.path.dirname(os.path.abspath(a.log)), exist_ok=True)
-    with open(a.log + ".tmp", "w") as f:
-        json.dump(log, f, indent=1)
-    os.replace(a.log + ".tmp", a.log)
+    write_log(a.log, read_log(a.log) + [entry])
     sys.exit(rc)
+
+
+def read_log(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_log(path, log):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(log, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

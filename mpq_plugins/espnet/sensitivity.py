@@ -11,6 +11,7 @@ bit-width within the budget.
 """
 import argparse
 import copy
+import hashlib
 import json
 import os
 import time
@@ -28,6 +29,7 @@ from mpq_plugins.quant import QuantConfig, quantize_
 from mpq_plugins.quant.allocation import allocate, average_bits, layer_costs
 from mpq_plugins.quant.config import plan
 from mpq_plugins.quant.mixed import numels
+from mpq_plugins.quant.numerics import parse_bits
 from mpq_plugins.quant.packing import fixed_bytes, stored_params
 from mpq_plugins.quant.sensitivity import hessian_sensitivity, kl_div, kl_sensitivity
 
@@ -122,9 +124,34 @@ def held_out_batches(conf, data, n_utts, batch_size=8):
     return batches
 
 
-def sensitivity_search(method, model, conf, qcfg, data, progress=None):
+def _digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_path(cache_dir, method, model_file, data, names, mp, per_channel):
+    """Where the sensitivities of this search live in cache_dir: they depend on the float model, the
+    layers, the candidates, the held-out data and the search's own options, not on the budget (nor on
+    a fine-tuning seed), so every budget of a method reads the ones its first search computed."""
+    key = {"method": method, "model": _digest(model_file), "layers": names, "candidates": [str(b) for b in mp.candidates],
+           "per_channel": per_channel, "n_utts": mp.n_utts,
+           "hutchinson_samples": mp.hutchinson_samples if method == "hessian" else None,
+           "data": [_digest(os.path.join(data, f)) for f in ("wav.scp", "text", "utt2spk")
+                    if os.path.exists(os.path.join(data, f))]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(cache_dir, f"{method}_{digest}.json")
+
+
+def sensitivity_search(method, model, conf, qcfg, data, progress=None, model_file=None, cache_dir=None):
     """({layer: bits}, record) of the kl or hessian search on the float model (loaded from its config).
-    The budget is checked first: one that no allocation meets fails before the search's minutes."""
+    The budget is checked first: one that no allocation meets fails before the search's minutes.
+    With cache_dir (and the model's checkpoint file), sensitivities a search of the same model, layers,
+    candidates and data computed before are read, not computed: the record names the file and keeps
+    the seconds (wall and CPU) of the search that computed them, which the system's compression time
+    counts (mpq_plugins.espnet.system)."""
     groups = groups_for(model)
     names = list(plan(model, qcfg, groups))
     mp = qcfg.mpq
@@ -135,15 +162,31 @@ def sensitivity_search(method, model, conf, qcfg, data, progress=None):
               groups)
     fixed, n_params = fixed_bytes(probe), stored_params(probe)
     layer_costs(nums, mp.candidates, mp.budget_obj, fixed, n_params)
-    batches = held_out_batches(conf, data, mp.n_utts)
-    t0 = time.time()
-    if method == "kl":
-        sens = kl_sensitivity(model, batches, names, mp.candidates, posteriors, progress=progress)
+    cached = cache_path(cache_dir, method, model_file, data, names, mp, qcfg.per_channel) \
+        if cache_dir and model_file else None
+    if cached and os.path.exists(cached):
+        with open(cached) as f:
+            done = json.load(f)
+        sens = {n: {parse_bits(b): v for b, v in per.items()} for n, per in done["sensitivity"].items()}
+        info = {k: done[k] for k in ("search_seconds", "search_cpu_seconds", "utterances")}
+        info["sensitivity_cache"] = {"file": cached, "computed_here": False}
     else:
-        sens = espnet_hessian_sensitivity(model, batches, names, mp.candidates, n_samples=mp.hutchinson_samples)
+        batches = held_out_batches(conf, data, mp.n_utts)
+        t0, c0 = time.time(), time.process_time()
+        if method == "kl":
+            sens = kl_sensitivity(model, batches, names, mp.candidates, posteriors, progress=progress)
+        else:
+            sens = espnet_hessian_sensitivity(model, batches, names, mp.candidates, n_samples=mp.hutchinson_samples)
+        info = {"search_seconds": round(time.time() - t0, 2), "search_cpu_seconds": round(time.process_time() - c0, 2),
+                "utterances": sum(len(b[1]) for b in batches)}
+        if cached:
+            os.makedirs(cache_dir, exist_ok=True)
+            with open(cached + ".tmp", "w") as f:
+                json.dump({**info, "sensitivity": {n: {str(b): v for b, v in per.items()} for n, per in sens.items()}}, f)
+            os.replace(cached + ".tmp", cached)
+            info["sensitivity_cache"] = {"file": cached, "computed_here": True}
     bits = allocate(sens, nums, mp.candidates, mp.budget_obj, fixed, n_params)
-    return bits, {"sensitivity": sens, "search_seconds": time.time() - t0, "avg_bits": average_bits(bits, nums),
-                  "utterances": sum(len(b[1]) for b in batches)}
+    return bits, {"sensitivity": sens, "avg_bits": average_bits(bits, nums), **info}
 
 
 def supernet_allocation(search_dir):
