@@ -74,6 +74,31 @@ def wer_vs_size(systems, path, test_set):
     _save(fig, path, dpi=80, bbox_inches="tight")
 
 
+def pareto(points, path, test_set):
+    """points: [{"name", "group" (a method), "bytes", "wer", "lo", "hi", "seeds"}]: WER against size with
+    interval bars, one colour and line per group (its systems in size order)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    groups = list(dict.fromkeys(p["group"] for p in points))
+    colours = plt.get_cmap("tab10")
+    for i, g in enumerate(groups):
+        pts = sorted((p for p in points if p["group"] == g), key=lambda p: p["bytes"])
+        x = [p["bytes"] / 1e6 for p in pts]
+        y = [p["wer"] for p in pts]
+        err = [[p["wer"] - p["lo"] for p in pts], [p["hi"] - p["wer"] for p in pts]]
+        ax.errorbar(x, y, yerr=err, marker="s" if g == "float32" else "o", ms=5, capsize=3, lw=1,
+                    color="black" if g == "float32" else colours(i % 10), label=g)
+        for p in pts:
+            ax.annotate(p["name"], (p["bytes"] / 1e6, p["wer"]), textcoords="offset points", xytext=(4, 4), fontsize=6)
+    ax.set_xscale("log")
+    ax.set_xlabel("size on disk (MB, log scale; mean over seeds)")
+    ax.set_ylabel(f"{test_set} WER (%), 95% bootstrap interval")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path, dpi=80, bbox_inches="tight")
+
+
 def bit_allocation(name, bits_per_layer, path):
     """One bar per quantized layer (in model order), its height the layer's bit-width."""
     plt = _plt()

@@ -28,7 +28,7 @@ from mpq_plugins.datadir import write_atomic
 from mpq_plugins.eval import plots
 from mpq_plugins.eval.scoring import parse_sum_avg
 from mpq_plugins.eval.sctk import ScoringError
-from mpq_plugins.eval.significance import bootstrap_errors, compare, utterance_errors
+from mpq_plugins.eval.significance import bootstrap_errors, bootstrap_wer, compare, utterance_errors
 from mpq_plugins.record import MIXED, read_json, read_system
 
 COLS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
@@ -312,41 +312,73 @@ def against_one_stage(one, s, main_set):
     return f"{int(r['err_b'] - r['err_a']):+d} errors, p {fmt_p(r['p'])}" + (" (**sig.**)" if r["significant"] else "")
 
 
+def families(systems, main_set):
+    """{family: [members in seed order]} of the systems scored on main_set (a quant conf over its seeds)."""
+    out = {}
+    for s in systems:
+        if main_set in s.wer:
+            out.setdefault(family_of(s.name), []).append(s)
+    return out
+
+
+def mean_sd(values):
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def one_stage_against(one, other, main_set):
+    """One-stage's family against another of its budget: per seed (paired by seed) MAPSSWE on main_set,
+    and the paired bootstrap 95% interval of the difference of their mean WERs over the seeds."""
+    if one is None or other is one:
+        return ""
+    by_seed = {m.seed: m for m in other}
+    pairs = [(a, by_seed[a.seed]) for a in one if a.seed in by_seed]
+    per_seed = "; ".join(f"s{a.seed}: {against_one_stage(a, b, main_set)}" for a, b in pairs)
+    diff, lo, hi = bootstrap_errors([utterance_errors(a.sgml(main_set)) for a in one],
+                                    [utterance_errors(b.sgml(main_set)) for b in other],
+                                    [a.sgml(main_set) for a in one], other[0].sgml(main_set))
+    return f"{per_seed}; mean {diff:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
 def equal_budget(systems, main_set, valid_set, sig):
-    """Per budget of the mixed-precision systems: each method (and the uniform system of that many
-    bits) with its accuracy, the one-stage system tested against it (MAPSSWE), and its compression
-    time split into search, fine-tuning and packing."""
+    """Per budget of the mixed-precision systems: a row per quant conf (its seeds together) of each method
+    and of the uniform systems storing about as much, with accuracy over the seeds, the one-stage conf
+    tested against it (per seed and over the seeds), and the first seed's compression time split into
+    search, fine-tuning and packing (wall and CPU)."""
     budgets = {budget_of(s): budget_bits(s) for s in systems if s.mixed}
+    fams = families([s for s in systems if not s.is_float], main_set)
     lines = []
     for b, bits in budgets.items():
-        rows = [s for s in systems if not s.is_float and (budget_of(s) == b or near_uniform(s, bits))]
-        one_stage = [s for s in rows if s.kind == "one_stage"]
-        one = one_stage[0] if one_stage else None
+        rows = {f: m for f, m in fams.items() if budget_of(m[0]) == b or near_uniform(m[0], bits)}
+        one = next((m for m in rows.values() if m[0].kind == "one_stage"), None)
         lines += [f"### Budget {b}", "",
-                  f"|system|method|weight bits|size on disk (bytes)|ratio (stored bits)|{valid_set} WER|{main_set} WER|lossless|"
-                  "search (min)|fine-tuning (min)|pack (min)|total (min)|time over one-stage|"
-                  f"one-stage against it ({main_set})|",
+                  f"|system|method|seeds|stored bits (ratio)|{valid_set} WER|{main_set} WER, mean ± sd|lossless, seeds|"
+                  "search (min)|fine-tuning (min)|pack (min)|total (min)|wall over one-stage|CPU over one-stage|"
+                  f"one-stage against it ({main_set} errors, MAPSSWE p, per seed; mean WER difference [95%])|",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for s in rows:
-            r = sig.get((s.name, main_set))
-            verdict = verdict_of(r) if r else ""
-            wer = [f"{s.wer[d]:.1f}" if d in s.wer else "" for d in (valid_set, main_set)]
-            t = s.compress_parts
-            times = [f"{t[w] / 60:.1f}" for w in ("search", "train", "pack")] + [f"{s.compress_wall / 60:.1f}"] \
+        for name, members in rows.items():
+            first = members[0]
+            ratio = mean_sd([m.sizes["compression_ratio"] for m in members])[0]
+            valid = [m.wer[valid_set] for m in members if valid_set in m.wer]
+            main, sd = mean_sd([m.wer[main_set] for m in members])
+            k = sum(bool(lossless_everywhere(m, sig, valid_set)[0]) for m in members)
+            t = first.compress_parts
+            times = [f"{t[w] / 60:.1f}" for w in ("search", "train", "pack")] + [f"{first.compress_wall / 60:.1f}"] \
                 if t else [""] * 4
-            over = f"{s.compress_wall / one.compress_wall:.2f}x" if t and one and one.compress_wall else ""
-            lines.append(f"|{s.name}|{s.method}|{s.weight_bits:.2f}|{s.sizes['disk_bytes']:,}|"
-                         f"{s.sizes['compression_ratio']:.2f}x ({32 / s.sizes['compression_ratio']:.2f})|{wer[0]}|{wer[1]}|"
-                         f"{verdict}|" + "|".join(times) +
-                         f"|{over}|{against_one_stage(one, s, main_set)}|")
+            o = one[0] if one else None
+            wall = f"{first.compress_wall / o.compress_wall:.2f}x" if t and o and o.compress_wall else ""
+            cpu = f"{first.compress_cpu / o.compress_cpu:.2f}x" if t and o and o.compress_cpu else ""
+            valid_wer = f"{mean_sd(valid)[0]:.2f}" if valid else ""
+            lines.append(f"|{name}|{first.method}|{', '.join(str(m.seed) for m in members)}|"
+                         f"{32 / ratio:.2f} ({ratio:.2f}x)|{valid_wer}|{main:.2f} ± {sd:.2f}|{k} of {len(members)}|"
+                         + "|".join(times) + f"|{wall}|{cpu}|{one_stage_against(one, members, main_set)}|")
         lines.append("")
-        for other in one_stage[1:]:
-            vs = [f"{s.name}: {against_one_stage(other, s, main_set)}"
-                  + (f", time {other.compress_wall / s.compress_wall:.2f}x" if other.compress_wall and s.compress_wall
-                     else "") for s in rows if s.method != other.method]
+        for other in [m for m in rows.values() if m[0].kind == "one_stage" and m is not one]:
+            vs = [f"{n}: {one_stage_against(other, m, main_set)}" for n, m in rows.items()
+                  if m is not other and m[0].kind != "one_stage"]
             if vs:
-                lines += [f"{other.name} against the others ({main_set} errors difference, MAPSSWE p, its "
-                          "compression time over theirs): " + "; ".join(vs) + ".", ""]
+                lines += [f"{family_of(other[0].name)} against the others: " + "; ".join(vs) + ".", ""]
     return lines
 
 
@@ -446,6 +478,20 @@ def report(baseline, others, main_set, valid_set, out, decodes):
                            "bytes": s.sizes["disk_bytes"], "wer": s.wer[main_set],
                            "lossless": bool(lossless_everywhere(s, sig, valid_set)[0]), "float": s.is_float})
     plots.wer_vs_size(points, os.path.join(plot_dir, "wer_vs_size.png"), main_set)
+    fams = families(systems, main_set)
+    if any(len(m) > 1 for m in fams.values()) or any(s.mixed for s in systems):
+        pareto = []
+        for name, members in fams.items():
+            wer, lo, hi = bootstrap_wer([utterance_errors(m.sgml(main_set)) for m in members])
+            pareto.append({"name": name.replace(systems[0].name, "").lstrip("_") or name,
+                           "group": "float32" if members[0].is_float else members[0].method,
+                           "bytes": sum(m.sizes["disk_bytes"] for m in members) / len(members),
+                           "wer": wer, "lo": lo, "hi": hi, "seeds": len(members)})
+        plots.pareto(pareto, os.path.join(plot_dir, "wer_vs_size_seeds.png"), main_set)
+        lines += ["## WER against size, seeds together", "",
+                  f"Each quant conf at its mean size on disk and the {main_set} WER of its seeds' mean errors, with the "
+                  "bootstrap 95% interval (utterances resampled); a line joins the systems of one method.", "",
+                  "![WER against size, seeds together](results/wer_vs_size_seeds.png)", ""]
     mixed = [s for s in systems if len(set(s.bits_per_layer.values())) > 1]
     if mixed:
         lines += ["## Bit allocation of the mixed-precision systems", ""]

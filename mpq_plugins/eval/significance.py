@@ -90,16 +90,31 @@ def bootstrap_interval(sys_sgmls, ref_sgml, n_resamples=2000, seed=0, level=0.95
 
 
 def bootstrap_errors(systems, ref, sys_names, ref_name, n_resamples=2000, seed=0, level=0.95):
-    """bootstrap_interval on utterance_errors already read (names: for the error message)."""
+    """bootstrap_interval on utterance_errors already read (names: for the error message). ref may be a
+    list (several seeds of the reference side: the mean of their errors per utterance)."""
     import numpy as np
+    refs = ref if isinstance(ref, list) else [ref]
     for path, s in zip(sys_names, systems):
-        if set(s) != set(ref):
+        if any(set(s) != set(r) for r in refs):
             raise ScoringError(f"{path} and {ref_name} align different utterances: not the same test set")
-    utts = sorted(ref)
-    e_ref = np.array([ref[u][0] for u in utts], dtype=float)
-    words = np.array([ref[u][1] for u in utts], dtype=float)
+    utts = sorted(refs[0])
+    e_ref = np.mean([[r[u][0] for u in utts] for r in refs], axis=0)
+    words = np.array([refs[0][u][1] for u in utts], dtype=float)
     e_sys = np.mean([[s[u][0] for u in utts] for s in systems], axis=0)
     idx = np.random.default_rng(seed).integers(0, len(utts), size=(n_resamples, len(utts)))
     diffs = 100 * (e_sys[idx].sum(1) - e_ref[idx].sum(1)) / np.maximum(words[idx].sum(1), 1)
     lo, hi = np.percentile(diffs, [50 * (1 - level), 100 - 50 * (1 - level)])
     return 100 * (e_sys.sum() - e_ref.sum()) / max(words.sum(), 1), float(lo), float(hi)
+
+
+def bootstrap_wer(systems, n_resamples=2000, seed=0, level=0.95):
+    """(WER, low, high) in %: the WER of the mean per-utterance errors of systems (utterance_errors of one
+    system or of its seeds) with its bootstrap percentile interval (utterances resampled)."""
+    import numpy as np
+    utts = sorted(systems[0])
+    errors = np.mean([[s[u][0] for u in utts] for s in systems], axis=0)
+    words = np.array([systems[0][u][1] for u in utts], dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(utts), size=(n_resamples, len(utts)))
+    wers = 100 * errors[idx].sum(1) / np.maximum(words[idx].sum(1), 1)
+    lo, hi = np.percentile(wers, [50 * (1 - level), 100 - 50 * (1 - level)])
+    return 100 * errors.sum() / max(words.sum(), 1), float(lo), float(hi)
