@@ -23,6 +23,31 @@ def test_every_shipped_conf_composes_and_states_its_method():
             assert any(line.startswith(f"method: {conf['method']}") for line in f)   # run.sh reads this line
 
 
+def test_every_shipped_quantization_section_is_valid():
+    from mpq_plugins.quant import QuantConfig
+    confs = glob.glob(os.path.join(ROOT, "conf", "quant", "*.yaml")) + glob.glob(os.path.join(ROOT, "egs", "*", "conf", "quant", "*.yaml"))
+    for path in confs:
+        conf = compose(path)
+        if conf.get("quantization"):
+            QuantConfig.from_dict(conf["quantization"], path)       # bit-widths, budgets, search options
+
+
+def test_the_budget_sweep_lists_existing_confs_at_four_budgets_and_both_compute_levels():
+    import subprocess
+    out = subprocess.run([os.path.join(ROOT, "local", "budget_sweep.sh"), "--list"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert len(out) == len(set(out)) == 28 and all(os.path.exists(os.path.join(ROOT, p)) for p in out)
+    budgets = {}
+    for p in out:
+        conf = compose(os.path.join(ROOT, p))
+        mp = (conf.get("quantization") or {}).get("mixed_precision")
+        if mp and "_half" not in p:
+            budgets.setdefault(conf["method"], set()).add(mp["budget"]["avg_bits"])
+    assert budgets == {m: {3, 2.5, 2, 1.75} for m in ("one_stage", "kl", "hessian", "supernet")}
+    halves = [compose(os.path.join(ROOT, p)) for p in out if "_half" in p]
+    assert len(halves) == 6 and all(h["num_iters_per_epoch"] == 212 for h in halves)
+
+
 def test_a_variant_is_its_base_with_a_few_keys_changed():
     base = compose(os.path.join(ROOT, "conf", "quant", "mpq_one_stage_3bit.yaml"))
     half = compose(os.path.join(ROOT, "conf", "quant", "mpq_one_stage_2p5bit_half.yaml"))
