@@ -121,7 +121,8 @@ def test_one_stage_mixed_precision_system(recipe):
     assert "bit-widths fixed after 2 updates" in (exp / "train.log").read_text()
     record = yaml.safe_load((exp / "system.yaml").read_text())
     assert record["method"] == "one_stage" and record["budget"] == {"avg_bits": 11.6}
-    assert record["conf"]["quantization"]["mixed_precision"]["search_steps"] == 2
+    assert record["conf"]["quantization"]["mixed_precision"]["search_fraction"] == 0.6
+    assert json.loads((exp / "mixed_precision.json").read_text())["search_steps"] == 2    # 0.6 of the run's 3 updates
     assert json.loads((exp / "mixed_precision.json").read_text())["bits"] == size["bits_per_layer"]
     config = yaml.safe_load((exp / "config.yaml").read_text())      # training ended with a plain quantized model
     assert config["model"] == "espnet" and "mixed_precision" not in config["quantization"]
