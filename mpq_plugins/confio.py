@@ -23,6 +23,8 @@ METHODS = {
     "supernet": "two-stage: a Gumbel-softmax supernet chooses the bit-widths, then QAT from the float model",
     "kl": "two-stage: KL sensitivities of the float model choose the bit-widths, then QAT",
     "hessian": "two-stage: Hessian-trace sensitivities of the float model choose the bit-widths, then QAT",
+    "all_in_one": "one pass: nested systems of several encoder depths, widths and bit-widths share weights and "
+                  "train together; each is exported, and trained alone as its twin",
 }
 MIXED = ("one_stage", "supernet", "kl", "hessian")   # the methods with a mixed_precision part
 RECIPE_KEYS = ("method", "base")                     # keys of a quant conf that are not training options
@@ -83,6 +85,9 @@ def compose(path, _seen=()):
         raise ConfError(f"{path}: method float trains without quantization; remove the quantization section")
     if method != "float" and not quant:
         raise ConfError(f"{path}: method {method} needs a quantization section")
+    if (method == "all_in_one") != ("all_in_one" in conf):
+        raise ConfError(f"{path}: method {method} " + ("needs an all_in_one section" if method == "all_in_one"
+                                                       else "takes no all_in_one section"))
     if (method in MIXED) != ("mixed_precision" in quant):
         raise ConfError(f"{path}: method {method} " + ("needs a quantization: mixed_precision part" if method in MIXED
                                                       else "takes fixed bit-widths, not a mixed_precision part"))

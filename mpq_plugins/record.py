@@ -28,7 +28,8 @@ import yaml
 
 FORMAT = 1
 FILE = "system.yaml"
-METHODS = ("float", "float_control", "ptq", "qat", "one_stage", "supernet", "kl", "hessian")
+METHODS = ("float", "float_control", "ptq", "qat", "one_stage", "supernet", "kl", "hessian", "all_in_one",
+           "all_in_one_twin")   # all_in_one: a nested system of a one-pass run; _twin: the same trained alone
 FLOAT = ("float", "float_control")
 MIXED = ("one_stage", "supernet", "kl", "hessian")    # mixed precision: the bits are chosen under a budget
 REQUIRED = ("format", "system", "method", "description", "quant_conf", "conf", "budget", "is_float", "weight_bits",

@@ -11,7 +11,9 @@ ESPnet training options) decides the rest:
 - one_stage: the mixed-precision model (`model: mpq_espnet`), which learns the bits in this run (a
   `search_fraction` becomes search_steps from the run's length, given the shape files);
 - supernet --search_run: the same model trained for `search_steps` optimizer updates (stage 1);
-- kl, hessian, supernet with --bits FILE: QAT with the bit-widths the search wrote there (stage 2).
+- kl, hessian, supernet with --bits FILE: QAT with the bit-widths the search wrote there (stage 2);
+- all_in_one: the nested model (`model: mpq_all_in_one`); with --aio_system NAME, that system's twin:
+  its depth, width and bits as a model of its own, trained alone.
 Every method learns from the float checkpoint (--teacher_model) with the fine-tuning option
 teacher_kl_weight (conf/finetune.yaml: the same for all; `model: mpq_espnet` then). Each --set KEY=VALUE
 applies before that. The result is built into the real model before anything is written, so a
@@ -28,12 +30,14 @@ import yaml
 
 from mpq_plugins.confio import ConfError, compose, merge, read_config, read_token_list, training_options
 from mpq_plugins.espnet.load import build_from_config
-from mpq_plugins.espnet.task import MIXED_MODEL, QuantASRTask, planned_updates
+from mpq_plugins.espnet.nested import system_config
+from mpq_plugins.espnet.task import AIO_MODEL, MIXED_MODEL, QuantASRTask, planned_updates
 from mpq_plugins.quant import QuantConfig, QuantConfigError
+from mpq_plugins.quant.nested import AllInOneConfig, AllInOneError
 
 
 def training_config(base, finetune, quant_conf, bits=None, search_run=False, teacher_model=None, sets=(),
-                    shape_files=(), fold_lengths=()):
+                    shape_files=(), fold_lengths=(), aio_system=None):
     """The merged training config (dict) of a quant conf; see the module doc. shape_files (ESPnet's of the
     training data): to turn a search_fraction into search_steps and check the search against the run."""
     conf = compose(quant_conf)
@@ -88,6 +92,18 @@ def training_config(base, finetune, quant_conf, bits=None, search_run=False, tea
         if search_run:
             steps = QuantConfig.from_dict(merged["quantization"]).mpq.search_steps
             merged.update(max_epoch=1, num_iters_per_epoch=steps * int(merged.get("accum_grad", 1)))
+    if aio_system is not None and method != "all_in_one":
+        raise ValueError(f"{quant_conf}: --aio_system is for method all_in_one")
+    if method == "all_in_one":
+        if aio_system is None:
+            merged["model"] = AIO_MODEL
+        else:   # the twin: the system's architecture and bits, trained alone like any QAT system
+            enc = merged.get("encoder_conf") or {}
+            cfg = AllInOneConfig.from_dict(merged["all_in_one"], enc.get("num_blocks", 6), enc.get("linear_units", 2048),
+                                           f"{quant_conf}: all_in_one")
+            merged = system_config(merged, cfg.by_name(aio_system), cfg)
+            if kl_weight > 0:
+                merged.update(model=MIXED_MODEL, teacher_kl_weight=kl_weight, teacher_model=teacher_model)
     return merged
 
 
@@ -100,6 +116,8 @@ def main(argv=None):
     p.add_argument("--search_run", action="store_true", help="the supernet's search run (method supernet)")
     p.add_argument("--teacher_model", default=None,
                    help="the float checkpoint a mixed-precision run learns from (one_stage, supernet --search_run)")
+    p.add_argument("--aio_system", default=None,
+                   help="method all_in_one: the config of this nested system's twin (trained alone) instead")
     p.add_argument("--token_list", required=True, help="token list (to build the model for the check)")
     p.add_argument("--train_shape_file", action="append", default=[],
                    help="ESPnet's shape files of the training data (to check search_steps against the run's updates)")
@@ -110,10 +128,10 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         merged = training_config(a.base, a.finetune, a.quant_conf, a.bits, a.search_run, a.teacher_model, a.set,
-                                 a.train_shape_file, a.fold_length)
+                                 a.train_shape_file, a.fold_length, a.aio_system)
         tokens = read_token_list(a.token_list)
         build_from_config({**merged, "token_list": tokens, "normalize": None}, a.quant_conf)
-    except (ValueError, OSError, QuantConfigError, ConfError) as e:
+    except (ValueError, OSError, QuantConfigError, ConfError, AllInOneError) as e:
         sys.exit(f"quant_config: {e}")
     text = (f"# {a.base} with {a.finetune}, {a.quant_conf}{' and ' + a.bits if a.bits else ''} on top "
             "(mpq_plugins.bin.quant_config)\n" + yaml.safe_dump(merged, sort_keys=False))

@@ -37,12 +37,16 @@ from espnet2.utils.types import str_or_none
 from mpq_plugins.espnet.checkpoint import load_checkpoint, load_state_strict
 from mpq_plugins.espnet.groups import groups_for
 from mpq_plugins.espnet.model import MixedPrecisionESPnetModel, Teacher
+from mpq_plugins.espnet.nested import AllInOneESPnetModel, check_all_in_one
 from mpq_plugins.quant import QuantConfig, QuantConfigError, quantize_, with_fixed_bits
 from mpq_plugins.quant.allocation import average_bits
 from mpq_plugins.quant.mixed import finalize, mixed_quantizers, numels, sgd_logits
+from mpq_plugins.quant.nested import AllInOneError, attach_nested
 
 MIXED_MODEL = "mpq_espnet"
+AIO_MODEL = "mpq_all_in_one"
 espnet_asr.model_choices.classes.setdefault(MIXED_MODEL, MixedPrecisionESPnetModel)   # ESPnet's registry
+espnet_asr.model_choices.classes.setdefault(AIO_MODEL, AllInOneESPnetModel)
 
 
 class QuantASRTask(ASRTask):
@@ -55,6 +59,9 @@ class QuantASRTask(ASRTask):
                                 "mixed_precision (see mpq_plugins/quant/config.py)")
         group.add_argument("--teacher_model", type=str_or_none, default=None,
                            help="float checkpoint whose posteriors the run learns from (KL)")
+        group.add_argument("--all_in_one", action=NestedDictAction, default=None,
+                           help="nested systems trained in one run: depth, ff, bits, systems, sampled, kl_from, "
+                                "kl_weight (see mpq_plugins/quant/nested.py); needs model mpq_all_in_one")
         group.add_argument("--teacher_kl_weight", type=float, default=0.0,
                            help="weight of the KL from the teacher's posteriors (CTC and decoder) to the model's")
 
@@ -65,6 +72,9 @@ class QuantASRTask(ASRTask):
         config = QuantConfig.from_dict(q, where) if q else None
         mixed = config is not None and config.mpq is not None
         kl_weight = float(getattr(args, "teacher_kl_weight", 0.0) or 0.0)
+        aio = getattr(args, "all_in_one", None)
+        if aio is not None or getattr(args, "model", "espnet") == AIO_MODEL:
+            return cls.build_all_in_one(args, config, aio, kl_weight, where)
         if (mixed or kl_weight > 0) != (getattr(args, "model", "espnet") == MIXED_MODEL):
             raise QuantConfigError(f"{where}: a mixed_precision part or a teacher (teacher_kl_weight > 0) trains "
                                    f"`model: {MIXED_MODEL}`, and that model needs one (quant confs are turned into "
@@ -79,10 +89,35 @@ class QuantASRTask(ASRTask):
         return model
 
     @classmethod
+    def build_all_in_one(cls, args, config, section, kl_weight, where):
+        """model mpq_all_in_one: the float model, quantized, with a quantizer per bit-width of the systems."""
+        where = f"{getattr(args, 'config', None) or 'config'}: all_in_one"
+        if section is None or getattr(args, "model", "espnet") != AIO_MODEL or config is None or config.mpq:
+            raise QuantConfigError(f"{where}: an all_in_one section trains `model: {AIO_MODEL}` with a quantization "
+                                   "section without mixed_precision, and that model needs all three")
+        model = super().build_model(args)
+        try:
+            cfg = check_all_in_one(model, section, where)
+        except (AllInOneError, ValueError) as e:
+            raise QuantConfigError(str(e)) from None
+        names = list(quantize_(model, config, groups_for(model), where=where))
+        attach_nested(model, names, sorted({s.bits for s in cfg.system_list}, reverse=True), config.per_channel)
+        teacher = getattr(args, "teacher_model", None)
+        model.setup_all_in_one(cfg, Teacher(lambda: cls.build_teacher(args)) if teacher else None, kl_weight,
+                               int(getattr(args, "seed", 0) or 0))
+        return model
+
+    @classmethod
     def build_teacher(cls, args):
-        """The float model of a mixed-precision run's config, with the --teacher_model weights."""
+        """The float model of --teacher_model: built from the config.yaml beside it (its own architecture,
+        e.g. the full model for a narrower system), or else from this run's config without quantization."""
+        beside = os.path.join(os.path.dirname(os.path.abspath(args.teacher_model)), "config.yaml")
         float_args = copy.copy(args)
-        float_args.quantization, float_args.model = None, "espnet"
+        if os.path.exists(beside):
+            with open(beside, encoding="utf-8") as f:
+                vars(float_args).update(yaml.safe_load(f))
+        float_args.quantization, float_args.model, float_args.all_in_one = None, "espnet", None
+        float_args.teacher_kl_weight = 0.0
         teacher = super().build_model(float_args)
         load_state_strict(teacher, load_checkpoint(args.teacher_model), args.teacher_model)
         return teacher

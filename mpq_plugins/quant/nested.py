@@ -1,0 +1,210 @@
+"""One-pass all-in-one compression (Li et al. 2024): many nested systems of different depth, width and
+precision that share one set of weights, trained in one run.
+
+A system is (depth, ff, bits): the first `depth` blocks of the encoder, the first `ff` fraction of
+every encoder feed-forward's hidden units, every quantized weight at `bits`. The units are ordered once,
+before training, by importance (the norm of a unit's input row times the norm of its output column),
+so that a narrow system keeps the units that matter most; a narrow feed-forward is computed exactly by
+zeroing the hidden units beyond its width before the activation's output is used (`UnitMask`: the
+activations of ESPnet's feed-forwards map 0 to 0), so an exported narrow layer computes the same.
+Precision: one shared float weight, one learnt LSQ step per bit-width (`NestedWeightQuantizer`).
+
+The `all_in_one:` section of a quant conf (`AllInOneConfig`):
+
+    all_in_one:
+        depth: [4, 3, 2]        # encoder blocks kept (the first k)
+        ff: [1, 0.5]            # fractions of the feed-forward units kept
+        bits: [4, 2]            # weight bit-widths (numerics.BITS)
+        systems: null           # or an explicit list of {depth, ff, bits} instead of the product
+        sampled: 1              # systems sampled per update besides the largest and the smallest
+        kl_from: largest        # the others learn from the largest system's posteriors (or teacher, none)
+        kl_weight: 1.0
+"""
+import dataclasses
+import itertools
+import random
+
+import torch
+
+from mpq_plugins.quant.numerics import WeightQuantizer, bits_label, check_bits
+
+
+class AllInOneError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class NestedSystem:
+    depth: int
+    ff: float
+    bits: object
+
+    @property
+    def name(self):
+        return f"d{self.depth}_ff{str(self.ff).replace('.', 'p')}_w{bits_label(self.bits)}"
+
+    def size_key(self):
+        return (self.depth, self.ff, float(self.bits))
+
+
+@dataclasses.dataclass
+class AllInOneConfig:
+    depth: list = None
+    ff: list = dataclasses.field(default_factory=lambda: [1])
+    bits: list = dataclasses.field(default_factory=lambda: [8, 4])
+    systems: list = None
+    sampled: int = 1
+    kl_from: str = "largest"
+    kl_weight: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d, n_blocks, n_units, where="all_in_one"):
+        """The section checked against the encoder it applies to (n_blocks blocks, n_units feed-forward units)."""
+        if not isinstance(d, dict):
+            raise AllInOneError(f"{where}: expected a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise AllInOneError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        c = cls(**d)
+        if c.systems is not None:
+            if not isinstance(c.systems, list) or not c.systems:
+                raise AllInOneError(f"{where}: systems is an empty list")
+            raw = []
+            for i, s in enumerate(c.systems):
+                if not isinstance(s, dict) or set(s) != {"depth", "ff", "bits"}:
+                    raise AllInOneError(f"{where}: systems[{i}] must be a mapping of depth, ff and bits, got {s!r}")
+                raw.append((s["depth"], s["ff"], s["bits"]))
+        else:
+            depth = c.depth if c.depth is not None else [n_blocks]
+            for key, v in (("depth", depth), ("ff", c.ff), ("bits", c.bits)):
+                if not isinstance(v, list) or not v:
+                    raise AllInOneError(f"{where}: {key} is an empty list (or not a list)")
+            raw = list(itertools.product(depth, c.ff, c.bits))
+        out = []
+        for dep, ff, bits in raw:
+            if isinstance(dep, bool) or not isinstance(dep, int) or not 1 <= dep <= n_blocks:
+                raise AllInOneError(f"{where}: depth {dep!r} is not a number of blocks of this encoder (1..{n_blocks})")
+            if isinstance(ff, bool) or not isinstance(ff, (int, float)) or not 0 < ff <= 1:
+                raise AllInOneError(f"{where}: ff {ff!r} is not a fraction in (0, 1]")
+            if abs(ff * n_units - round(ff * n_units)) > 1e-6:
+                raise AllInOneError(f"{where}: ff {ff} of {n_units} feed-forward units is not a whole number of units")
+            try:
+                bits = check_bits(bits, f"{where}: bits")
+            except ValueError as e:
+                raise AllInOneError(str(e)) from None
+            out.append(NestedSystem(dep, float(ff) if ff != 1 else 1, bits))
+        if len(set(out)) != len(out):
+            raise AllInOneError(f"{where}: a system is listed twice")
+        if isinstance(c.sampled, bool) or not isinstance(c.sampled, int) or c.sampled < 0:
+            raise AllInOneError(f"{where}: sampled must be an integer >= 0")
+        if c.kl_from not in ("largest", "teacher", "none"):
+            raise AllInOneError(f"{where}: kl_from {c.kl_from!r} is not largest, teacher or none")
+        c.system_list = sorted(out, key=lambda s: s.size_key(), reverse=True)
+        c.n_units = n_units
+        return c
+
+    @property
+    def largest(self):
+        return self.system_list[0]
+
+    @property
+    def smallest(self):
+        return self.system_list[-1]
+
+    def plan(self, rng):
+        """The systems one update trains: the largest, the smallest and `sampled` others drawn by rng."""
+        rest = self.system_list[1:-1]
+        picked = rng.sample(rest, min(self.sampled, len(rest)))
+        return [self.largest] + ([self.smallest] if len(self.system_list) > 1 else []) + picked
+
+    def units(self, system):
+        return int(round(system.ff * self.n_units))
+
+    def by_name(self, name):
+        for s in self.system_list:
+            if s.name == name:
+                return s
+        raise AllInOneError(f"no system {name!r} in this run (systems: {', '.join(s.name for s in self.system_list)})")
+
+
+class NestedWeightQuantizer(torch.nn.Module):
+    """One LSQ quantizer per bit-width over the one shared weight; `active` says which one runs."""
+
+    def __init__(self, weight_shape, bits_list, per_channel=True):
+        super().__init__()
+        self.bits_list = list(bits_list)
+        self.per_channel = per_channel
+        self.quantizers = torch.nn.ModuleDict({bits_label(b): WeightQuantizer(weight_shape, b, per_channel)
+                                               for b in self.bits_list})
+        self.active = self.bits_list[0]
+
+    @property
+    def bits(self):
+        return self.active
+
+    def quantizer(self, bits=None):
+        return self.quantizers[bits_label(self.active if bits is None else bits)]
+
+    def forward(self, w):
+        return self.quantizer()(w)
+
+    def extra_repr(self):
+        return f"bits={self.bits_list}, active={self.active}"
+
+
+def attach_nested(model, names, bits_list, per_channel=True):
+    """Give every quantized layer in names a NestedWeightQuantizer (layers from quantize_)."""
+    for n in names:
+        mod = model.get_submodule(n)
+        mod.weight_quantizer = NestedWeightQuantizer(tuple(mod.weight.shape), bits_list, per_channel)
+
+
+def nested_quantizers(model):
+    return {n[: -len(".weight_quantizer")]: m for n, m in model.named_modules() if isinstance(m, NestedWeightQuantizer)}
+
+
+def set_bits(model, bits):
+    for q in nested_quantizers(model).values():
+        q.active = bits
+
+
+def unit_order(w_in, w_out):
+    """Hidden units of a feed-forward (w_in: units x d, w_out: d x units) by importance, most important
+    first: ||w_in[j, :]|| * ||w_out[:, j]||."""
+    score = w_in.detach().float().norm(dim=1) * w_out.detach().float().norm(dim=0)
+    return torch.argsort(score, descending=True, stable=True)
+
+
+@torch.no_grad()
+def order_units(lin_in, lin_out):
+    """Permute the hidden units of a feed-forward (two Linear layers) by unit_order, in place: the
+    layer computes the same, and its first k units are its k most important ones."""
+    order = unit_order(lin_in.weight, lin_out.weight)
+    lin_in.weight.copy_(lin_in.weight[order])
+    if lin_in.bias is not None:
+        lin_in.bias.copy_(lin_in.bias[order])
+    lin_out.weight.copy_(lin_out.weight[:, order])
+    return order
+
+
+class UnitMask:
+    """A forward hook on a feed-forward's first Linear: its outputs beyond `width` units are zeroed, which
+    is exactly the narrow feed-forward when the activation maps 0 to 0 (ReLU, Swish, GELU)."""
+
+    def __init__(self, units):
+        self.units = units
+        self.width = units
+
+    def __call__(self, module, args, out):
+        if self.width >= self.units:
+            return out
+        mask = torch.zeros(self.units, dtype=out.dtype, device=out.device)
+        mask[: self.width] = 1
+        return out * mask
+
+
+def seeded_plan(cfg, seed, update):
+    """The plan of optimizer update `update` of a run with this seed: the same on every rank and after a
+    resumption (the draw depends on nothing else)."""
+    return cfg.plan(random.Random(seed * 1_000_003 + update))

@@ -1,0 +1,130 @@
+"""One-pass all-in-one compression on a real tiny ESPnet Conformer: the systems' list and its errors, unit
+ordering that keeps the function, one training step over several systems, and exported systems that compute
+exactly what the nested model computes in them."""
+import argparse
+import random
+
+import pytest
+import torch
+
+from mpq_plugins.espnet.checkpoint import load_state_strict
+from mpq_plugins.espnet.load import build_from_config
+from mpq_plugins.espnet.nested import AllInOneESPnetModel, export_float, export_system, feed_forwards
+from mpq_plugins.espnet.task import QuantASRTask
+from mpq_plugins.quant import QuantConfigError
+from mpq_plugins.quant.nested import AllInOneConfig, AllInOneError, NestedWeightQuantizer, order_units
+from tests.fixtures import tiny_asr_conf
+
+AIO = {"depth": [2, 1], "ff": [1, 0.5], "bits": [4, 2], "sampled": 1}
+
+
+def two_block_conf():
+    conf = tiny_asr_conf()
+    conf["encoder_conf"] = {**conf["encoder_conf"], "num_blocks": 2}
+    return conf
+
+
+def float_model_of():
+    torch.manual_seed(0)
+    return QuantASRTask.build_model(argparse.Namespace(**two_block_conf()))
+
+
+def conf_of(aio=AIO, teacher=None):
+    conf = two_block_conf()
+    conf.update(model="mpq_all_in_one", quantization={"weight_bits": 8}, all_in_one=aio, teacher_model=teacher,
+                teacher_kl_weight=1.0 if teacher else 0.0)
+    return conf
+
+
+def build(aio=AIO, teacher=None, float_state=None):
+    conf = conf_of(aio, teacher)
+    model = QuantASRTask.build_model(argparse.Namespace(**conf))
+    if float_state is not None:
+        model.load_state_dict(float_state, strict=False)        # as --init_param does
+    return model, conf
+
+
+def batch():
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(2, 8000, generator=g) * 0.1, torch.tensor([8000, 6400]),
+            torch.randint(2, 10, (2, 5), generator=g), torch.tensor([5, 4]))
+
+
+def test_the_systems_are_the_product_largest_first():
+    cfg = AllInOneConfig.from_dict(AIO, n_blocks=2, n_units=64)
+    assert [s.name for s in cfg.system_list] == ["d2_ff1_w4", "d2_ff1_w2", "d2_ff0p5_w4", "d2_ff0p5_w2",
+                                                 "d1_ff1_w4", "d1_ff1_w2", "d1_ff0p5_w4", "d1_ff0p5_w2"]
+    plan = cfg.plan(random.Random(0))
+    assert plan[0] == cfg.largest and plan[1] == cfg.smallest and len(plan) == 3
+    assert cfg.units(cfg.smallest) == 32
+    one = AllInOneConfig.from_dict({"systems": [{"depth": 1, "ff": 1, "bits": 1.6}]}, 2, 64)
+    assert [s.name for s in one.system_list] == ["d1_ff1_w1p6"] and one.plan(random.Random(0)) == one.system_list
+
+
+@pytest.mark.parametrize("aio,message", [
+    ({"depth": [3]}, "depth 3 is not a number of blocks of this encoder (1..2)"),
+    ({"ff": [0.3]}, "ff 0.3 of 64 feed-forward units is not a whole number"),
+    ({"bits": [4, 5.5]}, "5.5 is not one of 1, 1.6"),
+    ({"bits": []}, "bits is an empty list"),
+    ({"systems": []}, "systems is an empty list"),
+    ({"depth": [2], "widths": [1]}, "unknown key(s) widths"),
+    ({"kl_from": "smallest"}, "kl_from 'smallest'"),
+])
+def test_a_bad_system_list_is_one_error_before_training(aio, message):
+    with pytest.raises(QuantConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build(aio)
+
+
+def test_ordering_units_keeps_the_function_and_puts_the_important_first():
+    torch.manual_seed(0)
+    w1, w2 = torch.nn.Linear(6, 10), torch.nn.Linear(10, 6)
+    x = torch.randn(3, 6)
+    want = w2(torch.relu(w1(x)))
+    order_units(w1, w2)
+    assert torch.allclose(w2(torch.relu(w1(x))), want, atol=1e-6)
+    score = w1.weight.norm(dim=1) * w2.weight.norm(dim=0)
+    assert torch.all(score[:-1] >= score[1:])
+
+
+def test_a_step_trains_several_systems_and_exported_systems_compute_the_same(tmp_path):
+    float_model = float_model_of()
+    path = tmp_path / "fp32.pth"
+    torch.save(float_model.state_dict(), path)
+    model, conf = build(teacher=str(path), float_state=float_model.state_dict())
+    assert isinstance(model, AllInOneESPnetModel)
+    assert all(isinstance(m.weight_quantizer, NestedWeightQuantizer) for m in model.modules()
+               if hasattr(m, "weight_quantizer"))
+    args = argparse.Namespace(**conf)
+    args.optim, args.optim_conf = "adam", {"lr": 1e-3}
+    (opt,) = QuantASRTask.build_optimizers(args, model)
+    model.train()
+    for _ in range(2):
+        opt.zero_grad()
+        loss, stats, _ = model(*batch())
+        loss.backward()
+        opt.step()
+    assert {"loss_largest", "loss_smallest", "loss_sampled1", "mpq_kl"} <= set(stats)
+    assert float(model.aio_ordered) == 1 and int(model.aio_forwards) == 2
+    assert len(list(model.encoder.encoders)) == 2 and len(model.encoder.encoders._modules) == 2
+    model.eval()
+    speech, lengths = batch()[:2]
+    for system in model.aio.system_list:
+        sys_conf, state = export_system(model, conf, system)
+        plain = build_from_config(sys_conf, "exported")
+        load_state_strict(plain, state, "exported")
+        plain.eval()
+        model.set_system(system)
+        with torch.no_grad():
+            want = model.encode(speech, lengths)[0]
+            got = plain.encode(speech, lengths)[0]
+        assert torch.allclose(got, want, atol=1e-5), system.name
+        assert sys_conf["encoder_conf"]["num_blocks"] == system.depth and sys_conf["model"] == "espnet"
+        assert sum(1 for k in state if k.startswith("encoder.encoders.")) < sum(
+            1 for k in model.state_dict() if k.startswith("encoder.encoders.")) or system.depth == 2
+    # the float model cut to the largest system's shape is the float model (units reordered)
+    f_conf, f_state = export_float(float_model, two_block_conf(), model.aio, model.aio.largest)
+    cut = build_from_config(f_conf, "float cut")
+    load_state_strict(cut, f_state, "float cut")
+    with torch.no_grad():
+        assert torch.allclose(cut.eval().encode(speech, lengths)[0], float_model.eval().encode(speech, lengths)[0],
+                              atol=1e-5)
