@@ -210,8 +210,19 @@ fi
 conf_method() { sed -n 's/^method: *\([a-z_]*\).*/\1/p' "$1"; }
 seeds_of() { if [ "$(conf_method $1)" = ptq ]; then echo ${seeds%% *}; else echo ${seeds}; fi; }   # PTQ: nothing to seed
 system_dir() { echo ${asr_exp}_$(basename $1 .yaml)$([ "$2" = 1 ] || echo _seed$2); }           # <conf> <seed>
-systems=${asr_exp}
-for qc in ${qconfs}; do for seed in $(seeds_of ${qc}); do systems="${systems} $(system_dir ${qc} ${seed})"; done; done
+# an all-in-one conf stands for its exported systems and their twins (<exp>_<system>, <exp>_<system>_twin)
+aio_systems() { python -m mpq_plugins.bin.export_nested --config $1/config.yaml --list | sed "s|^|$1_|; p; s|$|_twin|"; }
+all_systems() {   # the float model, then every system of --quant_confs (after stage 6 made them)
+    local qc seed
+    echo ${asr_exp}
+    for qc in ${qconfs}; do for seed in $(seeds_of ${qc}); do
+        if [ "$(conf_method ${qc})" = all_in_one ]; then
+            [ ! -f $(system_dir ${qc} ${seed})/config.yaml ] || aio_systems $(system_dir ${qc} ${seed})
+        else
+            system_dir ${qc} ${seed}
+        fi
+    done; done
+}
 [ -z "${quant_test_sets}" ] && quant_test_sets=${test_sets}
 sets_of() { if [ "$1" = "${asr_exp}" ]; then echo ${test_sets}; else echo ${quant_test_sets}; fi; }
 
@@ -262,7 +273,31 @@ quantize_system() {
         ${compose} --bits ${qexp}/bits.yaml --out ${qexp}/train_config.yaml
         trained ${qexp} || timer="${qtime} train --resumable ${qexp} --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml \
             ${qexp} --init_param ${float_model} --seed ${seed};;
-    *) echo "$0: ${qc}: method '${method}' is not one of float ptq qat one_stage supernet kl hessian" >&2; exit 1;;
+    all_in_one)
+        ${compose} --out ${qexp}/train_config.yaml
+        trained ${qexp} || timer="${qtime} train --resumable ${qexp} --" train_asr mpq_plugins.bin.asr_train \
+            ${qexp}/train_config.yaml ${qexp} --init_param ${float_model} --seed ${seed}
+        local s sexp texp
+        for s in $(python -m mpq_plugins.bin.export_nested --config ${qexp}/config.yaml --list); do
+            sexp=${qexp}_${s} texp=${qexp}_${s}_twin
+            python -m mpq_plugins.bin.export_nested --config ${qexp}/config.yaml --model ${qexp}/${inference_model} \
+                --system ${s} --out_dir ${sexp}
+            pack ${sexp} "python -m mpq_plugins.bin.timed --log ${sexp}/compression_time.json --what pack --"
+            python -m mpq_plugins.bin.record_system --exp_dir ${sexp} --quant_conf ${qc} --source_checkpoint ${float_model}
+            # its twin: the same depth, width and bits fine-tuned alone from the float model cut to that shape
+            python -m mpq_plugins.bin.export_nested --float --config ${asr_exp}/config.yaml --model ${float_model} \
+                --aio_config ${qexp}/config.yaml --system ${s} --out_dir ${texp}/init
+            ${compose} --aio_system ${s} --out ${texp}/train_config.yaml
+            trained ${texp} || timer="python -m mpq_plugins.bin.timed --log ${texp}/compression_time.json --what train
+                --resumable ${texp} --" train_asr mpq_plugins.bin.asr_train ${texp}/train_config.yaml ${texp} \
+                --init_param ${texp}/init/${inference_model} --seed ${seed}
+            pack ${texp} "python -m mpq_plugins.bin.timed --log ${texp}/compression_time.json --what pack --"
+            python -m mpq_plugins.bin.record_system --exp_dir ${texp} --quant_conf ${qc} --twin \
+                --source_checkpoint ${float_model}
+        done
+        return;;
+    *) echo "$0: ${qc}: method '${method}' is not one of float ptq qat one_stage supernet kl hessian all_in_one" >&2
+       exit 1;;
     esac
     pack ${qexp} "${qtime} pack --"
     python -m mpq_plugins.bin.record_system --exp_dir ${qexp} --quant_conf ${qc} --source_checkpoint ${float_model}
@@ -285,6 +320,7 @@ fi
 decode_configs="${inference_config} ${acoustic_config}"
 decode_name() { echo decode_$(basename $1 .yaml | sed "s/^decode_//")_packed; }
 decode_names=""; for c in ${decode_configs}; do decode_names="${decode_names} $(decode_name ${c})"; done
+[ ${stop_stage} -lt 7 ] || systems=$(all_systems | tr '\n' ' ')
 if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
     case "${lm}" in
         rnn) lm_opts="--lm_train_config ${lm_exp}/config.yaml --lm_file ${lm_exp}/valid.loss.best.pth";;

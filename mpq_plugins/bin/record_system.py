@@ -17,9 +17,10 @@ def main(argv=None):
     p.add_argument("--exp_dir", required=True)
     p.add_argument("--quant_conf", default=None, help="the quant conf that made it (none: the float baseline)")
     p.add_argument("--source_checkpoint", required=True, help="the float checkpoint it was made from")
+    p.add_argument("--twin", action="store_true", help="an all_in_one conf's system trained alone (its twin)")
     a = p.parse_args(argv)
     try:
-        r = write_system(a.exp_dir, a.quant_conf, a.source_checkpoint)
+        r = write_system(a.exp_dir, a.quant_conf, a.source_checkpoint, a.twin)
     except (ValueError, OSError, ConfError) as e:
         sys.exit(f"record_system: {e}")
     print(f"record_system: {a.exp_dir}/system.yaml: {r['description']}, {r['sizes']['disk_bytes']} bytes, "

@@ -18,6 +18,10 @@ def describe(method, quant):
         return "float32, fine-tuned (control)"
     if method in MIXED_NAMES:
         return MIXED_NAMES[method]
+    if method == "all_in_one":
+        return "all-in-one nested system"
+    if method == "all_in_one_twin":
+        return "all-in-one twin (trained alone)"
     kind = "weights and activations" if quant.get("act_bits") else "weights"
     return f"{'mixed' if quant.get('bits') else 'uniform'} {'PTQ' if method == 'ptq' else 'QAT'}, {kind}"
 
@@ -40,8 +44,9 @@ def compression_time(exp_dir):
     return {**{f"{w}_s": round(v, 2) for w, v in parts.items()}, "total_s": round(total, 2), "cpu_s": round(cpu, 2)}
 
 
-def system_record(exp_dir, quant_conf, source_checkpoint):
-    """The record of the system in exp_dir, made by quant_conf (None: exp_dir is the float baseline)."""
+def system_record(exp_dir, quant_conf, source_checkpoint, twin=False):
+    """The record of the system in exp_dir, made by quant_conf (None: exp_dir is the float baseline;
+    twin: the individually trained twin of an all-in-one conf's nested system)."""
     size = read_json(os.path.join(exp_dir, "packed.size.json"))
     if size is None:
         raise ValueError(f"{exp_dir}/packed.size.json: missing (the system is not packed yet)")
@@ -51,6 +56,10 @@ def system_record(exp_dir, quant_conf, source_checkpoint):
     method = conf.get("method", "float")
     if method == "float" and quant_conf:
         method = "float_control"
+    if twin:
+        if method != "all_in_one":
+            raise ValueError(f"{quant_conf}: --twin is for the systems of an all_in_one conf, not method {method}")
+        method = "all_in_one_twin"
     mixed = (conf.get("quantization") or {}).get("mixed_precision") or {}
     summary = read_json(os.path.join(exp_dir, "training_summary.json"))
     is_float = method in ("float", "float_control")
@@ -69,8 +78,8 @@ def system_record(exp_dir, quant_conf, source_checkpoint):
     }
 
 
-def write_system(exp_dir, quant_conf, source_checkpoint):
+def write_system(exp_dir, quant_conf, source_checkpoint, twin=False):
     """Write exp_dir/system.yaml; returns the record."""
-    rec = system_record(exp_dir, quant_conf, source_checkpoint)
+    rec = system_record(exp_dir, quant_conf, source_checkpoint, twin)
     record.write_system(exp_dir, rec)
     return rec

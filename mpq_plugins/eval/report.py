@@ -119,6 +119,7 @@ class System:
         self.compress_parts = {w: t[f"{w}_s"] for w in ("search", "train", "pack")} if t else None
         self.training = rec["training"]
         self.seed = rec["seed"]
+        self.quant_conf = rec["quant_conf"]
         self.decode_dirs = {}   # {set label: decode dir}: "test" under the first decode, "test (acoustic)" ...
         for decode in decodes:
             for res in sorted(glob.glob(os.path.join(path, decode, "*", "score_wer", "result.txt"))):
@@ -382,6 +383,72 @@ def equal_budget(systems, main_set, valid_set, sig):
     return lines
 
 
+def all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir):
+    """Per all-in-one run (an all_in_one conf and seed): each nested system beside its twin (size, WER under
+    every decode of main_set, MAPSSWE against the float reference and against the twin), the plot of
+    WER against size of both families, the time of the one pass against the sum of the twins' runs, and
+    the highest lossless ratio of the family, of the twins and of the report's other systems."""
+    by_name = {s.name: s for s in systems}
+    runs = {}
+    for s in systems:
+        if s.kind == "all_in_one":
+            runs.setdefault((s.quant_conf, s.seed), []).append(s)
+    labels = [d for d in sets if d == main_set or d.startswith(main_set + " (")]
+    lines = []
+    for (qc, seed), nested in runs.items():
+        name = os.path.splitext(os.path.basename(qc or "all_in_one"))[0]
+        twins = {n.name: by_name.get(n.name + "_twin") for n in nested}
+        lines += [f"### {name} (seed {seed})", "",
+                  "|system|size on disk (bytes)|ratio|" + "|".join(f"{d} WER nested / twin" for d in labels)
+                  + "|" + "|".join(f"{d}: nested vs float, vs twin (errors, p)" for d in labels) + "|",
+                  "|---|---|---|" + "---|" * (2 * len(labels))]
+        for n in nested:
+            t = twins[n.name]
+            cells = [f"{n.wer.get(d, float('nan')):.1f} / " + (f"{t.wer[d]:.1f}" if t and d in t.wer else "-")
+                     for d in labels]
+            tests = []
+            for d in labels:
+                r = sig.get((n.name, d))
+                vs_float = verdict_of(r) + f" (p {fmt_p(r['p'])})" if r else ""
+                vs_twin = ""
+                if t and d in t.wer and d in n.wer:
+                    c = compare(n.sgml(d), t.sgml(d), n.name, t.name, os.path.join(n.decode_dirs[d], "mapsswe_vs", t.name))
+                    vs_twin = f"{int(c['err_a'] - c['err_b']):+d}, p {fmt_p(c['p'])}" + (" (**sig.**)" if c["significant"] else "")
+                tests.append(f"{vs_float}; {vs_twin}")
+            lines.append(f"|{n.name}|{n.sizes['disk_bytes']:,}|{n.sizes['compression_ratio']:.2f}x|" + "|".join(cells)
+                         + "|" + "|".join(tests) + "|")
+        lines.append("")
+        have = [t for t in twins.values() if t is not None and t.compress_parts]
+        if nested[0].compress_parts and have:
+            one_pass = nested[0].compress_parts["train"] + sum(n.compress_parts["pack"] for n in nested)
+            alone = sum(t.compress_wall for t in have)
+            per_update = nested[0].compress_parts["train"] / (sum(t.compress_parts["train"] for t in have) / len(have))
+            lines += [f"Time: the one pass {one_pass / 60:.1f} min (its fine-tuning and the packing of {len(nested)} "
+                      f"systems) against {alone / 60:.1f} min for the {len(have)} twins trained and packed one by one: "
+                      f"**{alone / one_pass:.2f}x less**. Every run makes the same number of updates, so one update of "
+                      f"the all-in-one run costs {per_update:.2f}x a twin's.", ""]
+        best = {}
+        for label, group in (("nested", nested), ("twins", [t for t in twins.values() if t]),
+                             ("other systems", [s for s in systems if not s.is_float and s.kind not in
+                                                ("all_in_one", "all_in_one_twin")])):
+            ok = [s for s in group if lossless_everywhere(s, sig, valid_set)[0]]
+            best[label] = max(ok, key=lambda s: s.sizes["compression_ratio"]) if ok else None
+        lines += ["Highest lossless ratio (every test set and decode): " + "; ".join(
+            f"{label} {b.sizes['compression_ratio']:.2f}x ({b.name})" if b else f"{label}: none lossless"
+            for label, b in best.items()) + ".", ""]
+        points = []
+        for group, members in (("nested", nested), ("twin (alone)", [t for t in twins.values() if t])):
+            for m in members:
+                if main_set in m.wer:
+                    wer, lo, hi = bootstrap_wer([utterance_errors(m.sgml(main_set))])
+                    points.append({"name": m.name.split("_")[-1] if group == "nested" else "", "group": group,
+                                   "bytes": m.sizes["disk_bytes"], "wer": wer, "lo": lo, "hi": hi, "seeds": 1})
+        png = f"{name}_seed{seed}_all_in_one.png"
+        plots.pareto(points, os.path.join(plot_dir, png), main_set)
+        lines += [f"![{name}: nested systems and twins](results/{png})", ""]
+    return lines
+
+
 def per_system(s, plot_dir):
     lines = [f"## {s.name}", ""]
     cfg = os.path.join(s.path, "config.yaml")
@@ -465,6 +532,14 @@ def report(baseline, others, main_set, valid_set, out, decodes):
                   "Each budget's systems side by side: the mixed-precision methods and the uniform system of as many "
                   "bits. Compression time split into the search of the bit-widths (two-stage methods; the one-stage "
                   "method searches inside its fine-tuning run), the fine-tuning and the packing.", ""] + mpq
+    aio = all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir)
+    if aio:
+        lines += ["## All-in-one: nested systems and their twins", "",
+                  "One training run makes every nested system (its depth, feed-forward width and bits); each is "
+                  "exported to a packed file of its own and decoded like any system. Its twin has the same "
+                  "architecture and bits, fine-tuned alone from the float model (cut to that shape) for as many "
+                  "updates. MAPSSWE: nested against the float reference (verdict), and nested minus twin errors.",
+                  ""] + aio
     lines += [f"## Seeds and intervals ({main_set})", "",
               "Each quant conf over the seeds it was fine-tuned with (`run.sh --seeds`; `<system>_seed<k>` for seed "
               "k > 1): the WER's mean and standard deviation over seeds, in how many seeds it is lossless, and the "
