@@ -65,9 +65,13 @@ def wer_vs_size(systems, path, test_set):
     ax.plot([], [], "s", color="black", label="float32")
     ax.plot([], [], "o", color="tab:green", label="lossless (MAPSSWE, p >= 0.05 or better)")
     ax.plot([], [], "x", color="tab:red", label="significantly worse")
+    _finish_size_axes(fig, ax, path, "size on disk (MB, log scale)", f"{test_set} WER (%)")
+
+
+def _finish_size_axes(fig, ax, path, xlabel, ylabel):
     ax.set_xscale("log")
-    ax.set_xlabel("size on disk (MB, log scale)")
-    ax.set_ylabel(f"{test_set} WER (%)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -90,13 +94,8 @@ def pareto(points, path, test_set):
                     color="black" if g == "float32" else colours(i % 10), label=g)
         for p in pts:
             ax.annotate(p["name"], (p["bytes"] / 1e6, p["wer"]), textcoords="offset points", xytext=(4, 4), fontsize=6)
-    ax.set_xscale("log")
-    ax.set_xlabel("size on disk (MB, log scale; mean over seeds)")
-    ax.set_ylabel(f"{test_set} WER (%), 95% bootstrap interval")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path, dpi=80, bbox_inches="tight")
+    _finish_size_axes(fig, ax, path, "size on disk (MB, log scale; mean over seeds)",
+                      f"{test_set} WER (%), 95% bootstrap interval")
 
 
 def bit_allocation(name, bits_per_layer, path):

@@ -26,6 +26,7 @@ import random
 
 import torch
 
+from mpq_plugins.quant.config import from_mapping
 from mpq_plugins.quant.numerics import WeightQuantizer, bits_label, check_bits
 
 
@@ -60,13 +61,7 @@ class AllInOneConfig:
     @classmethod
     def from_dict(cls, d, n_blocks, n_units, where="all_in_one"):
         """The section checked against the encoder it applies to (n_blocks blocks, n_units feed-forward units)."""
-        if not isinstance(d, dict):
-            raise AllInOneError(f"{where}: expected a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise AllInOneError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        c = cls(**d)
+        c = from_mapping(cls, d, where, AllInOneError)
         if c.systems is not None:
             if not isinstance(c.systems, list) or not c.systems:
                 raise AllInOneError(f"{where}: systems is an empty list")
