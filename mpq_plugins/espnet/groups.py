@@ -15,6 +15,14 @@ ENCODERS = {
         "feed_forward": rf"encoder\.encoders\.{_N}\.feed_forward(_macaron)?\.w_[12]",
         "conv_module": rf"encoder\.encoders\.{_N}\.conv_module\.(pointwise_conv1|depthwise_conv|pointwise_conv2)",
     },
+    "EBranchformerEncoder": {
+        "subsampling": r"encoder\.embed\.(conv\.\d+|out\.0)",
+        "attention": rf"encoder\.encoders\.{_N}\.attn\.linear_(q|k|v|out|pos)",
+        "feed_forward": rf"encoder\.encoders\.{_N}\.feed_forward(_macaron)?\.w_[12]",
+        # the convolutional gating MLP branch and the merge of both branches
+        "cgmlp": rf"encoder\.encoders\.{_N}\.cgmlp\.(channel_proj1\.0|channel_proj2|csgu\.conv|csgu\.linear)",
+        "merge": rf"encoder\.encoders\.{_N}\.(depthwise_conv_fusion|merge_proj)",
+    },
     "TransformerEncoder": {
         "subsampling": r"encoder\.embed\.(conv\.\d+|out\.0)",
         "attention": rf"encoder\.encoders\.{_N}\.self_attn\.linear_(q|k|v|out)",
