@@ -43,7 +43,11 @@ seeds="1"             # fine-tuning seeds: each quant conf (PTQ: only the first)
                       # seed 1 makes exp/asr_<tag>_<conf>, seed k exp/asr_<tag>_<conf>_seed<k>
 quant_confs="conf/quant/w8_ptq.yaml conf/quant/w4.yaml conf/quant/w3.yaml conf/quant/w2.yaml conf/quant/mpq_one_stage_3bit.yaml conf/quant/mpq_kl_3bit.yaml conf/quant/fp32_cont.yaml"  # systems of the quantize stage
                       # (conf/quant/*.yaml; fp32_cont: the float control, fine-tuned like the others)
-asr_tag=""            # experiment name; default: the config's file name
+asr_tag=""            # experiment name; default: the config's file name (an imported model: its dir's name)
+asr_model_dir=""      # an ESPnet ASR model trained elsewhere (its exp dir, or an unpacked model-zoo dir): stage 2
+                      # imports it into exp/asr_<tag> (mpq_plugins.bin.import_model), stage 5 trains nothing, and
+                      # stages 6-9 compress it; its config, tokens and normalization replace --asr_config's
+asr_model_file=""     # the imported model's checkpoint (default: the best one beside its config.yaml)
 asr_args=""           # extra options for espnet2.bin.asr_train
 inference_args=""     # extra options for decoding
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--<variable> <value>] (see the top of $0)"
@@ -92,6 +96,7 @@ for c in ${inference_config} ${acoustic_config}; do
 done
 case "${token_type}" in char|bpe|word) ;; *) usage "--token_type ${token_type}: expected char, bpe or word";; esac
 
+if [ -z "${asr_tag}" ] && [ -n "${asr_model_dir}" ]; then asr_tag=$(basename "$(realpath -m "${asr_model_dir}")"); fi
 [ -z "${asr_tag}" ] && asr_tag=$(basename "${asr_config}" .yaml)
 token_name=${token_type}; bpe_opts=""
 if [ "${token_type}" = bpe ]; then token_name=bpe_unigram${nbpe}; fi
@@ -99,6 +104,16 @@ token_dir=${datadir}/token_list/${token_name}
 [ "${token_type}" = bpe ] && bpe_opts="--bpemodel ${token_dir}/bpe.model"
 stats_dir=${expdir}/asr_stats_${token_name}
 asr_exp=${expdir}/asr_${asr_tag}
+norm_opts="--normalize global_mvn --normalize_conf stats_file=${stats_dir}/train/feats_stats.npz"
+# an imported model brings its own token list, sentencepiece model, normalization and config (stage 2 writes them)
+imported() {
+    [ -n "${asr_model_dir}" ] || return 0
+    token_dir=${asr_exp} stats_dir=${expdir}/asr_stats_${asr_tag} asr_config=${asr_exp}/config.yaml norm_opts=""
+    [ -f ${asr_config} ] || return 0
+    token_type=$(sed -n 's/^token_type: *//p' ${asr_config}); bpe_opts=""
+    [ "${token_type}" != bpe ] || bpe_opts="--bpemodel ${asr_exp}/bpe.model"
+}
+imported
 lm_exp=${expdir}/lm_$(basename "${lm_config}" .yaml)_${token_type}
 if [ "${lm}" = ngram ]; then lm_exp=${expdir}/lm_word_${ngram_order}gram; fi
 trap 'echo "$0: failed (line ${LINENO}); see the messages above" >&2' ERR
@@ -135,7 +150,12 @@ if [ ${stage} -le 8 ]; then   # stages 1-8 read the data dirs: checked before an
     validate $(echo ${train_set} ${valid_set} ${test_sets} | tr ' ' '\n' | sort -u)
 fi
 
-if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
+if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && [ -n "${asr_model_dir}" ]; then
+    log 2 "import: ${asr_model_dir} -> ${asr_exp}/ (config, tokens, checkpoint)"
+    python -m mpq_plugins.bin.import_model --model_dir ${asr_model_dir} ${asr_model_file:+--model_file ${asr_model_file}} \
+        --out_dir ${asr_exp}
+    imported
+elif [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     log 2 "tokens: ${token_type} from ${datadir}/${train_set}/text -> ${token_dir}/"
     python -m mpq_plugins.bin.make_tokens --text ${datadir}/${train_set}/text \
         --token_type ${token_type} --nbpe ${nbpe} ${lm_vocab:+--lexicon ${lm_vocab}} --output_dir ${token_dir}
@@ -195,12 +215,13 @@ train_asr() {
         python -m ${module} --config ${config} $(data_args) --output_dir ${dir} \
         --train_shape_file ${stats_dir}/train/speech_shape --train_shape_file ${stats_dir}/train/text_shape.${token_type} \
         --valid_shape_file ${stats_dir}/valid/speech_shape --valid_shape_file ${stats_dir}/valid/text_shape.${token_type} \
-        --normalize global_mvn --normalize_conf stats_file=${stats_dir}/train/feats_stats.npz \
-        --resume true ${fold_opts} ${asr_args} "$@"
+        ${norm_opts} --resume true ${fold_opts} ${asr_args} "$@"
     python -m mpq_plugins.bin.plot_training --exp_dir ${dir}
 }
 
-if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${asr_model_dir}" ]; then
+    log 5 "train: nothing, ${asr_exp} is imported from ${asr_model_dir}"
+elif [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
     log 5 "train: ESPnet asr_train (${asr_config}) -> ${asr_exp}/ (log: ${asr_exp}/train.log)"
     train_asr espnet2.bin.asr_train ${asr_config} ${asr_exp}
 fi

@@ -6,4 +6,4 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 "${root}/tools/setup.sh"
 . "${root}/path.sh"
 cd "${root}"
-exec python -m pytest -q -p no:cacheprovider tests "$@"
+exec python -m pytest -q -p no:cacheprovider -n "${MPQ_TEST_JOBS:-2}" --dist loadfile tests "$@"

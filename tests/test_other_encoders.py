@@ -45,10 +45,12 @@ def test_every_encoder_weight_layer_is_in_a_group(kind):
     assert layers - covered == set()
 
 
-@pytest.mark.parametrize("kind", ["e_branchformer", "transformer"])
-@pytest.mark.parametrize("quant", [{"weight_bits": 4},
-                                   {"weight_bits": 4, "mixed_precision": {"candidates": [1, 1.6, 2, 4, 8],
-                                                                          "budget": {"ratio": 3.0}, "search_steps": 1}}])
+ONE_STAGE = {"weight_bits": 4, "mixed_precision": {"candidates": [1, 1.6, 2, 4, 8], "budget": {"ratio": 3.0},
+                                                   "search_steps": 1}}
+
+
+@pytest.mark.parametrize("kind,quant", [("e_branchformer", {"weight_bits": 4}), ("e_branchformer", ONE_STAGE),
+                                        ("transformer", ONE_STAGE)])
 def test_uniform_and_one_stage_train_and_pack_at_their_accounted_size(kind, quant, tmp_path):
     conf = conf_for(kind)
     mixed = "mixed_precision" in quant

@@ -132,6 +132,11 @@ def test_damaged_files_are_one_clear_error(tmp_path):
               metadata={**meta, "bits": ",".join(["3"] + bits[1:])})
     with pytest.raises(PackedFileError, match="header says 3 bits"):
         load_packed(tmp_path / "bad.safetensors")
+    # a file of format 3 with 2-bit weights: those were ternary then, four levels now
+    save_file(load_file(str(tmp_path / "m.safetensors")), str(tmp_path / "old.safetensors"),
+              metadata={**meta, "format": "mpq-asr packed 3", "bits": ",".join(["2"] + bits[1:])})
+    with pytest.raises(PackedFileError, match="stored 2-bit weights as ternary"):
+        load_packed(tmp_path / "old.safetensors")
     tensors = load_file(str(tmp_path / "m.safetensors"))
     tensors["float32"] = tensors["float32"][:-1]
     save_file(tensors, str(tmp_path / "short.safetensors"), metadata=meta)

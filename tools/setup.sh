@@ -43,10 +43,10 @@ if [ ! -x ${tools}/venv/bin/python ] || [ "$(cat ${stamp} 2>/dev/null)" != "${wa
         exit 1
     fi
     ${tools}/venv/bin/python -c "import espnet2.tasks.asr" >/dev/null 2>&1 || true  # byte-compile once
-    echo "${want}" > ${stamp}
+    ${tools}/venv/bin/python -c "import torch, torchaudio, espnet, sentencepiece, kaldiio, yaml" \
+        || { echo "setup: the virtual environment ${tools}/venv is broken; delete it and run again" >&2; exit 1; }
+    echo "${want}" > ${stamp}   # written only once the packages import: a stamped venv was checked
 fi
-${tools}/venv/bin/python -c "import torch, torchaudio, espnet, sentencepiece, kaldiio, yaml" \
-    || { echo "setup: the virtual environment ${tools}/venv is broken; delete it and run again" >&2; exit 1; }
 
 # 3. Offline: empty nltk archives so that ESPnet's g2p_en import does not try to download them.
 ${tools}/venv/bin/python ${tools}/make_nltk_placeholders.py ${tools}/nltk_data
