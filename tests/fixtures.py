@@ -74,3 +74,30 @@ def tiny_asr_model(config=None, seed=0):
     from espnet2.tasks.asr import ASRTask
     torch.manual_seed(seed)
     return ASRTask.build_model(argparse.Namespace(**tiny_asr_conf(config)))
+
+
+def tiny_batch():
+    """Two short random utterances and their token ids: a batch for ESPnet's forward."""
+    import torch
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(2, 8000, generator=g) * 0.1, torch.tensor([8000, 6400]),
+            torch.randint(2, 10, (2, 5), generator=g), torch.tensor([5, 4]))
+
+
+def train_updates(model, conf, updates=2, lr=1e-3):
+    """A few Adam updates of a model of our task on tiny_batch, with the task's own optimizers and their
+    hooks (mixed-precision schedules); returns the last forward's stats."""
+    import argparse
+
+    from mpq_plugins.espnet.task import QuantASRTask
+    args = argparse.Namespace(**conf)
+    args.optim, args.optim_conf = "adam", {"lr": lr}
+    (opt,) = QuantASRTask.build_optimizers(args, model)
+    model.train()
+    stats = None
+    for _ in range(updates):
+        opt.zero_grad()
+        loss, stats, _ = model(*tiny_batch())
+        loss.backward()
+        opt.step()
+    return stats

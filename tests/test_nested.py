@@ -13,7 +13,7 @@ from mpq_plugins.espnet.nested import AllInOneESPnetModel, export_float, export_
 from mpq_plugins.espnet.task import QuantASRTask
 from mpq_plugins.quant import QuantConfigError
 from mpq_plugins.quant.nested import AllInOneConfig, AllInOneError, NestedWeightQuantizer, order_units
-from tests.fixtures import tiny_asr_conf
+from tests.fixtures import tiny_asr_conf, train_updates
 
 AIO = {"depth": [2, 1], "ff": [1, 0.5], "bits": [4, 2], "sampled": 1}
 
@@ -94,15 +94,7 @@ def test_a_step_trains_several_systems_and_exported_systems_compute_the_same(tmp
     assert isinstance(model, AllInOneESPnetModel)
     assert all(isinstance(m.weight_quantizer, NestedWeightQuantizer) for m in model.modules()
                if hasattr(m, "weight_quantizer"))
-    args = argparse.Namespace(**conf)
-    args.optim, args.optim_conf = "adam", {"lr": 1e-3}
-    (opt,) = QuantASRTask.build_optimizers(args, model)
-    model.train()
-    for _ in range(2):
-        opt.zero_grad()
-        loss, stats, _ = model(*batch())
-        loss.backward()
-        opt.step()
+    stats = train_updates(model, conf, 2)
     assert {"loss_largest", "loss_smallest", "loss_sampled1", "mpq_kl"} <= set(stats)
     assert float(model.aio_ordered) == 1 and int(model.aio_forwards) == 2
     assert len(list(model.encoder.encoders)) == 2 and len(model.encoder.encoders._modules) == 2

@@ -12,7 +12,7 @@ from mpq_plugins.espnet.load import load_packed, model_config, pack_asr_model
 from mpq_plugins.espnet.task import QuantASRTask
 from mpq_plugins.quant import quantized_modules
 from mpq_plugins.quant.config import plan
-from tests.fixtures import tiny_asr_conf
+from tests.fixtures import tiny_asr_conf, train_updates
 
 CONFS = {"e_branchformer": os.path.join(os.path.dirname(__file__), "conf", "train_tiny_ebf.yaml")}
 
@@ -56,15 +56,7 @@ def test_uniform_and_one_stage_train_and_pack_at_their_accounted_size(kind, quan
     mixed = "mixed_precision" in quant
     conf.update(quantization=quant, model="mpq_espnet" if mixed else "espnet", teacher_kl_weight=0.0)
     model = QuantASRTask.build_model(argparse.Namespace(**conf))
-    args = argparse.Namespace(**conf)
-    args.optim, args.optim_conf = "adam", {"lr": 1e-3}
-    (opt,) = QuantASRTask.build_optimizers(args, model)
-    model.train()
-    for _ in range(2):
-        opt.zero_grad()
-        loss, _, _ = model(*batch())
-        loss.backward()
-        opt.step()
+    train_updates(model, conf, 2)
     if mixed:
         from mpq_plugins.quant import with_fixed_bits
         from mpq_plugins.quant.mixed import finalize
