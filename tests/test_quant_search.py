@@ -195,11 +195,11 @@ def test_sensitivities_are_computed_once_and_every_budget_pays_for_them(tmp_path
     mp = {"candidates": [1, 1.6, 2, 4, 8], "n_utts": 2}
     q = lambda bits: QuantConfig.from_dict({"modules": [r"encoder\.encoders\.0\.feed_forward\.w_[12]", "ctc"],  # noqa
                                             "mixed_precision": {**mp, "budget": {"avg_bits": bits}}})
-    bits_a, rec_a = sens_mod.sensitivity_search("kl", model, {}, q(31.0), str(data), model_file=str(model_file),
+    bits_a, rec_a = sens_mod.sensitivity_search("kl", model, {}, q(31.7), str(data), model_file=str(model_file),
                                                 cache_dir=str(cache))
     assert rec_a["sensitivity_cache"]["computed_here"] is True and len(os.listdir(cache)) == 1
     monkeypatch.setattr(sens_mod, "kl_sensitivity", lambda *a, **k: pytest.fail("computed again"))
-    bits_b, rec_b = sens_mod.sensitivity_search("kl", model, {}, q(30.9), str(data), model_file=str(model_file),
+    bits_b, rec_b = sens_mod.sensitivity_search("kl", model, {}, q(31.6), str(data), model_file=str(model_file),
                                                 cache_dir=str(cache))
     assert rec_b["sensitivity_cache"] == {"file": rec_a["sensitivity_cache"]["file"], "computed_here": False}
     assert rec_b["sensitivity"] == rec_a["sensitivity"] and 1.6 in next(iter(rec_b["sensitivity"].values()))
@@ -208,7 +208,7 @@ def test_sensitivities_are_computed_once_and_every_budget_pays_for_them(tmp_path
     (data / "text").write_text("u1 y\n")
     monkeypatch.setattr(sens_mod, "kl_sensitivity", lambda *a, **k: {n: {b: 1.0 for b in mp["candidates"]}
                                                                    for n in a[2]})
-    _, rec_c = sens_mod.sensitivity_search("kl", model, {}, q(30.9), str(data), model_file=str(model_file),
+    _, rec_c = sens_mod.sensitivity_search("kl", model, {}, q(31.6), str(data), model_file=str(model_file),
                                            cache_dir=str(cache))
     assert rec_c["sensitivity_cache"]["computed_here"] is True and len(os.listdir(cache)) == 2
     # a system whose search read the cache is charged the search that computed it
