@@ -163,7 +163,7 @@ class AllInOneESPnetModel(MixedPrecisionESPnetModel):
         return force_gatherable((total, stats, weight), total.device)
 
 
-def _slice_state(state, system, cfg, units_total, bits=None):
+def _slice_state(state, system, cfg, bits=None):
     """The state of one system from the nested (or float) model's state: its blocks, its feed-forward units
     and (quantized) the steps of its bit-width as plain quantizers' log_step."""
     u = cfg.units(system)
@@ -209,9 +209,8 @@ def system_config(conf, system, cfg, quantized=True):
 def export_system(model, conf, system):
     """(config, state) of a nested system as a plain quantized ESPnet model (see the module doc)."""
     model.prepare()
-    blocks, units = encoder_size(model)
     return (system_config(conf, system, model.aio),
-            _slice_state(model.state_dict(), system, model.aio, units, system.bits))
+            _slice_state(model.state_dict(), system, model.aio, system.bits))
 
 
 @torch.no_grad()
@@ -221,4 +220,4 @@ def export_float(float_model, conf, cfg, system):
     m = copy.deepcopy(float_model)
     for w_1, w_2 in feed_forwards(m).values():
         order_units(w_1, w_2)
-    return system_config(conf, system, cfg, quantized=False), _slice_state(m.state_dict(), system, cfg, None)
+    return system_config(conf, system, cfg, quantized=False), _slice_state(m.state_dict(), system, cfg)
