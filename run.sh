@@ -48,7 +48,8 @@ asr_model_dir=""      # an ESPnet ASR model trained elsewhere (its exp dir, or a
                       # imports it into exp/asr_<tag> (mpq_plugins.bin.import_model), stage 5 trains nothing, and
                       # stages 6-9 compress it; its config, tokens and normalization replace --asr_config's
 asr_model_file=""     # the imported model's checkpoint (default: the best one beside its config.yaml)
-asr_args=""           # extra options for espnet2.bin.asr_train
+asr_args=""           # extra options for ESPnet's asr_train (mpq_plugins.bin.asr_train: ESPnet's, plus our
+                      # quantization options and encoders: hf_ssl, wav2vec2/HuBERT from a local directory)
 inference_args=""     # extra options for decoding
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--<variable> <value>] (see the top of $0)"
 
@@ -114,6 +115,8 @@ imported() {
     [ "${token_type}" != bpe ] || bpe_opts="--bpemodel ${asr_exp}/bpe.model"
 }
 imported
+# a config without a normalization layer (a foundation model reading the waveform) gets no global MVN
+if grep -Eq '^normalize: *(null|none|~)? *$' ${asr_config}; then norm_opts=""; fi
 lm_exp=${expdir}/lm_$(basename "${lm_config}" .yaml)_${token_type}
 if [ "${lm}" = ngram ]; then lm_exp=${expdir}/lm_word_${ngram_order}gram; fi
 trap 'echo "$0: failed (line ${LINENO}); see the messages above" >&2' ERR
@@ -164,7 +167,7 @@ fi
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
     log 3 "stats: ESPnet collect_stats -> ${stats_dir}/"
     rm -rf ${stats_dir}.tmp
-    ${train_cmd} ${stats_dir}.tmp/stats.log python -m espnet2.bin.asr_train --collect_stats true \
+    ${train_cmd} ${stats_dir}.tmp/stats.log python -m mpq_plugins.bin.asr_train --collect_stats true \
         --config ${asr_config} $(data_args) --output_dir ${stats_dir}.tmp \
         --train_shape_file ${datadir}/${train_set}/wav.scp --valid_shape_file ${datadir}/${valid_set}/wav.scp \
         --ngpu 0 --num_workers ${nj} ${asr_args}
@@ -223,7 +226,7 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${asr_model_dir}" ]; t
     log 5 "train: nothing, ${asr_exp} is imported from ${asr_model_dir}"
 elif [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
     log 5 "train: ESPnet asr_train (${asr_config}) -> ${asr_exp}/ (log: ${asr_exp}/train.log)"
-    train_asr espnet2.bin.asr_train ${asr_config} ${asr_exp}
+    train_asr mpq_plugins.bin.asr_train ${asr_config} ${asr_exp}
 fi
 
 # the systems: the float model, then one per quant conf (exp/asr_<tag>_<conf name>)

@@ -108,3 +108,24 @@ def test_a_run_trained_with_another_token_list_is_not_resumed(tmp_path):
     assert "--asr_tag" in problem
     with pytest.raises(SystemExit, match="check_resume: .*another token list"):
         main(["--exp_dir", str(exp), "--token_list", str(tokens)])
+
+
+def test_every_shipped_training_and_decoding_config_is_read_by_its_parser():
+    """Each recipe's ESPnet training configs parse with the task's parser (encoder, scheduler and model choices
+    that exist, e.g. hf_ssl and tristagelr) and each decoding config with ours."""
+    import yaml
+
+    from mpq_plugins.espnet.decoding import read_decode_config
+    from mpq_plugins.espnet.task import QuantASRTask
+    paths = glob.glob(os.path.join(ROOT, "conf", "*.yaml")) + glob.glob(os.path.join(ROOT, "egs", "*", "conf", "*.yaml"))
+    seen = {"train": 0, "decode": 0}
+    for path in paths:
+        with open(path) as f:
+            conf = yaml.safe_load(f)
+        if "search" in conf:
+            read_decode_config(path)
+            seen["decode"] += 1
+        elif "encoder" in conf:
+            QuantASRTask.get_parser().parse_args(["--config", path, "--output_dir", "o", "--token_list", "t"])
+            seen["train"] += 1
+    assert seen["train"] >= 4 and seen["decode"] >= 5

@@ -49,8 +49,8 @@ ONE_STAGE = {"weight_bits": 4, "mixed_precision": {"candidates": [1, 1.6, 2, 4, 
                                                    "search_steps": 1}}
 
 
-@pytest.mark.parametrize("kind,quant", [("e_branchformer", {"weight_bits": 4}), ("e_branchformer", ONE_STAGE),
-                                        ("transformer", ONE_STAGE)])
+@pytest.mark.parametrize("kind,quant", [(k, q) for k in ("e_branchformer", "transformer")
+                                        for q in ({"weight_bits": 8}, {"weight_bits": 4}, ONE_STAGE)])
 def test_uniform_and_one_stage_train_and_pack_at_their_accounted_size(kind, quant, tmp_path):
     conf = conf_for(kind)
     mixed = "mixed_precision" in quant

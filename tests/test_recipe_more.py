@@ -148,3 +148,33 @@ def test_a_model_trained_elsewhere_is_imported_and_compressed(recipe, tmp_path):
         assert size["disk_bytes"] - size["accounted_bytes"] == size["header_bytes"] < 0.01 * size["disk_bytes"] + 4096
     assert json.loads((recipe / "exp" / "asr_zoo_ebf_w4" / "packed.size.json").read_text())["avg_weight_bits"] == 4
     assert (recipe / "exp" / "asr_stats_zoo_ebf" / "train" / "speech_shape").exists()
+
+
+def test_a_foundation_model_is_fine_tuned_with_ctc_and_compressed(recipe, tmp_path):
+    """A tiny random wav2vec2 written with transformers' save_pretrained, read by path: statistics and CTC
+    fine-tuning through the recipe (stages 3-5, an exp dir of its own), w4 and one-stage mixed precision
+    (stage 6), packed at the accounted size, decoded with the lexicon search and scored (7-8)."""
+    from tests.test_ssl import write_tiny_model
+    with open(os.path.join(ROOT, "tests", "conf", "train_tiny.yaml")) as f:
+        conf = yaml.safe_load(f)
+    for k in ("encoder_conf", "decoder", "decoder_conf", "frontend_conf"):
+        conf.pop(k)
+    conf.update(encoder="hf_ssl", encoder_conf={"model_dir": write_tiny_model(tmp_path, "wav2vec2"),
+                                                "overrides": {"mask_time_prob": 0.0}},
+                input_size=1, normalize=None, model_conf={"ctc_weight": 1.0},
+                best_model_criterion=[["valid", "cer_ctc", "min"]])
+    with open(tmp_path / "train_tiny_w2v.yaml", "w") as f:
+        yaml.safe_dump(conf, f)
+    r = run(recipe, "--asr_config", str(tmp_path / "train_tiny_w2v.yaml"), "--expdir", "exp_ssl", "--stage", "3",
+            "--stop_stage", "8", "--inference_model", "valid.cer_ctc.best.pth", "--test_sets", "test",
+            "--quant_test_sets", "test", "--acoustic_config", "",
+            "--quant_confs", f"{ROOT}/conf/quant/w4.yaml {ROOT}/tests/conf/quant/mpq_one_stage_tiny.yaml")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for system in ("asr_train_tiny_w2v", "asr_train_tiny_w2v_w4", "asr_train_tiny_w2v_mpq_one_stage_tiny"):
+        exp = recipe / "exp_ssl" / system
+        assert yaml.safe_load((exp / "config.yaml").read_text())["encoder"] == "hf_ssl"
+        size = json.loads((exp / "packed.size.json").read_text())
+        assert size["disk_bytes"] == (exp / "packed.safetensors").stat().st_size
+        assert size["disk_bytes"] - size["accounted_bytes"] == size["header_bytes"] < 0.01 * size["disk_bytes"] + 8192
+        assert (exp / DECODE / "test" / "score_wer" / "result.txt").exists()
+    assert json.loads((recipe / "exp_ssl" / "asr_train_tiny_w2v_w4" / "packed.size.json").read_text())["avg_weight_bits"] == 4

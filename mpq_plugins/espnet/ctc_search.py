@@ -258,6 +258,9 @@ class CTCRescoringRecognizer:
         ctc = -F.ctc_loss(logp[idx].transpose(0, 1).float(), targets.to(enc.device), enc_lens[idx],
                           ylens.to(enc.device), blank=self.blank, reduction="none")
         ctc = ctc.clamp(min=IMPOSSIBLE)   # more tokens than frames allow: never chosen (not 0, as zero_infinity would)
+        if m.decoder is None:   # a CTC model: its CTC score stands in for the attention one, so any weighing is CTC
+            return {"ctc": ctc.cpu(), "att": ctc.cpu(), "lm": self._lm_scores(cands),
+                    "words": torch.tensor([float(len(w)) for _, w in cands])}
         # attention: teacher-forced <sos> y -> y <eos>, every candidate in one decoder call
         ys_in = torch.nn.utils.rnn.pad_sequence([torch.cat([torch.tensor([m.sos]), y]) for y in ys],
                                                 batch_first=True, padding_value=m.eos).to(enc.device)
@@ -266,9 +269,11 @@ class CTCRescoringRecognizer:
         dec = decode_shared(m.decoder, enc, enc_lens, idx, ys_in, (ylens + 1).to(enc.device))
         lp = torch.log_softmax(dec.float(), dim=-1)
         att = (lp.gather(-1, ys_out.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (ys_out >= 0)).sum(-1)
-        lm = [self._lm_score(w) for _, w in cands] if self.lm is not None else [0.0] * len(cands)
-        return {"ctc": ctc.cpu(), "att": att.cpu(), "lm": torch.tensor(lm),
+        return {"ctc": ctc.cpu(), "att": att.cpu(), "lm": self._lm_scores(cands),
                 "words": torch.tensor([float(len(w)) for _, w in cands])}
+
+    def _lm_scores(self, cands):
+        return torch.tensor([self._lm_score(w) for _, w in cands] if self.lm is not None else [0.0] * len(cands))
 
     def _lm_score(self, words):
         """Natural-log probability of the sentence under the ARPA LM (KenLM scores are log10)."""

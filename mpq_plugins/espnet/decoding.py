@@ -161,9 +161,11 @@ class Recognizer:
     def __init__(self, model, conf, opts, word_lm=None, rnn_lm=None, device="cpu"):
         self.model, self.opts, self.device = model, opts, device
         tokens = list(model.token_list)
-        scorers = {"decoder": model.decoder, "ctc": CTCPrefixScorer(ctc=model.ctc, eos=model.eos),
-                   "length_bonus": LengthBonus(len(tokens))}
-        weights = {"decoder": 1.0 - opts["ctc_weight"], "ctc": opts["ctc_weight"], "length_bonus": opts["penalty"]}
+        ctc_weight = opts["ctc_weight"] if model.decoder is not None else 1.0   # a CTC model: CTC alone
+        scorers = {"ctc": CTCPrefixScorer(ctc=model.ctc, eos=model.eos), "length_bonus": LengthBonus(len(tokens))}
+        weights = {"ctc": ctc_weight, "length_bonus": opts["penalty"]}
+        if model.decoder is not None:
+            scorers["decoder"], weights["decoder"] = model.decoder, 1.0 - ctc_weight
         if rnn_lm is not None:
             scorers["lm"], weights["lm"] = rnn_lm.lm, opts["lm_weight"]
         if word_lm is not None:
@@ -171,7 +173,7 @@ class Recognizer:
         self.beam_search = BatchBeamSearch(
             scorers=scorers, weights=weights, beam_size=opts["beam_size"], vocab_size=len(tokens),
             sos=model.sos, eos=model.eos, token_list=tokens,
-            pre_beam_score_key=None if opts["ctc_weight"] == 1.0 else "full",
+            pre_beam_score_key=None if ctc_weight == 1.0 else "full",
             normalize_length=opts["normalize_length"]).to(device).eval()
         self.converter = TokenIDConverter(token_list=tokens)
         self.tokenizer = build_tokenizer(token_type=conf.get("token_type", "char"), bpemodel=conf.get("bpemodel"))

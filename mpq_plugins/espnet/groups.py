@@ -23,6 +23,13 @@ ENCODERS = {
         "cgmlp": rf"encoder\.encoders\.{_N}\.cgmlp\.(channel_proj1\.0|channel_proj2|csgu\.conv|csgu\.linear)",
         "merge": rf"encoder\.encoders\.{_N}\.(depthwise_conv_fusion|merge_proj)",
     },
+    "HFSSLEncoder": {   # wav2vec2 / HuBERT (mpq_plugins.espnet.ssl), transformers' module names
+        "feature_encoder": r"encoder\.model\.feature_extractor\.conv_layers\.\d+\.conv",
+        "feature_projection": r"encoder\.model\.feature_projection\.projection",
+        "positional_conv": r"encoder\.model\.encoder\.pos_conv_embed\.conv",   # weight norm folded
+        "attention": rf"encoder\.model\.encoder\.layers\.{_N}\.attention\.(q|k|v|out)_proj",
+        "feed_forward": rf"encoder\.model\.encoder\.layers\.{_N}\.feed_forward\.(intermediate|output)_dense",
+    },
     "TransformerEncoder": {
         "subsampling": r"encoder\.embed\.(conv\.\d+|out\.0)",
         "attention": rf"encoder\.encoders\.{_N}\.self_attn\.linear_(q|k|v|out)",

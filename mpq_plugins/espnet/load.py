@@ -24,9 +24,13 @@ MODEL_KEYS = ("token_list", "token_type", "bpemodel", "input_size", "frontend", 
 
 
 def build_from_config(conf, where):
-    """The model of an ESPnet config dict; options it leaves out take the parser's defaults."""
+    """The model of an ESPnet config dict, to load a checkpoint into; options it leaves out take the
+    parser's defaults. A foundation-model encoder is built without its pretrained weights (the
+    checkpoint's follow)."""
     args = QuantASRTask.get_parser().parse_args([])
     vars(args).update(conf)
+    if conf.get("encoder") == "hf_ssl":
+        args.encoder_conf = {**(conf.get("encoder_conf") or {}), "pretrained": False}
     args.config = where
     try:
         return QuantASRTask.build_model(args)
@@ -34,6 +38,16 @@ def build_from_config(conf, where):
         raise
     except (TypeError, KeyError, AttributeError) as e:
         raise ValueError(f"{where}: cannot build the ESPnet model: {e}") from None
+
+
+def self_contained(model, conf):
+    """The model config with what rebuilds it from nothing else: a foundation-model encoder's
+    transformers config (not the directory it came from)."""
+    conf = model_config(conf)
+    if conf.get("encoder") == "hf_ssl":
+        conf["encoder_conf"] = {**(conf.get("encoder_conf") or {}), "hf_config": model.encoder.hf_config(),
+                                "pretrained": False}
+    return conf
 
 
 def load_asr_model(config_path, model_file, device="cpu"):
@@ -59,7 +73,7 @@ def model_config(conf):
 
 def pack_asr_model(model, conf, path):
     """Write an ESPnet model (float or quantized) to its packed file; returns the size report."""
-    meta = {"config": yaml.safe_dump(model_config(conf), sort_keys=True)}
+    meta = {"config": yaml.safe_dump(self_contained(model, conf), sort_keys=True)}
     state = model.state_dict()
     if "normalize.mean" in state:   # global MVN: the feature dimension its buffers are rebuilt with
         meta["mvn_dim"] = str(state["normalize.mean"].numel())

@@ -18,7 +18,6 @@ import copy
 
 import torch
 from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
-from espnet.nets.pytorch_backend.transformer.repeat import MultiSequential
 from espnet2.asr.espnet_model import ESPnetASRModel
 from espnet2.torch_utils.device_funcs import force_gatherable
 
@@ -28,12 +27,14 @@ from mpq_plugins.quant.nested import (AllInOneConfig, UnitMask, nested_quantizer
 from mpq_plugins.quant.numerics import bits_label
 from mpq_plugins.quant.sensitivity import kl_div
 
-FF_NAMES = ("feed_forward", "feed_forward_macaron")
+# the encoder feed-forwards a system narrows: (module, its first Linear, its second Linear) in a block
+FF_PAIRS = (("feed_forward", "w_1", "w_2"), ("feed_forward_macaron", "w_1", "w_2"),   # ESPnet's encoders
+            ("feed_forward", "intermediate_dense", "output_dense"))                  # wav2vec2 / HuBERT (hf_ssl)
 
 
-class DepthSequential(MultiSequential):
-    """ESPnet's block stack that runs (and iterates over) only its first `depth` blocks; every block
-    stays registered, so the state dict, the optimizer and DDP see the whole stack."""
+class DepthMixin:
+    """A block stack (ESPnet's MultiSequential, transformers' ModuleList) that runs and iterates over only its
+    first `depth` blocks; every block stays registered, so the state dict, the optimizer and DDP see them all."""
 
     depth = None
 
@@ -48,26 +49,57 @@ class DepthSequential(MultiSequential):
         return len(self._active())
 
 
+_DEPTH_CLASSES = {}
+
+
+def limit_depth(stack):
+    """Turn a block stack into its depth-limited class, in place."""
+    cls = type(stack)
+    if not issubclass(cls, DepthMixin):
+        if cls not in _DEPTH_CLASSES:
+            _DEPTH_CLASSES[cls] = type(f"Depth{cls.__name__}", (DepthMixin, cls), {})
+        stack.__class__ = _DEPTH_CLASSES[cls]
+    return stack
+
+
+def block_stack(model):
+    """(name prefix of the encoder's blocks, their stack): ESPnet's encoders, or a foundation model's layers."""
+    if hasattr(model.encoder, "encoders"):
+        return "encoder.encoders.", model.encoder.encoders
+    inner = getattr(getattr(model.encoder, "model", None), "encoder", None)
+    if inner is not None and hasattr(inner, "layers"):
+        return "encoder.model.encoder.layers.", inner.layers
+    raise ValueError(f"{type(model.encoder).__name__}: no block stack to take the first blocks of")
+
+
 def encoder_blocks(model):
-    return list(model.encoder.encoders._modules.values())
+    return list(block_stack(model)[1]._modules.values())
 
 
 def feed_forwards(model):
     """{name: (first Linear, second Linear)} of the encoder's feed-forward modules."""
+    prefix, stack = block_stack(model)
     out = {}
-    for i, block in enumerate(encoder_blocks(model)):
-        for ff in FF_NAMES:
+    for i, block in enumerate(stack._modules.values()):
+        for ff, first, second in FF_PAIRS:
             mod = getattr(block, ff, None)
-            if mod is not None and hasattr(mod, "w_1") and hasattr(mod, "w_2"):
-                out[f"encoder.encoders.{i}.{ff}"] = (mod.w_1, mod.w_2)
+            if mod is not None and hasattr(mod, first) and hasattr(mod, second):
+                out[f"{prefix}{i}.{ff}"] = (getattr(mod, first), getattr(mod, second))
     return out
+
+
+def layout(model):
+    """(block prefix, names of the feed-forwards' first Linears, of their second ones): what slicing a state needs."""
+    names = {id(m): n for n, m in model.named_modules()}
+    ffs = feed_forwards(model).values()
+    return block_stack(model)[0], {names[id(a)] for a, _ in ffs}, {names[id(b)] for _, b in ffs}
 
 
 def encoder_size(model):
     """(blocks, feed-forward units) of the model's encoder."""
     ffs = feed_forwards(model)
     if not ffs:
-        raise ValueError(f"{type(model.encoder).__name__}: no feed-forward modules with w_1/w_2 to narrow")
+        raise ValueError(f"{type(model.encoder).__name__}: no feed-forward modules to narrow")
     return len(encoder_blocks(model)), next(iter(ffs.values()))[0].weight.shape[0]
 
 
@@ -85,7 +117,7 @@ class AllInOneESPnetModel(MixedPrecisionESPnetModel):
         self.aio, self.aio_seed = cfg, seed
         self.register_buffer("aio_forwards", torch.zeros(()))   # training forwards so far: the plan's step
         self.register_buffer("aio_ordered", torch.zeros(()))    # 1 once the feed-forward units are ordered
-        self.encoder.encoders.__class__ = DepthSequential
+        limit_depth(block_stack(self)[1])
         self._unit_masks = []
         for w_1, _ in feed_forwards(self).values():
             mask = UnitMask(w_1.weight.shape[0])
@@ -94,7 +126,7 @@ class AllInOneESPnetModel(MixedPrecisionESPnetModel):
         self.set_system(cfg.largest)
 
     def set_system(self, system):
-        self.encoder.encoders.depth = system.depth
+        block_stack(self)[1].depth = system.depth
         for mask in self._unit_masks:
             mask.width = self.aio.units(system)
         set_bits(self, system.bits)
@@ -163,22 +195,24 @@ class AllInOneESPnetModel(MixedPrecisionESPnetModel):
         return force_gatherable((total, stats, weight), total.device)
 
 
-def _slice_state(state, system, cfg, bits=None):
-    """The state of one system from the nested (or float) model's state: its blocks, its feed-forward units
-    and (quantized) the steps of its bit-width as plain quantizers' log_step."""
+def _slice_state(state, system, cfg, lay, bits=None):
+    """The state of one system from the nested (or float) model's state (lay: its `layout`): its blocks, its
+    feed-forward units and (quantized) the steps of its bit-width as plain quantizers' log_step."""
     u = cfg.units(system)
+    prefix, firsts, seconds = lay
     out = {}
     for k, v in state.items():
         if k.startswith(("mpq_", "aio_")):
             continue
-        if k.startswith("encoder.encoders."):
-            block = int(k.split(".")[2])
-            if block >= system.depth:
+        if k.startswith(prefix):
+            if int(k[len(prefix):].split(".")[0]) >= system.depth:
                 continue
-            if any(f".{ff}.w_1." in k for ff in FF_NAMES) and (k.endswith((".weight", ".bias", ".log_step"))):
-                v = v[:u]
-            elif any(f".{ff}.w_2.weight" in k for ff in FF_NAMES) and k.endswith(".weight"):
-                v = v[:, :u]
+            module, _, leaf = k.rpartition(".")
+            owner = module.split(".weight_quantizer")[0]
+            if owner in firsts and leaf in ("weight", "bias", "log_step"):
+                v = v[:u]                       # its units are its outputs (and per-channel steps)
+            elif owner in seconds and module == owner and leaf == "weight":
+                v = v[:, :u]                    # its units are its inputs
         if ".weight_quantizer.quantizers." in k:
             head, label = k.split(".weight_quantizer.quantizers.")
             label, rest = label.split(".", 1)
@@ -196,7 +230,13 @@ def system_config(conf, system, cfg, quantized=True):
         out.pop(key, None)
     out.update(model="espnet", teacher_kl_weight=0.0)
     enc = dict(out.get("encoder_conf") or {})
-    enc.update(num_blocks=system.depth, linear_units=cfg.units(system))
+    if out.get("encoder") == "hf_ssl":   # transformers' names; the system's weights come from its checkpoint
+        size = {"num_hidden_layers": system.depth, "intermediate_size": cfg.units(system)}
+        enc.update(overrides={**(enc.get("overrides") or {}), **size}, pretrained=False)
+        if enc.get("hf_config"):
+            enc["hf_config"] = {**enc["hf_config"], **size}
+    else:
+        enc.update(num_blocks=system.depth, linear_units=cfg.units(system))
     out["encoder_conf"] = enc
     if quantized:
         out["quantization"] = {**{k: v for k, v in (conf.get("quantization") or {}).items() if k != "bits"},
@@ -210,7 +250,7 @@ def export_system(model, conf, system):
     """(config, state) of a nested system as a plain quantized ESPnet model (see the module doc)."""
     model.prepare()
     return (system_config(conf, system, model.aio),
-            _slice_state(model.state_dict(), system, model.aio, system.bits))
+            _slice_state(model.state_dict(), system, model.aio, layout(model), system.bits))
 
 
 @torch.no_grad()
@@ -220,4 +260,4 @@ def export_float(float_model, conf, cfg, system):
     m = copy.deepcopy(float_model)
     for w_1, w_2 in feed_forwards(m).values():
         order_units(w_1, w_2)
-    return system_config(conf, system, cfg, quantized=False), _slice_state(m.state_dict(), system, cfg)
+    return system_config(conf, system, cfg, quantized=False), _slice_state(m.state_dict(), system, cfg, layout(m))

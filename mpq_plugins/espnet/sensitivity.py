@@ -69,7 +69,11 @@ def espnet_hessian_sensitivity(model, batches, names, candidates, n_samples=16, 
     with torch.no_grad():
         teachers = [posteriors(model, b) for b in batches]
     loss_fns = [lambda b=b, t=t: hessian_loss(model, b, t, ctc_weight) for t, b in zip(teachers, batches)]
-    out = hessian_sensitivity(model, loss_fns, names, candidates, n_samples, seed)
+    # Hessian-vector products differentiate twice: torch's fused attention kernels (used by transformers'
+    # models) have no second derivative, its math kernel has
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.MATH):
+        out = hessian_sensitivity(model, loss_fns, names, candidates, n_samples, seed)
     for m in model.modules():   # ESPnet's attention keeps its last weights (for plots), here with their graph
         if isinstance(getattr(m, "attn", None), torch.Tensor):
             m.attn = m.attn.detach()
