@@ -52,7 +52,14 @@ def build(conf):
 
 @pytest.fixture(scope="module", params=["wav2vec2", "hubert"])
 def model_dir(request, tmp_path_factory):
+    """Each kind in turn: for what differs between them (CNN norm, attention mask, layer norm order)."""
     return write_tiny_model(tmp_path_factory.mktemp("ssl"), request.param)
+
+
+@pytest.fixture(scope="module")
+def w2v_dir(tmp_path_factory):
+    """The wav2vec2 alone: for what the kinds share (the same module names and code paths)."""
+    return write_tiny_model(tmp_path_factory.mktemp("w2v"), "wav2vec2")
 
 
 def test_the_encoder_is_the_pretrained_model_with_frame_lengths(model_dir):
@@ -82,8 +89,8 @@ def test_every_weight_layer_is_in_a_group_and_the_cnn_is_frozen(model_dir):
         .conv.weight.requires_grad
 
 
-def test_freeze_steps_trains_the_head_alone_first(model_dir):
-    conf = ssl_conf(model_dir, freeze_steps=2, overrides={"layerdrop": 0.0, "mask_time_prob": 0.0})
+def test_freeze_steps_trains_the_head_alone_first(w2v_dir):
+    conf = ssl_conf(w2v_dir, freeze_steps=2, overrides={"layerdrop": 0.0, "mask_time_prob": 0.0})
     model = build(conf)
     enc0 = {k: v.clone() for k, v in model.encoder.model.state_dict().items()}
     head0 = model.ctc.ctc_lo.weight.detach().clone()
@@ -127,9 +134,10 @@ def test_quantized_foundation_models_pack_at_their_size_and_serve_without_their_
         assert torch.equal(back.encode(*tiny_batch()[:2])[0], model.encode(*tiny_batch()[:2])[0])
 
 
-def test_ctc_models_decode_with_both_searches(model_dir, tmp_path):
+def test_a_ctc_model_decodes_with_espnets_beam_search(w2v_dir):
+    """(The fast CTC search decodes one in tests/test_recipe_more.py.)"""
     from mpq_plugins.espnet.decoding import Recognizer
-    conf = ssl_conf(model_dir)
+    conf = ssl_conf(w2v_dir)
     model = build(conf).eval()
     rec = Recognizer(model, conf, {"beam_size": 2, "ctc_weight": 0.3, "lm_weight": 0.0, "penalty": 0.0, "nbest": 1,
                                    "maxlenratio": 0.0, "minlenratio": 0.0, "normalize_length": False})
@@ -138,9 +146,9 @@ def test_ctc_models_decode_with_both_searches(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("problem", ["no_dir", "no_config", "bert", "no_weights", "override", "input_size"])
-def test_a_bad_model_directory_is_one_clear_error(model_dir, problem, tmp_path):
+def test_a_bad_model_directory_is_one_clear_error(w2v_dir, problem, tmp_path):
     d = str(tmp_path / "m")
-    shutil.copytree(model_dir, d)
+    shutil.copytree(w2v_dir, d)
     conf = ssl_conf(d)
     expect = {"no_dir": "no such directory", "no_config": "config.json: no such file", "bert": "model_type 'bert'",
               "no_weights": "no model.safetensors", "override": "not options", "input_size": "input_size: 1"}[problem]
@@ -161,13 +169,13 @@ def test_a_bad_model_directory_is_one_clear_error(model_dir, problem, tmp_path):
         build(conf)
 
 
-def test_all_in_one_nests_foundation_model_systems_that_export_exactly(model_dir, tmp_path):
+def test_all_in_one_nests_foundation_model_systems_that_export_exactly(w2v_dir, tmp_path):
     """Nested depth x width x bits over a foundation model's layers (transformers' names), a step over several
     systems, and each exported system (its config sized through transformers' options, no pretrained
     directory needed) computes what the nested model computes in it."""
     from mpq_plugins.espnet.checkpoint import load_state_strict
     from mpq_plugins.espnet.nested import AllInOneESPnetModel, export_float, export_system
-    conf = ssl_conf(model_dir, overrides={"mask_time_prob": 0.0})
+    conf = ssl_conf(w2v_dir, overrides={"mask_time_prob": 0.0})
     float_model = build(conf)
     conf.update(model="mpq_all_in_one", quantization={"weight_bits": 8}, teacher_kl_weight=0.0,
                 all_in_one={"depth": [2, 1], "ff": [1, 0.5], "bits": [8, 4], "sampled": 1})
@@ -188,19 +196,19 @@ def test_all_in_one_nests_foundation_model_systems_that_export_exactly(model_dir
             assert torch.allclose(plain.eval().encode(speech, lengths)[0], model.encode(speech, lengths)[0],
                                   atol=1e-5), system.name
     small = model.aio.system_list[-1]
-    f_conf, f_state = export_float(float_model, ssl_conf(model_dir, overrides={"mask_time_prob": 0.0}), model.aio, small)
+    f_conf, f_state = export_float(float_model, ssl_conf(w2v_dir, overrides={"mask_time_prob": 0.0}), model.aio, small)
     twin = build_from_config(f_conf, "twin")
     load_state_strict(twin, f_state, "twin")
     assert twin.encoder.model.config.intermediate_size == 32 and len(twin.encoder.model.encoder.layers) == 1
 
 
-def test_two_stage_sensitivities_and_post_training_quantization_run_on_a_ctc_foundation_model(model_dir, tmp_path):
+def test_two_stage_sensitivities_and_post_training_quantization_run_on_a_ctc_foundation_model(w2v_dir, tmp_path):
     import yaml
 
     from mpq_plugins.espnet.ptq import quantize_float_model
     from mpq_plugins.espnet.sensitivity import espnet_hessian_sensitivity, posteriors
     from mpq_plugins.quant.sensitivity import kl_sensitivity
-    conf = ssl_conf(model_dir, overrides={"mask_time_prob": 0.0})
+    conf = ssl_conf(w2v_dir, overrides={"mask_time_prob": 0.0})
     model = build(conf).eval()
     names = ["encoder.model.encoder.layers.0.feed_forward.intermediate_dense",
              "encoder.model.encoder.pos_conv_embed.conv", "ctc.ctc_lo"]
