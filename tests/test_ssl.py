@@ -222,3 +222,13 @@ def test_two_stage_sensitivities_and_post_training_quantization_run_on_a_ctc_fou
     with torch.no_grad():
         a, b = ptq.eval().encode(*tiny_batch()[:2])[0], model.encode(*tiny_batch()[:2])[0]
     assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.2 * float(b.abs().max()))
+
+
+def test_the_fine_tuning_step_benchmark_times_float_and_quantized_steps(tmp_path):
+    import json
+
+    from mpq_plugins.bin.benchmark_ssl_step import main
+    main(["--out", str(tmp_path / "b.md"), "--arch", "tiny", "--repeats", "1", "--seconds", "0.5", "--device", "cpu"])
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert len(res["step_s"]) == 4 and all(v > 0 for v in res["step_s"].values())
+    assert "|w4 (weight-only QAT)|" in (tmp_path / "b.md").read_text()
