@@ -53,6 +53,16 @@ def steady_allocator():
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 128 << 20))
 
 
+def write_report(out, lines, res):
+    """The markdown lines to out, the figures to the json beside it; the lines printed."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    print("\n".join(lines))
+
+
 def build(conf_path, n_tokens, quant=None, seed=0):
     torch.manual_seed(seed)
     conf = read_config(conf_path)
@@ -239,12 +249,7 @@ def main(argv=None):
             lines.append(f"|{k}|{r['fp32_bytes']:,}|{r['disk_bytes']:,}|{r['accounted_bytes']:,}|"
                          f"{r['header_bytes']:,} ({100 * r['header_bytes'] / r['disk_bytes']:.2f}%)|"
                          f"{r['compression_ratio']:.2f}x|{r['avg_weight_bits']:.2f}|")
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    print("\n".join(lines))
+    write_report(a.out, lines, res)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ candidate over the shared weight). Timings are medians of repeats, the systems t
 float32 in the same run.
 """
 import argparse
-import json
 import os
 import time
 
 import torch
 
-from mpq_plugins.bin.benchmark_quant import interleaved_medians, steady_allocator
+from mpq_plugins.bin.benchmark_quant import interleaved_medians, steady_allocator, write_report
 from mpq_plugins.confio import read_config
 from mpq_plugins.espnet.load import build_from_config
 from mpq_plugins.eval.report import environment
@@ -107,12 +106,7 @@ def main(argv=None):
              "Medians of repeats, the systems taking turns; ratios against float32 in the same run.", "",
              "## Environment", ""] + environment() + ["", "|system|step (s)|over float32|", "|---|---|---|"]
     lines += [f"|{k}|{v:.3f}|{v / base:.2f}x|" for k, v in res["step_s"].items()]
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    print("\n".join(lines))
+    write_report(a.out, lines, res)
 
 
 if __name__ == "__main__":
