@@ -69,10 +69,30 @@ def test_the_systems_are_the_product_largest_first():
     ({"systems": []}, "systems is an empty list"),
     ({"depth": [2], "widths": [1]}, "unknown key(s) widths"),
     ({"kl_from": "smallest"}, "kl_from 'smallest'"),
+    ({"heads": [0.3]}, "heads 0.3 of 2 attention heads is not a whole number"),
+    ({"heads": [0]}, "heads 0 is not a fraction in (0, 1]"),
 ])
 def test_a_bad_system_list_is_one_error_before_training(aio, message):
     with pytest.raises(QuantConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build(aio)
+
+
+def test_ordering_heads_keeps_the_attention_and_puts_the_important_first():
+    from espnet.nets.pytorch_backend.transformer.attention import RelPositionMultiHeadedAttention
+
+    from mpq_plugins.espnet.nested import head_biases, head_inputs
+    from mpq_plugins.quant.nested import order_heads
+    torch.manual_seed(0)
+    att = RelPositionMultiHeadedAttention(4, 16, 0.0).eval()
+    for b in head_biases(att):
+        torch.nn.init.normal_(b)
+    x, pos = torch.randn(2, 5, 16), torch.randn(1, 9, 16)
+    want = att(x, x, x, pos, None)
+    order_heads(head_inputs(att), att.linear_out, att.h, head_biases(att))
+    assert torch.allclose(att(x, x, x, pos, None), want, atol=1e-5)
+    rows = torch.cat([lin.weight.reshape(4, -1) for lin in head_inputs(att)], 1).norm(dim=1)
+    cols = att.linear_out.weight.reshape(16, 4, 4).transpose(0, 1).reshape(4, -1).norm(dim=1)
+    assert torch.all((rows * cols)[:-1] >= (rows * cols)[1:])
 
 
 def test_ordering_units_keeps_the_function_and_puts_the_important_first():
@@ -86,11 +106,16 @@ def test_ordering_units_keeps_the_function_and_puts_the_important_first():
     assert torch.all(score[:-1] >= score[1:])
 
 
-def test_a_step_trains_several_systems_and_exported_systems_compute_the_same(tmp_path):
+HEADS = {"systems": [{"depth": 2, "ff": 1, "bits": 4}, {"depth": 2, "ff": 0.5, "heads": 0.5, "bits": 4},
+                     {"depth": 1, "ff": 1, "heads": 0.5, "bits": 2}], "sampled": 1}
+
+
+@pytest.mark.parametrize("aio", [AIO, HEADS], ids=["depth_ff_bits", "heads"])
+def test_a_step_trains_several_systems_and_exported_systems_compute_the_same(tmp_path, aio):
     float_model = float_model_of()
     path = tmp_path / "fp32.pth"
     torch.save(float_model.state_dict(), path)
-    model, conf = build(teacher=str(path), float_state=float_model.state_dict())
+    model, conf = build(aio, teacher=str(path), float_state=float_model.state_dict())
     assert isinstance(model, AllInOneESPnetModel)
     assert all(isinstance(m.weight_quantizer, NestedWeightQuantizer) for m in model.modules()
                if hasattr(m, "weight_quantizer"))
@@ -111,8 +136,14 @@ def test_a_step_trains_several_systems_and_exported_systems_compute_the_same(tmp
             got = plain.encode(speech, lengths)[0]
         assert torch.allclose(got, want, atol=1e-5), system.name
         assert sys_conf["encoder_conf"]["num_blocks"] == system.depth and sys_conf["model"] == "espnet"
+        if system.heads != 1:   # the exported attention has only its heads: 1 of 2
+            assert sys_conf["encoder"] == "conformer_heads" and plain.encoder.encoders[0].self_attn.h == 1
+            assert plain.encoder.encoders[0].self_attn.linear_q.weight.shape[0] == 16
         assert sum(1 for k in state if k.startswith("encoder.encoders.")) < sum(
             1 for k in model.state_dict() if k.startswith("encoder.encoders.")) or system.depth == 2
+    for system in model.aio.system_list[1:]:   # every twin's start builds and loads (heads, units and blocks cut)
+        f_conf, f_state = export_float(float_model, two_block_conf(), model.aio, system)
+        load_state_strict(build_from_config(f_conf, "float cut"), f_state, "float cut")
     # the float model cut to the largest system's shape is the float model (units reordered)
     f_conf, f_state = export_float(float_model, two_block_conf(), model.aio, model.aio.largest)
     cut = build_from_config(f_conf, "float cut")

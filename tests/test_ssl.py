@@ -200,6 +200,9 @@ def test_all_in_one_nests_foundation_model_systems_that_export_exactly(w2v_dir, 
     twin = build_from_config(f_conf, "twin")
     load_state_strict(twin, f_state, "twin")
     assert twin.encoder.model.config.intermediate_size == 32 and len(twin.encoder.model.encoder.layers) == 1
+    from mpq_plugins.quant import QuantConfigError
+    with pytest.raises(QuantConfigError, match="heads 0.5: this encoder's attention heads cannot be narrowed"):
+        build({**conf, "all_in_one": {"heads": [1, 0.5]}})
 
 
 def test_two_stage_sensitivities_and_post_training_quantization_run_on_a_ctc_foundation_model(w2v_dir, tmp_path):

@@ -73,7 +73,7 @@ def main(argv=None):
         if a.float:
             float_model, float_conf = load_asr_model(a.config, a.model)
             if encoder_size(float_model) != encoder_size(nested):
-                raise ValueError(f"{a.config}: its encoder ({encoder_size(float_model)} blocks, units) is not the one "
+                raise ValueError(f"{a.config}: its encoder ({encoder_size(float_model)}: blocks, units, heads) is not the one "
                                  f"the all-in-one run nests ({encoder_size(nested)})")
             conf, state = export_float(float_model, float_conf, cfg, system)
             write(a.out_dir, name, conf, state, f"{a.out_dir}/config.yaml")

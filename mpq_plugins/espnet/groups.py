@@ -45,5 +45,7 @@ def groups_for(model):
     """The groups of an ESPnet ASR model: its encoder's, then the attention decoder's and CTC's; None
     for an encoder without groups here (then `modules: [all]` is every Linear, Conv and Embedding,
     and other entries must be regular expressions)."""
-    encoder = type(getattr(model, "encoder", None)).__name__
-    return {**ENCODERS[encoder], **DECODER} if encoder in ENCODERS else None
+    for cls in type(getattr(model, "encoder", None)).__mro__:   # a subclass (e.g. heads cut) has its base's groups
+        if cls.__name__ in ENCODERS:
+            return {**ENCODERS[cls.__name__], **DECODER}
+    return None

@@ -22,8 +22,8 @@ from espnet2.asr.espnet_model import ESPnetASRModel
 from espnet2.torch_utils.device_funcs import force_gatherable
 
 from mpq_plugins.espnet.model import MixedPrecisionESPnetModel
-from mpq_plugins.quant.nested import (AllInOneConfig, UnitMask, nested_quantizers, order_units, seeded_plan,
-                                      set_bits)
+from mpq_plugins.quant.nested import (AllInOneConfig, HeadMask, UnitMask, nested_quantizers, order_heads, order_units,
+                                      seeded_plan, set_bits)
 from mpq_plugins.quant.numerics import bits_label
 from mpq_plugins.quant.sensitivity import kl_div
 
@@ -88,24 +88,103 @@ def feed_forwards(model):
     return out
 
 
+ATTENTION_NAMES = ("self_attn", "attn")   # a block's self-attention: Conformer, Transformer / E-Branchformer
+ATTENTION_PARTS = ("linear_q", "linear_k", "linear_v", "linear_out")
+
+
+def attentions(model):
+    """{name: module} of the encoder blocks' ESPnet multi-head self-attentions (transformers' are not narrowed)."""
+    if not hasattr(model.encoder, "encoders"):
+        return {}
+    prefix, stack = block_stack(model)
+    out = {}
+    for i, block in enumerate(stack._modules.values()):
+        for a in ATTENTION_NAMES:
+            mod = getattr(block, a, None)
+            if mod is not None and all(hasattr(mod, k) for k in ATTENTION_PARTS + ("h", "d_k")):
+                out[f"{prefix}{i}.{a}"] = mod
+                break
+    return out
+
+
+def head_inputs(att):
+    """The layers of an attention whose output rows are grouped by head (query, key, value, positions)."""
+    return [att.linear_q, att.linear_k, att.linear_v] + ([att.linear_pos] if hasattr(att, "linear_pos") else [])
+
+
+def head_biases(att):
+    return [getattr(att, b) for b in ("pos_bias_u", "pos_bias_v") if isinstance(getattr(att, b, None), torch.Tensor)]
+
+
 def layout(model):
-    """(block prefix, names of the feed-forwards' first Linears, of their second ones): what slicing a state needs."""
+    """What slicing a state needs: the block prefix, the names of the feed-forwards' first and second Linears,
+    of the attentions' head-grouped inputs, outputs and per-head biases, and the head size."""
     names = {id(m): n for n, m in model.named_modules()}
+    params = {id(p): n for n, p in model.named_parameters()}
     ffs = feed_forwards(model).values()
-    return block_stack(model)[0], {names[id(a)] for a, _ in ffs}, {names[id(b)] for _, b in ffs}
+    atts = attentions(model).values()
+    return {"prefix": block_stack(model)[0], "firsts": {names[id(a)] for a, _ in ffs},
+            "seconds": {names[id(b)] for _, b in ffs},
+            "head_rows": {names[id(lin)] for att in atts for lin in head_inputs(att)},
+            "head_cols": {names[id(att.linear_out)] for att in atts},
+            "head_params": {params[id(t)] for att in atts for t in head_biases(att)},
+            "d_k": next(iter(atts)).d_k if atts else None}
 
 
 def encoder_size(model):
-    """(blocks, feed-forward units) of the model's encoder."""
+    """(blocks, feed-forward units, attention heads or None) of the model's encoder."""
     ffs = feed_forwards(model)
     if not ffs:
         raise ValueError(f"{type(model.encoder).__name__}: no feed-forward modules to narrow")
-    return len(encoder_blocks(model)), next(iter(ffs.values()))[0].weight.shape[0]
+    atts = attentions(model)
+    return (len(encoder_blocks(model)), next(iter(ffs.values()))[0].weight.shape[0],
+            next(iter(atts.values())).h if atts else None)
 
 
 def check_all_in_one(model, section, where="all_in_one"):
-    blocks, units = encoder_size(model)
-    return AllInOneConfig.from_dict(section, blocks, units, where)
+    blocks, units, heads = encoder_size(model)
+    return AllInOneConfig.from_dict(section, blocks, units, where, heads)
+
+
+@torch.no_grad()
+def order_model(model):
+    """Order every encoder feed-forward's units and attention's heads by importance (the function stays)."""
+    for w_1, w_2 in feed_forwards(model).values():
+        order_units(w_1, w_2)
+    for att in attentions(model).values():
+        order_heads(head_inputs(att), att.linear_out, att.h, head_biases(att))
+
+
+def narrow_attention(att, kept):
+    """An ESPnet multi-head attention cut to its first `kept` heads, in place: layers of the narrow shapes
+    (their weights come from a checkpoint), ESPnet's own forward (it reshapes by h and d_k)."""
+    d = kept * att.d_k
+    for name in ("linear_q", "linear_k", "linear_v", "linear_pos"):
+        lin = getattr(att, name, None)
+        if lin is not None:
+            setattr(att, name, torch.nn.Linear(lin.in_features, d, bias=lin.bias is not None))
+    lin = att.linear_out
+    att.linear_out = torch.nn.Linear(d, lin.out_features, bias=lin.bias is not None)
+    for b in ("pos_bias_u", "pos_bias_v"):
+        if isinstance(getattr(att, b, None), torch.Tensor):
+            setattr(att, b, torch.nn.Parameter(getattr(att, b).detach()[:kept].clone()))
+    att.h = kept
+
+
+def heads_kept_encoder(base):
+    """ESPnet's encoder class `base` with `attention_heads_kept`: every self-attention keeps only its first
+    heads (an exported all-in-one system of narrower attention). Registered as `<name>_heads` (task.py)."""
+    class HeadsKept(base):
+        def __init__(self, *args, attention_heads_kept=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            if attention_heads_kept is not None:
+                for att in self.encoders._modules.values():
+                    for a in ATTENTION_NAMES:
+                        if hasattr(att, a):
+                            narrow_attention(getattr(att, a), int(attention_heads_kept))
+                            break
+    HeadsKept.__name__ = HeadsKept.__qualname__ = f"{base.__name__}HeadsKept"
+    return HeadsKept
 
 
 class AllInOneESPnetModel(MixedPrecisionESPnetModel):
@@ -118,26 +197,33 @@ class AllInOneESPnetModel(MixedPrecisionESPnetModel):
         self.register_buffer("aio_forwards", torch.zeros(()))   # training forwards so far: the plan's step
         self.register_buffer("aio_ordered", torch.zeros(()))    # 1 once the feed-forward units are ordered
         limit_depth(block_stack(self)[1])
-        self._unit_masks = []
+        self._unit_masks, self._head_masks = [], []
         for w_1, _ in feed_forwards(self).values():
             mask = UnitMask(w_1.weight.shape[0])
             w_1.register_forward_hook(mask)
             self._unit_masks.append(mask)
+        if any(s.heads != 1 for s in cfg.system_list):
+            for att in attentions(self).values():
+                mask = HeadMask(att.h, att.d_k)
+                att.linear_out.register_forward_pre_hook(mask)
+                self._head_masks.append(mask)
         self.set_system(cfg.largest)
 
     def set_system(self, system):
         block_stack(self)[1].depth = system.depth
         for mask in self._unit_masks:
             mask.width = self.aio.units(system)
+        for mask in self._head_masks:
+            mask.width = self.aio.kept_heads(system)
         set_bits(self, system.bits)
 
     @torch.no_grad()
     def prepare(self):
-        """Order the feed-forward units and start every bit-width's step from the ordered weights, once."""
+        """Order the feed-forward units and attention heads and start every bit-width's step from the ordered
+        weights, once."""
         if float(self.aio_ordered) == 1:
             return
-        for w_1, w_2 in feed_forwards(self).values():
-            order_units(w_1, w_2)
+        order_model(self)
         for name, q in nested_quantizers(self).items():
             w = self.get_submodule(name).weight
             for quantizer in q.quantizers.values():
@@ -197,9 +283,12 @@ class AllInOneESPnetModel(MixedPrecisionESPnetModel):
 
 def _slice_state(state, system, cfg, lay, bits=None):
     """The state of one system from the nested (or float) model's state (lay: its `layout`): its blocks, its
-    feed-forward units and (quantized) the steps of its bit-width as plain quantizers' log_step."""
+    feed-forward units and attention heads and (quantized) the steps of its bit-width as plain quantizers'
+    log_step."""
     u = cfg.units(system)
-    prefix, firsts, seconds = lay
+    h = None if lay["d_k"] is None else cfg.kept_heads(system) * lay["d_k"]
+    heads = system.heads != 1
+    prefix = lay["prefix"]
     out = {}
     for k, v in state.items():
         if k.startswith(("mpq_", "aio_")):
@@ -209,10 +298,16 @@ def _slice_state(state, system, cfg, lay, bits=None):
                 continue
             module, _, leaf = k.rpartition(".")
             owner = module.split(".weight_quantizer")[0]
-            if owner in firsts and leaf in ("weight", "bias", "log_step"):
+            if owner in lay["firsts"] and leaf in ("weight", "bias", "log_step"):
                 v = v[:u]                       # its units are its outputs (and per-channel steps)
-            elif owner in seconds and module == owner and leaf == "weight":
+            elif owner in lay["seconds"] and module == owner and leaf == "weight":
                 v = v[:, :u]                    # its units are its inputs
+            elif heads and owner in lay["head_rows"] and leaf in ("weight", "bias", "log_step"):
+                v = v[:h]                       # heads are its output rows
+            elif heads and owner in lay["head_cols"] and module == owner and leaf == "weight":
+                v = v[:, :h]                    # heads are its input columns
+            elif heads and k in lay["head_params"]:
+                v = v[: h // lay["d_k"]]        # a row a head
         if ".weight_quantizer.quantizers." in k:
             head, label = k.split(".weight_quantizer.quantizers.")
             label, rest = label.split(".", 1)
@@ -237,6 +332,9 @@ def system_config(conf, system, cfg, quantized=True):
             enc["hf_config"] = {**enc["hf_config"], **size}
     else:
         enc.update(num_blocks=system.depth, linear_units=cfg.units(system))
+        if system.heads != 1:   # ESPnet's encoder ties the attention's width to the model's: ours cuts it
+            out["encoder"] = f"{out['encoder']}_heads"
+            enc["attention_heads_kept"] = cfg.kept_heads(system)
     out["encoder_conf"] = enc
     if quantized:
         out["quantization"] = {**{k: v for k, v in (conf.get("quantization") or {}).items() if k != "bits"},
@@ -258,6 +356,5 @@ def export_float(float_model, conf, cfg, system):
     """(config, state) of the float model cut to a system's depth and width, its units ordered as the
     all-in-one run orders them (from the same float weights): the twin's starting point."""
     m = copy.deepcopy(float_model)
-    for w_1, w_2 in feed_forwards(m).values():
-        order_units(w_1, w_2)
+    order_model(m)
     return system_config(conf, system, cfg, quantized=False), _slice_state(m.state_dict(), system, cfg, layout(m))

@@ -37,7 +37,7 @@ from espnet2.utils.types import str_or_none
 from mpq_plugins.espnet.checkpoint import load_checkpoint, load_state_strict
 from mpq_plugins.espnet.groups import groups_for
 from mpq_plugins.espnet.model import MixedPrecisionESPnetModel, Teacher
-from mpq_plugins.espnet.nested import AllInOneESPnetModel, check_all_in_one
+from mpq_plugins.espnet.nested import AllInOneESPnetModel, check_all_in_one, heads_kept_encoder
 from mpq_plugins.espnet.ssl import HFSSLEncoder
 from mpq_plugins.quant import QuantConfig, QuantConfigError, quantize_, with_fixed_bits
 from mpq_plugins.quant.allocation import average_bits
@@ -49,6 +49,9 @@ AIO_MODEL = "mpq_all_in_one"
 espnet_asr.model_choices.classes.setdefault(MIXED_MODEL, MixedPrecisionESPnetModel)   # ESPnet's registry
 espnet_asr.model_choices.classes.setdefault(AIO_MODEL, AllInOneESPnetModel)
 espnet_asr.encoder_choices.classes.setdefault("hf_ssl", HFSSLEncoder)   # wav2vec2 / HuBERT from a local dir
+for _name in ("conformer", "e_branchformer", "transformer"):   # an all-in-one system with fewer attention heads
+    espnet_asr.encoder_choices.classes.setdefault(f"{_name}_heads",
+                                                  heads_kept_encoder(espnet_asr.encoder_choices.classes[_name]))
 
 
 class QuantASRTask(ASRTask):

@@ -1,12 +1,14 @@
 """One-pass all-in-one compression (Li et al. 2024): many nested systems of different depth, width and
 precision that share one set of weights, trained in one run.
 
-A system is (depth, ff, bits): the first `depth` blocks of the encoder, the first `ff` fraction of
-every encoder feed-forward's hidden units, every quantized weight at `bits`. The units are ordered once,
-before training, by importance (the norm of a unit's input row times the norm of its output column),
-so that a narrow system keeps the units that matter most; a narrow feed-forward is computed exactly by
-zeroing the hidden units beyond its width before the activation's output is used (`UnitMask`: the
-activations of ESPnet's feed-forwards map 0 to 0), so an exported narrow layer computes the same.
+A system is (depth, ff, heads, bits): the first `depth` blocks of the encoder, the first `ff` fraction of
+every encoder feed-forward's hidden units and the first `heads` fraction of every encoder self-attention's
+heads, every quantized weight at `bits`. Units and heads are ordered once, before training, by importance
+(a unit: the norm of its input row times the norm of its output column; a head: the norm of its query, key
+and value rows times that of its output columns), so that a narrow system keeps those that matter most. A
+narrow feed-forward is computed exactly by zeroing the hidden units beyond its width (`UnitMask`: the
+activations of ESPnet's feed-forwards map 0 to 0), a narrow attention by zeroing the heads beyond its width
+before the output projection (heads are independent), so an exported narrow layer computes the same.
 Precision: one shared float weight, one learnt LSQ step per bit-width (`NestedWeightQuantizer`).
 
 The `all_in_one:` section of a quant conf (`AllInOneConfig`):
@@ -14,8 +16,9 @@ The `all_in_one:` section of a quant conf (`AllInOneConfig`):
     all_in_one:
         depth: [4, 3, 2]        # encoder blocks kept (the first k)
         ff: [1, 0.5]            # fractions of the feed-forward units kept
+        heads: [1]              # fractions of the self-attention heads kept (e.g. [1, 0.5])
         bits: [4, 2]            # weight bit-widths (numerics.BITS)
-        systems: null           # or an explicit list of {depth, ff, bits} instead of the product
+        systems: null           # or an explicit list of {depth, ff, bits[, heads]} instead of the product
         sampled: 1              # systems sampled per update besides the largest and the smallest
         kl_from: largest        # the others learn from the largest system's posteriors (or teacher, none)
         kl_weight: 1.0
@@ -39,19 +42,22 @@ class NestedSystem:
     depth: int
     ff: float
     bits: object
+    heads: float = 1
 
     @property
     def name(self):
-        return f"d{self.depth}_ff{str(self.ff).replace('.', 'p')}_w{bits_label(self.bits)}"
+        h = "" if self.heads == 1 else f"_h{str(self.heads).replace('.', 'p')}"
+        return f"d{self.depth}_ff{str(self.ff).replace('.', 'p')}{h}_w{bits_label(self.bits)}"
 
     def size_key(self):
-        return (self.depth, self.ff, float(self.bits))
+        return (self.depth, self.ff, self.heads, float(self.bits))
 
 
 @dataclasses.dataclass
 class AllInOneConfig:
     depth: list = None
     ff: list = dataclasses.field(default_factory=lambda: [1])
+    heads: list = dataclasses.field(default_factory=lambda: [1])
     bits: list = dataclasses.field(default_factory=lambda: [8, 4])
     systems: list = None
     sampled: int = 1
@@ -59,36 +65,41 @@ class AllInOneConfig:
     kl_weight: float = 1.0
 
     @classmethod
-    def from_dict(cls, d, n_blocks, n_units, where="all_in_one"):
-        """The section checked against the encoder it applies to (n_blocks blocks, n_units feed-forward units)."""
+    def from_dict(cls, d, n_blocks, n_units, where="all_in_one", n_heads=None):
+        """The section checked against the encoder it applies to (n_blocks blocks, n_units feed-forward units,
+        n_heads attention heads: None when its attention cannot be narrowed)."""
         c = from_mapping(cls, d, where, AllInOneError)
         if c.systems is not None:
             if not isinstance(c.systems, list) or not c.systems:
                 raise AllInOneError(f"{where}: systems is an empty list")
             raw = []
             for i, s in enumerate(c.systems):
-                if not isinstance(s, dict) or set(s) != {"depth", "ff", "bits"}:
-                    raise AllInOneError(f"{where}: systems[{i}] must be a mapping of depth, ff and bits, got {s!r}")
-                raw.append((s["depth"], s["ff"], s["bits"]))
+                if not isinstance(s, dict) or not {"depth", "ff", "bits"} <= set(s) <= {"depth", "ff", "bits", "heads"}:
+                    raise AllInOneError(f"{where}: systems[{i}] must be a mapping of depth, ff, bits (and heads), "
+                                        f"got {s!r}")
+                raw.append((s["depth"], s["ff"], s.get("heads", 1), s["bits"]))
         else:
             depth = c.depth if c.depth is not None else [n_blocks]
-            for key, v in (("depth", depth), ("ff", c.ff), ("bits", c.bits)):
+            for key, v in (("depth", depth), ("ff", c.ff), ("heads", c.heads), ("bits", c.bits)):
                 if not isinstance(v, list) or not v:
                     raise AllInOneError(f"{where}: {key} is an empty list (or not a list)")
-            raw = list(itertools.product(depth, c.ff, c.bits))
+            raw = list(itertools.product(depth, c.ff, c.heads, c.bits))
         out = []
-        for dep, ff, bits in raw:
+        for dep, ff, heads, bits in raw:
             if isinstance(dep, bool) or not isinstance(dep, int) or not 1 <= dep <= n_blocks:
                 raise AllInOneError(f"{where}: depth {dep!r} is not a number of blocks of this encoder (1..{n_blocks})")
-            if isinstance(ff, bool) or not isinstance(ff, (int, float)) or not 0 < ff <= 1:
-                raise AllInOneError(f"{where}: ff {ff!r} is not a fraction in (0, 1]")
-            if abs(ff * n_units - round(ff * n_units)) > 1e-6:
-                raise AllInOneError(f"{where}: ff {ff} of {n_units} feed-forward units is not a whole number of units")
+            for key, v, n, what in (("ff", ff, n_units, "feed-forward units"), ("heads", heads, n_heads, "attention heads")):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                    raise AllInOneError(f"{where}: {key} {v!r} is not a fraction in (0, 1]")
+                if v != 1 and n is None:
+                    raise AllInOneError(f"{where}: {key} {v}: this encoder's {what} cannot be narrowed")
+                if n is not None and abs(v * n - round(v * n)) > 1e-6:
+                    raise AllInOneError(f"{where}: {key} {v} of {n} {what} is not a whole number of {what}")
             try:
                 bits = check_bits(bits, f"{where}: bits")
             except ValueError as e:
                 raise AllInOneError(str(e)) from None
-            out.append(NestedSystem(dep, float(ff) if ff != 1 else 1, bits))
+            out.append(NestedSystem(dep, float(ff) if ff != 1 else 1, bits, float(heads) if heads != 1 else 1))
         if len(set(out)) != len(out):
             raise AllInOneError(f"{where}: a system is listed twice")
         if isinstance(c.sampled, bool) or not isinstance(c.sampled, int) or c.sampled < 0:
@@ -96,7 +107,7 @@ class AllInOneConfig:
         if c.kl_from not in ("largest", "teacher", "none"):
             raise AllInOneError(f"{where}: kl_from {c.kl_from!r} is not largest, teacher or none")
         c.system_list = sorted(out, key=lambda s: s.size_key(), reverse=True)
-        c.n_units = n_units
+        c.n_units, c.n_heads = n_units, n_heads
         return c
 
     @property
@@ -115,6 +126,9 @@ class AllInOneConfig:
 
     def units(self, system):
         return int(round(system.ff * self.n_units))
+
+    def kept_heads(self, system):
+        return None if self.n_heads is None else int(round(system.heads * self.n_heads))
 
     def by_name(self, name):
         for s in self.system_list:
@@ -203,3 +217,41 @@ def seeded_plan(cfg, seed, update):
     """The plan of optimizer update `update` of a run with this seed: the same on every rank and after a
     resumption (the draw depends on nothing else)."""
     return cfg.plan(random.Random(seed * 1_000_003 + update))
+
+
+@torch.no_grad()
+def order_heads(ins, out, n_heads, per_head=()):
+    """Permute the heads of a multi-head attention in place, most important first: ins, the Linear layers whose
+    output rows are grouped by head (query, key, value, positional projection); out, the output projection
+    (input columns grouped by head); per_head, tensors whose first dimension is the head (positional biases).
+    A head's importance: the norm of its rows in ins times the norm of its columns in out. The attention
+    computes the same (its heads are independent); returns the order."""
+    d_k = out.weight.shape[1] // n_heads
+    rows = torch.cat([lin.weight.detach().float().reshape(n_heads, -1) for lin in ins], dim=1)
+    cols = out.weight.detach().float().reshape(out.weight.shape[0], n_heads, d_k).transpose(0, 1).reshape(n_heads, -1)
+    order = torch.argsort(rows.norm(dim=1) * cols.norm(dim=1), descending=True, stable=True)
+    idx = (order[:, None] * d_k + torch.arange(d_k, device=order.device)).flatten()
+    for lin in ins:
+        lin.weight.copy_(lin.weight[idx])
+        if lin.bias is not None:
+            lin.bias.copy_(lin.bias[idx])
+    out.weight.copy_(out.weight[:, idx])
+    for t in per_head:
+        t.copy_(t[order])
+    return order
+
+
+class HeadMask:
+    """A forward pre-hook on an attention's output projection: the heads beyond `width` contribute nothing,
+    which is exactly the attention with only its first `width` heads."""
+
+    def __init__(self, n_heads, d_k):
+        self.n_heads, self.d_k, self.width = n_heads, d_k, n_heads
+
+    def __call__(self, module, args):
+        if self.width >= self.n_heads:
+            return None
+        x = args[0]
+        mask = torch.zeros(self.n_heads * self.d_k, dtype=x.dtype, device=x.device)
+        mask[: self.width * self.d_k] = 1
+        return (x * mask,) + tuple(args[1:])
