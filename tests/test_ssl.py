@@ -35,6 +35,9 @@ def write_tiny_model(root, kind):
                                                                    do_stable_layer_norm=True))
     path = os.path.join(str(root), kind)
     model.save_pretrained(path)
+    if kind == "hubert":   # as HuBERT-large: the waveform is normalized per utterance
+        with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
+            f.write('{"do_normalize": true, "sampling_rate": 16000}')
     return path
 
 
@@ -70,7 +73,12 @@ def test_the_encoder_is_the_pretrained_model_with_frame_lengths(model_dir):
     with torch.no_grad():
         out, olens, _ = model.encoder(speech, lengths)
         mask = (torch.arange(speech.size(1))[None] < lengths[:, None])
-        hf = ref(speech * mask, attention_mask=mask.long() if ref.config.feat_extract_norm == "layer" else None)
+        x = speech * mask
+        assert model.encoder.normalize_waveform == model_dir.endswith("hubert")
+        if model.encoder.normalize_waveform:   # by hand: zero mean, unit variance over each utterance's own samples
+            x = torch.stack([torch.cat([(u[:n] - u[:n].mean()) / torch.sqrt(u[:n].var(unbiased=False) + 1e-7),
+                                        torch.zeros(len(u) - n)]) for u, n in zip(speech, lengths.tolist())])
+        hf = ref(x, attention_mask=mask.long() if ref.config.feat_extract_norm == "layer" else None)
     assert torch.allclose(out, hf.last_hidden_state, atol=1e-5)
     assert olens.tolist() == ref._get_feat_extract_output_lengths(lengths).tolist()
     assert olens.tolist() == [198, 158]   # frames, not samples: ((8000 - 10) // 5 + 1 - 8) // 4 + 1 - 4) // 2 + 1

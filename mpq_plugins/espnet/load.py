@@ -42,11 +42,11 @@ def build_from_config(conf, where):
 
 def self_contained(model, conf):
     """The model config with what rebuilds it from nothing else: a foundation-model encoder's
-    transformers config (not the directory it came from)."""
+    transformers config and waveform normalization (not the directory they came from)."""
     conf = model_config(conf)
     if conf.get("encoder") == "hf_ssl":
         conf["encoder_conf"] = {**(conf.get("encoder_conf") or {}), "hf_config": model.encoder.hf_config(),
-                                "pretrained": False}
+                                "pretrained": False, "normalize_waveform": model.encoder.normalize_waveform}
     return conf
 
 
