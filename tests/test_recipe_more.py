@@ -129,6 +129,14 @@ def test_all_in_one_trains_nested_systems_in_one_run_then_each_on_its_own(recipe
     assert "|asr_train_tiny_aio_tiny_d1_ff0p5_w2|" in results and "less**" in results
     assert (recipe / "results" / "aio_tiny_seed1_all_in_one.png").exists()
 
+def assert_packed_with_encoder(exp, encoder, header_slack):
+    """A system of this encoder, packed: its file's size is the accounting's plus the header (under 1% + slack)."""
+    assert yaml.safe_load((exp / "config.yaml").read_text())["encoder"] == encoder
+    size = json.loads((exp / "packed.size.json").read_text())
+    assert size["disk_bytes"] == (exp / "packed.safetensors").stat().st_size
+    assert size["disk_bytes"] - size["accounted_bytes"] == size["header_bytes"] < 0.01 * size["disk_bytes"] + header_slack
+
+
 def test_a_model_trained_elsewhere_is_imported_and_compressed(recipe, tmp_path):
     """A stock ESPnet E-Branchformer in a model-zoo layout (paths relative to the zoo's root) goes through
     stages 2-6: imported (its config, tokens and statistics), its lengths measured with its own config,
@@ -141,11 +149,7 @@ def test_a_model_trained_elsewhere_is_imported_and_compressed(recipe, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "train: nothing, exp/asr_zoo_ebf is imported" in r.stdout
     for system in ("asr_zoo_ebf", "asr_zoo_ebf_w4"):
-        exp = recipe / "exp" / system
-        assert yaml.safe_load((exp / "config.yaml").read_text())["encoder"] == "e_branchformer"
-        size = json.loads((exp / "packed.size.json").read_text())
-        assert size["disk_bytes"] == (exp / "packed.safetensors").stat().st_size
-        assert size["disk_bytes"] - size["accounted_bytes"] == size["header_bytes"] < 0.01 * size["disk_bytes"] + 4096
+        assert_packed_with_encoder(recipe / "exp" / system, "e_branchformer", header_slack=4096)
     assert json.loads((recipe / "exp" / "asr_zoo_ebf_w4" / "packed.size.json").read_text())["avg_weight_bits"] == 4
     assert (recipe / "exp" / "asr_stats_zoo_ebf" / "train" / "speech_shape").exists()
 
@@ -173,9 +177,6 @@ def test_a_foundation_model_is_fine_tuned_with_ctc_and_compressed(recipe, tmp_pa
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for system in ("asr_train_tiny_w2v", "asr_train_tiny_w2v_w4"):
         exp = recipe / "exp_ssl" / system
-        assert yaml.safe_load((exp / "config.yaml").read_text())["encoder"] == "hf_ssl"
-        size = json.loads((exp / "packed.size.json").read_text())
-        assert size["disk_bytes"] == (exp / "packed.safetensors").stat().st_size
-        assert size["disk_bytes"] - size["accounted_bytes"] == size["header_bytes"] < 0.01 * size["disk_bytes"] + 8192
+        assert_packed_with_encoder(exp, "hf_ssl", header_slack=8192)
         assert (exp / DECODE / "test" / "score_wer" / "result.txt").exists()
     assert json.loads((recipe / "exp_ssl" / "asr_train_tiny_w2v_w4" / "packed.size.json").read_text())["avg_weight_bits"] == 4

@@ -12,6 +12,7 @@ from espnet2.tasks.lm import LMTask
 
 from mpq_plugins.confio import read_config
 from mpq_plugins.espnet.checkpoint import load_checkpoint, load_state_strict
+from mpq_plugins.espnet.ssl import for_checkpoint
 from mpq_plugins.espnet.task import QuantASRTask
 from mpq_plugins.quant import QuantConfigError
 from mpq_plugins.quant.packing import PackedFileError, export_packed, read_packed, unpack_state
@@ -29,8 +30,7 @@ def build_from_config(conf, where):
     checkpoint's follow)."""
     args = QuantASRTask.get_parser().parse_args([])
     vars(args).update(conf)
-    if conf.get("encoder") == "hf_ssl":
-        args.encoder_conf = {**(conf.get("encoder_conf") or {}), "pretrained": False}
+    args.encoder_conf = for_checkpoint(conf.get("encoder"), args.encoder_conf)
     args.config = where
     try:
         return QuantASRTask.build_model(args)

@@ -73,6 +73,12 @@ def fold_weight_norm(conv):
     return conv
 
 
+def for_checkpoint(encoder, encoder_conf):
+    """The encoder_conf that builds a model whose weights a checkpoint gives: a foundation model without
+    loading its pretrained ones (other encoders: as it is)."""
+    return {**(encoder_conf or {}), "pretrained": False} if encoder == "hf_ssl" else encoder_conf
+
+
 def conv_output_lengths(lengths, kernels, strides):
     """Frames out of the feature encoder for waveforms of these lengths (no padding in its convolutions)."""
     for k, s in zip(kernels, strides):

@@ -38,7 +38,7 @@ from mpq_plugins.espnet.checkpoint import load_checkpoint, load_state_strict
 from mpq_plugins.espnet.groups import groups_for
 from mpq_plugins.espnet.model import MixedPrecisionESPnetModel, Teacher
 from mpq_plugins.espnet.nested import AllInOneESPnetModel, check_all_in_one, heads_kept_encoder
-from mpq_plugins.espnet.ssl import HFSSLEncoder
+from mpq_plugins.espnet.ssl import HFSSLEncoder, for_checkpoint
 from mpq_plugins.quant import QuantConfig, QuantConfigError, quantize_, with_fixed_bits
 from mpq_plugins.quant.allocation import average_bits
 from mpq_plugins.quant.mixed import finalize, mixed_quantizers, numels, sgd_logits
@@ -123,8 +123,7 @@ class QuantASRTask(ASRTask):
                 vars(float_args).update(yaml.safe_load(f))
         float_args.quantization, float_args.model, float_args.all_in_one = None, "espnet", None
         float_args.teacher_kl_weight = 0.0
-        if getattr(float_args, "encoder", None) == "hf_ssl":   # the checkpoint's weights follow, not the pretrained ones
-            float_args.encoder_conf = {**(float_args.encoder_conf or {}), "pretrained": False}
+        float_args.encoder_conf = for_checkpoint(getattr(float_args, "encoder", None), float_args.encoder_conf)
         teacher = super().build_model(float_args)
         load_state_strict(teacher, load_checkpoint(args.teacher_model), args.teacher_model)
         return teacher
