@@ -5,3 +5,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("NLTK_DATA", os.path.join(ROOT, "tools", "nltk_data"))
+
+
+# The order the test runner hands out the test files (tests/run.sh: whole files, in this order): the file that
+# builds the shared tiny recipe (tests/recipe.py) first, the files without it while it builds, then the other
+# files that copy it, longest first.
+RECIPE_FILES = ("test_recipe_smoke.py", None, "test_recipe_systems.py", "test_recipe_methods.py", "test_recipe_more.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return RECIPE_FILES.index(name if name in RECIPE_FILES else None)
+    items.sort(key=rank)   # stable: each file's tests keep their order

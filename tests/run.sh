@@ -9,4 +9,4 @@ cd "${root}"
 # one thread a process: the workers and the recipe processes they start share the cores (path.sh would give
 # each of them every core, and their threads then wait on each other)
 export OMP_NUM_THREADS="${MPQ_TEST_THREADS:-1}"
-exec python -m pytest -q -p no:cacheprovider -n "${MPQ_TEST_JOBS:-2}" --dist loadfile tests "$@"
+exec python -m pytest -q -p no:cacheprovider -n "${MPQ_TEST_JOBS:-2}" --dist loadfile --no-loadscope-reorder tests "$@"
