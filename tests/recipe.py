@@ -54,12 +54,21 @@ def recipe(tmp_path_factory):
         if not (built / "RESULTS.md").exists():
             shutil.rmtree(built, ignore_errors=True)
             built.mkdir()
-            r = run(built)
+            r = run(built, "--nj", "2")    # the decodes in two jobs: the other worker mostly waits for this
             if r.returncode != 0:
                 failed.write_text(r.stdout[-3000:] + r.stderr[-3000:])
                 pytest.fail(failed.read_text())
     d = tmp_path_factory.mktemp("recipe")
     shutil.copytree(built, d, symlinks=True, dirs_exist_ok=True)   # times kept: stages see what is up to date
+    return d
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The tiny corpus and its tokens alone (stages 1-2), for a test file that runs while the recipe builds."""
+    d = tmp_path_factory.mktemp("corpus")
+    r = run(d, "--stop_stage", "2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return d
 
 

@@ -143,7 +143,7 @@ def test_quantized_foundation_models_pack_at_their_size_and_serve_without_their_
 
 
 def test_a_ctc_model_decodes_with_espnets_beam_search(w2v_dir):
-    """(The fast CTC search decodes one in tests/test_recipe_more.py.)"""
+    """(The fast CTC search decodes one in tests/test_recipe_systems.py.)"""
     from mpq_plugins.espnet.decoding import Recognizer
     conf = ssl_conf(w2v_dir)
     model = build(conf).eval()

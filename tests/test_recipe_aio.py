@@ -1,0 +1,39 @@
+"""All-in-one through run.sh on the tiny recipe (tests/recipe.py): one run trains the nested systems, each is
+exported, packed, decoded and scored beside its twin, and the report compares them."""
+import json
+
+import yaml
+
+from tests.conftest import ROOT
+from tests.recipe import DECODE, pytestmark, recipe, run  # noqa: F401
+
+
+def test_all_in_one_trains_nested_systems_in_one_run_then_each_on_its_own(recipe):
+    conf = f"{ROOT}/tests/conf/quant/aio_tiny.yaml"
+    r = run(recipe, "--stage", "6", "--quant_confs", conf, "--quant_test_sets", "test", "--acoustic_config", "")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_dir = recipe / "exp" / "asr_train_tiny_aio_tiny"
+    assert "mpq_all_in_one" in (run_dir / "config.yaml").read_text()
+    sizes = {}
+    for name in ("d1_ff1_w4", "d1_ff0p5_w2"):
+        nested, twin = recipe / "exp" / f"asr_train_tiny_aio_tiny_{name}", recipe / "exp" / f"asr_train_tiny_aio_tiny_{name}_twin"
+        for d, method in ((nested, "all_in_one"), (twin, "all_in_one_twin")):
+            record = yaml.safe_load((d / "system.yaml").read_text())
+            assert record["method"] == method
+            assert (d / DECODE / "test" / "score_wer" / "result.txt").exists()
+            size = json.loads((d / "packed.size.json").read_text())
+            assert size["disk_bytes"] == (d / "packed.safetensors").stat().st_size
+        sizes[name] = json.loads((nested / "packed.size.json").read_text())
+        # the nested system's time is the one run's fine-tuning, then its own packing
+        log = json.loads((nested / "compression_time.json").read_text())
+        assert [e["what"] for e in log] == ["train", "pack"]
+        assert log[0] == json.loads((run_dir / "compression_time.json").read_text())[0]
+        twin_config = yaml.safe_load((twin / "config.yaml").read_text())
+        assert twin_config["encoder_conf"]["linear_units"] == (64 if name == "d1_ff1_w4" else 32)
+        assert (twin / "init" / "valid.acc.best.pth").exists() and "init_param" in (twin / "train.log").read_text()
+    assert sizes["d1_ff0p5_w2"]["disk_bytes"] < sizes["d1_ff1_w4"]["disk_bytes"]
+    assert sizes["d1_ff0p5_w2"]["avg_weight_bits"] == 2
+    results = (recipe / "RESULTS.md").read_text()
+    assert "## All-in-one: nested systems and their twins" in results and "### aio_tiny (seed 1)" in results
+    assert "|asr_train_tiny_aio_tiny_d1_ff0p5_w2|" in results and "less**" in results
+    assert (recipe / "results" / "aio_tiny_seed1_all_in_one.png").exists()
