@@ -47,7 +47,7 @@ def test_a_foundation_model_is_fine_tuned_with_ctc_and_compressed(corpus, tmp_pa
     conf.update(encoder="hf_ssl", encoder_conf={"model_dir": write_tiny_model(tmp_path, "wav2vec2"),
                                                 "overrides": {"mask_time_prob": 0.0}},
                 input_size=1, normalize=None, model_conf={"ctc_weight": 1.0},
-                best_model_criterion=[["valid", "cer_ctc", "min"]])
+                best_model_criterion=[["valid", "cer_ctc", "min"]], max_epoch=1, keep_nbest_models=1)
     with open(tmp_path / "train_tiny_w2v.yaml", "w") as f:
         yaml.safe_dump(conf, f)
     r = run(corpus, "--asr_config", str(tmp_path / "train_tiny_w2v.yaml"), "--expdir", "exp_ssl", "--stage", "3",
