@@ -32,7 +32,6 @@ ARGS = ("--local_data_opts", "--n_train 24 --n_dev 6 --n_test 6 --n_unseen 6 --n
         "--quant_test_sets", " ".join(QSETS), "--nj", "1")
 
 
-
 def run(cwd, *args):
     return subprocess.run([os.path.join(ROOT, "run.sh"), *ARGS, *args], cwd=cwd, capture_output=True, text=True)
 
