@@ -15,7 +15,5 @@ RECIPE_FILES = ("test_recipe_smoke.py", None, "test_recipe_systems.py", "test_re
 
 
 def pytest_collection_modifyitems(session, config, items):
-    def rank(item):
-        name = os.path.basename(str(item.fspath))
-        return RECIPE_FILES.index(name if name in RECIPE_FILES else None)
-    items.sort(key=rank)   # stable: each file's tests keep their order
+    rank = {name: i for i, name in enumerate(RECIPE_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, rank[None]))   # stable: each file keeps its order
