@@ -114,7 +114,15 @@ imported() {
     token_type=$(sed -n 's/^token_type: *//p' ${asr_config}); bpe_opts=""
     [ "${token_type}" != bpe ] || bpe_opts="--bpemodel ${asr_exp}/bpe.model"
 }
+# transformers (3 s of every ESPnet process's start) is hidden from a run whose configs need none of it
+hide_transformers() {
+    local why
+    why=$(python -m mpq_plugins.bin.needs_transformers ${asr_config} ${finetune_config} ${qconfs} \
+        $([ "${lm}" != rnn ] || echo ${lm_config}) --args "${asr_args}")
+    export MPQ_HIDE_TRANSFORMERS=$([ -z "${why}" ] && echo 1 || echo 0)
+}
 imported
+hide_transformers
 # a config without a normalization layer (a foundation model reading the waveform) gets no global MVN
 if grep -Eq '^normalize: *(null|none|~)? *$' ${asr_config}; then norm_opts=""; fi
 lm_exp=${expdir}/lm_$(basename "${lm_config}" .yaml)_${token_type}
@@ -158,6 +166,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && [ -n "${asr_model_dir}" ]; t
     python -m mpq_plugins.bin.import_model --model_dir ${asr_model_dir} ${asr_model_file:+--model_file ${asr_model_file}} \
         --out_dir ${asr_exp}
     imported
+    hide_transformers
 elif [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     log 2 "tokens: ${token_type} from ${datadir}/${train_set}/text -> ${token_dir}/"
     python -m mpq_plugins.bin.make_tokens --text ${datadir}/${train_set}/text \

@@ -38,3 +38,32 @@ def test_espnet_optional_dependency_messages_stay_off_the_terminal():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "imported"                                   # nothing else on the terminal's stdout
     assert "Flash Attention" not in r.stdout and "log: Failed to import Flash Attention" in r.stderr
+
+
+def test_transformers_hidden_from_a_run_that_does_not_need_it():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = ("import sys, mpq_plugins.espnet.task\n"
+            "print('transformers' in sys.modules)\n"
+            "try:\n    import transformers\nexcept ModuleNotFoundError as e:\n    print(e)\n")
+    r = subprocess.run(["bash", "-c", f". {ROOT}/path.sh && MPQ_HIDE_TRANSFORMERS=1 python -c \"{code}\""], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    loaded, message = r.stdout.strip().splitlines()
+    assert loaded == "False" and "MPQ_HIDE_TRANSFORMERS=1" in message
+
+
+def test_what_needs_transformers_is_read_from_the_configs(tmp_path):
+    from mpq_plugins.espnet.needs_transformers import reasons
+    confs = [f"{ROOT}/{c}" for c in ("conf/train_asr_conformer.yaml", "conf/finetune.yaml", "conf/quant/w4.yaml",
+                                     "conf/quant/aio_d432_ff_w42.yaml", "conf/train_lm.yaml",
+                                     "egs/ebranchformer/conf/train_asr_ebranchformer.yaml")]
+    assert reasons(confs, "--batch_bins 1000 --encoder conformer") == []
+    ssl = f"{ROOT}/egs/librispeech_100_ssl/conf/train_asr_wav2vec2_base.yaml"
+    assert reasons(confs + [ssl]) == [f"{ssl}: encoder: hf_ssl"]
+    assert reasons([], "--frontend huggingface --use_adapter=true --decoder none") == \
+        ["options: --frontend huggingface", "options: --use_adapter true"]
+    (tmp_path / "bad.yaml").write_text("encoder: [unclosed\n")
+    (tmp_path / "zoo.yaml").write_text("encoder: conformer\ntoken_type: hugging_face\nuse_adapter: false\n")
+    assert reasons([tmp_path / "bad.yaml", tmp_path / "zoo.yaml", tmp_path / "none.yaml"]) == [
+        f"{tmp_path}/bad.yaml: not read (ParserError)", f"{tmp_path}/zoo.yaml: token_type: hugging_face",
+        f"{tmp_path}/none.yaml: not read (FileNotFoundError)"]

@@ -10,6 +10,11 @@ is patched when something first imports it, not here.
 standard output at import when the optional flash_attn package is missing (a GPU-only package): every
 entry point printed it to the user. The module's import runs with that output sent to the logging
 module instead (logger "espnet", level DEBUG), where a job that wants it can find it.
+
+3. ESPnet imports the transformers package at import whenever it is installed, for a few optional
+classes, each import guarded: about 3 s of every process's start here. With MPQ_HIDE_TRANSFORMERS=1
+(run.sh sets it when no config of the run needs the package: mpq_plugins/espnet/needs_transformers.py)
+the package is not found, and ESPnet marks those classes unavailable.
 """
 import contextlib
 import importlib.abc
@@ -71,6 +76,17 @@ class _QuietImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+class _HideTransformers(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "transformers" or name.startswith("transformers."):
+            raise ModuleNotFoundError(f"No module named '{name}' here: MPQ_HIDE_TRANSFORMERS=1 hides it (run.sh "
+                                      "found nothing in the run's configs that needs it; 0 makes it visible)",
+                                      name=name)
+        return None
+
+
+if os.environ.get("MPQ_HIDE_TRANSFORMERS") == "1":
+    sys.meta_path.insert(0, _HideTransformers())
 if os.environ.get("MPQ_TYPECHECK") != "1":
     sys.meta_path.insert(0, _TypeguardOff())
 sys.meta_path.insert(0, _QuietImport())
