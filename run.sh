@@ -114,7 +114,7 @@ imported() {
     token_type=$(sed -n 's/^token_type: *//p' ${asr_config}); bpe_opts=""
     [ "${token_type}" != bpe ] || bpe_opts="--bpemodel ${asr_exp}/bpe.model"
 }
-# transformers (3 s of every ESPnet process's start) is hidden from a run whose configs need none of it
+# transformers (a third of every ESPnet process's start) is hidden from a run whose configs need none of it
 hide_transformers() {
     local why
     why=$(python -m mpq_plugins.bin.needs_transformers ${asr_config} ${finetune_config} ${qconfs} \

@@ -67,3 +67,18 @@ def test_what_needs_transformers_is_read_from_the_configs(tmp_path):
     assert reasons([tmp_path / "bad.yaml", tmp_path / "zoo.yaml", tmp_path / "none.yaml"]) == [
         f"{tmp_path}/bad.yaml: not read (ParserError)", f"{tmp_path}/zoo.yaml: token_type: hugging_face",
         f"{tmp_path}/none.yaml: not read (FileNotFoundError)"]
+
+
+def test_startup_benchmark_writes_both_imports_and_their_ratio(tmp_path, monkeypatch):
+    import json
+
+    from mpq_plugins.bin import benchmark_startup
+    monkeypatch.setattr(benchmark_startup, "CODE", "import os, sys; "
+                        "sys.exit(os.environ['MPQ_HIDE_TRANSFORMERS'] not in ('0', '1'))")   # a start in milliseconds
+    out = tmp_path / "startup.md"
+    benchmark_startup.main(["--out", str(out), "--runs", "2"])
+    text = out.read_text()
+    assert "|transformers hidden|" in text and "|transformers visible|" in text and "median of the pairs" in text
+    figures = json.loads((tmp_path / "startup.json").read_text())
+    assert [len(figures["runs"][k]) for k in ("hidden", "visible")] == [2, 2]
+    assert len(figures["ratio_hidden_over_visible"]) == 2

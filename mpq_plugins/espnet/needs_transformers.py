@@ -2,10 +2,10 @@
 
 ESPnet imports transformers whenever it is installed, at import, for a few optional classes (the
 huggingface frontend, the BEATs encoder, the huggingface post-encoder, decoder and tokenizer, adapters):
-about 3 s of every process's start here, 40% of importing ESPnet's ASR task. A run whose model uses none
+about a third of every process's start here (results/benchmark_startup.md). A run whose model uses none
 of them can hide the package (tools/pystartup/sitecustomize.py, MPQ_HIDE_TRANSFORMERS=1; run.sh decides
 with this module). The test is an allow-list: a value not known to be free of transformers (our hf_ssl
-encoder, anything new) counts as needing it, so hiding it can only cost speed, never a model.
+encoder, anything new) counts as needing it: a gap in the list costs speed, never a model.
 
 Reads yaml only: it must not import ESPnet (its caller runs before every other process)."""
 import shlex

@@ -12,7 +12,7 @@ entry point printed it to the user. The module's import runs with that output se
 module instead (logger "espnet", level DEBUG), where a job that wants it can find it.
 
 3. ESPnet imports the transformers package at import whenever it is installed, for a few optional
-classes, each import guarded: about 3 s of every process's start here. With MPQ_HIDE_TRANSFORMERS=1
+classes, each import guarded: a third of every process's start here. With MPQ_HIDE_TRANSFORMERS=1
 (run.sh sets it when no config of the run needs the package: mpq_plugins/espnet/needs_transformers.py)
 the package is not found, and ESPnet marks those classes unavailable.
 """
