@@ -30,12 +30,16 @@ FREE = {
     "lm": {None, "seq_rnn", "transformer"},
 }
 
-
 WORDS = {"null": None, "none": None, "true": True, "false": False}   # ESPnet's str_or_none and str2bool
 
 
-def _value(v):
-    return v.strip().lower() if isinstance(v, str) else v
+def _free(key, value):
+    """Whether this value of key is known not to need transformers (a list or mapping never is)."""
+    v = value.strip().lower() if isinstance(value, str) else value
+    try:
+        return WORDS.get(v, v) in FREE[key]
+    except TypeError:
+        return False
 
 
 def reasons(configs=(), args=""):
@@ -54,13 +58,16 @@ def reasons(configs=(), args=""):
         if not isinstance(cfg, dict):
             out.append(f"{path}: not a mapping")
             continue
-        out += [f"{path}: {k}: {cfg[k]}" for k in FREE if k in cfg and _value(cfg[k]) not in FREE[k]]
-    words = shlex.split(args)
+        out += [f"{path}: {k}: {cfg[k]}" for k in FREE if k in cfg and not _free(k, cfg[k])]
+    try:
+        words = shlex.split(args)
+    except ValueError as e:                  # e.g. an unclosed quote: ESPnet's parser will say what is wrong
+        return out + [f"options: not read ({e})"]
     for i, w in enumerate(words):
         key, eq, v = w[2:].partition("=")
         if not w.startswith("--") or key not in FREE:
             continue
         v = v if eq else (words[i + 1] if i + 1 < len(words) else None)
-        if _value(WORDS.get(_value(v), v)) not in FREE[key]:
+        if not _free(key, v):
             out.append(f"options: --{key} {v}")
     return out
