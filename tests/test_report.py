@@ -323,3 +323,14 @@ def test_seeds_are_one_row_with_mean_sd_verdicts_and_a_bootstrap_interval(recipe
                                       os.path.join(base, DECODE, "test", "score_wer", "hyp.trn.sgml"))
     assert diff == pytest.approx(mean) and lo < diff < hi and hi - lo < diff
     assert r[6] == f"{diff:+.2f}" and r[7] == f"[{lo:+.2f}, {hi:+.2f}]"
+
+
+def test_equal_budget_compression_time_is_the_mean_over_the_seeds_that_timed_it():
+    from types import SimpleNamespace as S
+    parts = lambda search, train: {"search": search, "train": train, "pack": 6.0}
+    seeds = [S(compress_parts=parts(240, 600), compress_wall=846.0, compress_cpu=900.0),
+             S(compress_parts=parts(300, 720), compress_wall=1026.0, compress_cpu=1100.0),
+             S(compress_parts=None, compress_wall=None, compress_cpu=None)]     # a seed without its timing
+    t = report.mean_time(seeds)
+    assert t == {"search": 270.0, "train": 660.0, "pack": 6.0, "wall": 936.0, "cpu": 1000.0}
+    assert report.mean_time(seeds[2:]) is None

@@ -342,11 +342,23 @@ def one_stage_against(one, other, main_set):
     return f"{per_seed}; mean {diff:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
+def mean_time(members):
+    """The compression time of a conf's seeds, each part (search, train, pack, wall, cpu) the mean over the
+    seeds that timed it; None when none did."""
+    timed = [m for m in members if m.compress_parts]
+    if not timed:
+        return None
+    t = {w: mean_sd([m.compress_parts[w] for m in timed])[0] for w in ("search", "train", "pack")}
+    t["wall"] = mean_sd([m.compress_wall for m in timed])[0]
+    t["cpu"] = mean_sd([m.compress_cpu or 0.0 for m in timed])[0]
+    return t
+
+
 def equal_budget(systems, main_set, valid_set, sig):
     """Per budget of the mixed-precision systems: a row per quant conf (its seeds together) of each method
     and of the uniform systems storing about as much, with accuracy over the seeds, the one-stage conf
-    tested against it (per seed and over the seeds), and the first seed's compression time split into
-    search, fine-tuning and packing (wall and CPU)."""
+    tested against it (per seed and over the seeds), and the compression time (mean over the seeds) split
+    into search, fine-tuning and packing (wall and CPU)."""
     budgets = {budget_of(s): budget_bits(s) for s in systems if s.mixed}
     fams = families([s for s in systems if not s.is_float], main_set)
     lines = []
@@ -364,12 +376,11 @@ def equal_budget(systems, main_set, valid_set, sig):
             valid = [m.wer[valid_set] for m in members if valid_set in m.wer]
             main, sd = mean_sd([m.wer[main_set] for m in members])
             k = sum(bool(lossless_everywhere(m, sig, valid_set)[0]) for m in members)
-            t = first.compress_parts
-            times = [f"{t[w] / 60:.1f}" for w in ("search", "train", "pack")] + [f"{first.compress_wall / 60:.1f}"] \
-                if t else [""] * 4
-            o = one[0] if one else None
-            wall = f"{first.compress_wall / o.compress_wall:.2f}x" if t and o and o.compress_wall else ""
-            cpu = f"{first.compress_cpu / o.compress_cpu:.2f}x" if t and o and o.compress_cpu else ""
+            t = mean_time(members)
+            times = [f"{t[w] / 60:.1f}" for w in ("search", "train", "pack", "wall")] if t else [""] * 4
+            o = mean_time(one) if one else None
+            wall = f"{t['wall'] / o['wall']:.2f}x" if t and o and o["wall"] else ""
+            cpu = f"{t['cpu'] / o['cpu']:.2f}x" if t and o and o["cpu"] else ""
             valid_wer = f"{mean_sd(valid)[0]:.2f}" if valid else ""
             lines.append(f"|{name}|{first.method}|{', '.join(str(m.seed) for m in members)}|"
                          f"{32 / ratio:.2f} ({ratio:.2f}x)|{valid_wer}|{main:.2f} ± {sd:.2f}|{k} of {len(members)}|"
@@ -530,8 +541,9 @@ def report(baseline, others, main_set, valid_set, out, decodes):
     if mpq:
         lines += [f"## Mixed precision at equal budget ({main_set})", "",
                   "Each budget's systems side by side: the mixed-precision methods and the uniform system of as many "
-                  "bits. Compression time split into the search of the bit-widths (two-stage methods; the one-stage "
-                  "method searches inside its fine-tuning run), the fine-tuning and the packing.", ""] + mpq
+                  "bits. Compression time (the mean over the conf's seeds) split into the search of the bit-widths "
+                  "(two-stage methods; the one-stage method searches inside its fine-tuning run), the fine-tuning "
+                  "and the packing.", ""] + mpq
     aio = all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir)
     if aio:
         lines += ["## All-in-one: nested systems and their twins", "",
