@@ -195,6 +195,7 @@ def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
     assert [r.split("|")[1] for r in lines[j + 4: lines.index("", j + 3)]] == ["asr_m_sn"]
     assert rows["asr_m_one"][2] == "one-stage MPQ" and rows["asr_m_kl"][2] == "two-stage MPQ (KL)"
     assert rows["asr_m_kl"][4] == "2.96 (10.81x)"                               # stored bits (ratio)
+    assert rows["asr_m_kl"][6] == "0.74 ± 0.00"             # 2 errors in 270 words, unrounded (sclite says 0.7)
     # search, fine-tuning, pack, total (min) of the first seed, wall and CPU over one-stage's
     assert rows["asr_m_kl"][8:14] == ["4.0", "5.0", "0.2", "9.2", "1.77x", "1.77x"]
     assert rows["asr_m_one"][8:14] == ["0.0", "5.0", "0.2", "5.2", "1.00x", "1.00x"]

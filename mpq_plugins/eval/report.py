@@ -249,6 +249,11 @@ def family_of(name):
     return re.sub(r"_seed\d+$", "", name)
 
 
+def exact_wer(errors):
+    """WER (%) of {utt: (errors, reference words)}, unrounded (sclite's report rounds to 0.1)."""
+    return 100 * sum(e for e, _ in errors.values()) / max(sum(n for _, n in errors.values()), 1)
+
+
 def seeds_table(systems, main_set, valid_set, sig):
     """Per system family (a quant conf over its seeds): WER mean and standard deviation over seeds, the
     verdict of each seed, and the bootstrap interval of the WER difference to the float reference."""
@@ -265,7 +270,7 @@ def seeds_table(systems, main_set, valid_set, sig):
     for name, members in families.items():
         errors = [utterance_errors(m.sgml(main_set)) for m in members]
         # exact, from the alignments (result.txt rounds to 0.1)
-        wers = [100 * sum(e for e, _ in u.values()) / max(sum(n for _, n in u.values()), 1) for u in errors]
+        wers = [exact_wer(u) for u in errors]
         mean = sum(wers) / len(wers)
         sd = (sum((w - mean) ** 2 for w in wers) / (len(wers) - 1)) ** 0.5 if len(wers) > 1 else 0.0
         verdicts = [lossless_everywhere(m, sig, valid_set)[0] for m in members]
@@ -374,7 +379,7 @@ def equal_budget(systems, main_set, valid_set, sig):
             first = members[0]
             ratio = mean_sd([m.sizes["compression_ratio"] for m in members])[0]
             valid = [m.wer[valid_set] for m in members if valid_set in m.wer]
-            main, sd = mean_sd([m.wer[main_set] for m in members])
+            main, sd = mean_sd([exact_wer(utterance_errors(m.sgml(main_set))) for m in members])
             k = sum(bool(lossless_everywhere(m, sig, valid_set)[0]) for m in members)
             t = mean_time(members)
             times = [f"{t[w] / 60:.1f}" for w in ("search", "train", "pack", "wall")] if t else [""] * 4
