@@ -79,21 +79,25 @@ def test_quantize_stage_killed_midway_reruns_cleanly(recipe, tmp_path):
     assert record["weight_bits"] == 3 and record["compression_time"]["train_s"] == pytest.approx(log[0]["wall_s"], abs=0.02)
 
 
-def test_first_order_check_sets_the_search_signal_beside_the_actual_loss_change(recipe, tmp_path):
+def test_first_order_check_sets_the_search_signal_beside_the_actual_loss_change(recipe, tmp_path, monkeypatch):
     from mpq_plugins.bin import first_order_check
+    monkeypatch.chdir(recipe)                      # the model's config names its statistics relative to the recipe
     exp = recipe / "exp" / "asr_train_tiny"
     args = ["--asr_train_config", str(exp / "config.yaml"), "--asr_model_file", str(exp / "valid.acc.best.pth"),
             "--data", str(recipe / "data" / "dev"), "--n_utts", "4", "--candidates", "1", "4", "8"]
     out = tmp_path / "check.md"
-    first_order_check.main(args + ["--layers", "ctc.ctc_lo", "encoder.encoders.0.feed_forward.w_1", "--out", str(out)])
+    # (the tiny model's CTC output layer gets no gradient on these utterances; the decoder's output layer does)
+    first_order_check.main(args + ["--layers", "decoder.output_layer", "encoder.encoders.0.feed_forward.w_1",
+                                   "--out", str(out)])
     result = json.loads((tmp_path / "check.json").read_text())
-    assert result["utterances"] == 4 and set(result["layers"]) == {"ctc.ctc_lo", "encoder.encoders.0.feed_forward.w_1"}
+    assert result["utterances"] == 4 and set(result["layers"]) == {"decoder.output_layer",
+                                                                 "encoder.encoders.0.feed_forward.w_1"}
     for layer in result["layers"].values():
         c = {float(k): v for k, v in layer["candidates"].items()}
         assert set(c) == {1, 4, 8}
         assert c[1]["norm_ratio"] < c[4]["norm_ratio"] < 1.001 and abs(c[8]["norm_ratio"] - 1) < 0.01
         assert abs(c[8]["actual"]) < abs(c[1]["actual"])          # 8 bits barely moves the loss; 1 bit does
     rows = [r for r in out.read_text().splitlines() if r.startswith("|")]
-    assert len(rows) == 2 + 2 * 3 and rows[2].startswith("|ctc.ctc_lo (")
+    assert len(rows) == 2 + 2 * 3 and rows[2].startswith("|decoder.output_layer (")
     with pytest.raises(SystemExit, match="encoder.nothing is not a module"):
         first_order_check.main(args + ["--layers", "encoder.nothing", "--out", str(out)])

@@ -48,7 +48,8 @@ def first_order_check(model, conf, data, layers, candidates, n_utts=32, per_chan
                 mod.weight.copy_(w)
             rows[b] = {"norm_ratio": float(q.norm() / w.norm()), "first_order": float(((q - w) * g).sum()),
                        "along_w": float((w * g).sum() * ((q * w).sum() / (w * w).sum() - 1)), "actual": actual}
-        out["layers"][name] = {"shape": list(w.shape), "cos_w_grad": float((w * g).sum() / (w.norm() * g.norm())),
+        cos = float((w * g).sum() / (w.norm() * g.norm())) if float(g.norm()) > 0 else 0.0   # no gradient: 0
+        out["layers"][name] = {"shape": list(w.shape), "cos_w_grad": cos,
                                "candidates": rows}
     return out
 
