@@ -47,8 +47,8 @@ def fp32_file(tmp_path_factory):
     return str(path)
 
 
-def train(fp32_file, mpq=MPQ, steps=5, seed=0, accum_grad=1):
-    model, conf = build({"weight_bits": 4, "mixed_precision": mpq}, fp32_file, seed)
+def train(fp32_file, mpq=MPQ, steps=5, seed=0, accum_grad=1, bits=None):
+    model, conf = build({"weight_bits": 4, "bits": bits or {}, "mixed_precision": mpq}, fp32_file, seed)
     model.load_state_dict(torch.load(fp32_file, weights_only=True), strict=False)   # as --init_param does
     args = argparse.Namespace(**conf)
     args.optim, args.optim_conf = "adam", {"lr": 1e-3}
@@ -148,6 +148,28 @@ def test_a_run_that_ends_before_the_fix_is_one_clear_error(fp32_file, tmp_path):
     model, conf, _, _ = train(fp32_file, dict(MPQ, search_steps=50), steps=2)
     with pytest.raises(QuantConfigError, match="ended after 2 optimizer updates, before mixed_precision search_steps 50"):
         finalize_run(QuantASRTask, write_run(model, conf, tmp_path))
+
+
+def test_a_layer_with_a_bits_entry_keeps_its_bits_and_pays_them_out_of_the_budget(fp32_file, tmp_path):
+    pin = {r"ctc\.ctc_lo": 8}
+    model, conf, _, _ = train(fp32_file, bits=pin)
+    mq = mixed_quantizers(model)
+    assert "ctc.ctc_lo" not in mq and set(mq) == set(quantized_modules(model)) - {"ctc.ctc_lo"}
+    assert not isinstance(model.ctc.ctc_lo.weight_quantizer, MixedWeightQuantizer)
+    assert model.ctc.ctc_lo.weight_quantizer.bits == 8
+    n = model.ctc.ctc_lo.weight.numel()
+    assert fixed_bytes(model, mq) == fixed_bytes(model) + n           # its 8-bit weights, one byte each
+    free, _, _, _ = train(fp32_file)
+    assert model.budget_bits < free.budget_bits                        # the rest shares less
+    bits = {k: q.bits for k, q in mq.items()}
+    finalize_run(QuantASRTask, write_run(model, conf, tmp_path))
+    final = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    plain, _ = load_asr_model(tmp_path / "config.yaml", tmp_path / "valid.acc.ave.pth")
+    report = pack_asr_model(plain, final, tmp_path / "packed.safetensors")
+    assert report["bits_per_layer"] == {**bits, "ctc.ctc_lo": 8}
+    assert report["avg_bits_per_param"] <= 12.0                       # the whole file within the budget
+    with pytest.raises(QuantConfigError, match="nothing to search"):
+        build({"weight_bits": 4, "bits": {".*": 8}, "mixed_precision": MPQ}, fp32_file)
 
 
 def test_teacher_only_while_searching_when_kl_after_fix_is_off(fp32_file):

@@ -179,6 +179,26 @@ def test_an_unmeetable_size_budget_fails_before_the_search():
         sensitivity_search("kl", model, {}, qcfg, "/no/such/data/dir")      # the data is never read
 
 
+def test_a_two_stage_search_leaves_a_pinned_layer_at_its_bits_and_pays_for_it(tmp_path, monkeypatch):
+    from mpq_plugins.espnet import sensitivity as sens_mod
+    model = tiny_asr_model()
+    monkeypatch.setattr(sens_mod, "held_out_batches", lambda conf, d, n: [tiny_batch()])
+    seen = {}
+
+    def spy(sens, nums, cands, budget, fixed, n_params):
+        seen.setdefault("fixed", []).append(fixed)
+        return allocate(sens, nums, cands, budget, fixed, n_params)
+    monkeypatch.setattr(sens_mod, "allocate", spy)
+    q = lambda bits: QuantConfig.from_dict({"modules": [r"encoder\.encoders\.0\.feed_forward\.w_[12]", "ctc"],  # noqa
+                                            "bits": bits, "mixed_precision": {"candidates": [2, 4, 8], "n_utts": 2,
+                                                                              "budget": {"avg_bits": 31.6}}})
+    free, _ = sens_mod.sensitivity_search("kl", model, {}, q({}), str(tmp_path))
+    bits, record = sens_mod.sensitivity_search("kl", model, {}, q({r"ctc\.ctc_lo": 8}), str(tmp_path))
+    assert "ctc.ctc_lo" in free and "ctc.ctc_lo" not in bits and "ctc.ctc_lo" not in record["sensitivity"]
+    assert set(bits) == set(free) - {"ctc.ctc_lo"}
+    assert seen["fixed"][1] - seen["fixed"][0] == model.ctc.ctc_lo.weight.numel()    # 8 bits: a byte a weight
+
+
 def test_sensitivities_are_computed_once_and_every_budget_pays_for_them(tmp_path, monkeypatch):
     import json
     from mpq_plugins.espnet import sensitivity as sens_mod

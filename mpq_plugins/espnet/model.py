@@ -57,7 +57,7 @@ class MixedPrecisionESPnetModel(ESPnetASRModel):
                                    "or set teacher_kl_weight: 0")
         self.mpq_cfg, self.teacher, self.kl_weight = cfg, teacher, kl_weight
         if cfg is not None:
-            self.budget_fixed_bytes = fixed_bytes(self)   # the packed file's bytes that no bit-width changes
+            self.budget_fixed_bytes = fixed_bytes(self, mixed_quantizers(self))   # what no searched bit-width changes
             self.budget_params = stored_params(self)      # what avg_bits and ratio budgets count
             nums = numels(self, mixed_quantizers(self))
             try:

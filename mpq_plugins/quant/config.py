@@ -6,8 +6,8 @@
       act_bits: null          # 8 or 4: quantize the inputs of Linear and conv layers too
       act_mode: lsq           # lsq (learnt step) or minmax (moving average of the largest value)
       modules: [all]          # group names (see `groups`) or regular expressions over module names
-      bits:                   # per-module bit-widths: regular expression -> bits, first match wins
-        'encoder\\.embed\\..*': 8
+      bits:                   # per-module bit-widths: regular expression -> bits, a later entry over an
+        'encoder\\.embed\\..*': 8  # earlier one; with mixed_precision, these layers keep their bits unsearched
       step_lr: null           # learning rate of the quantizers' log-steps (null: the fine-tuning lr)
       mixed_precision:        # learn or search the bit-widths (MixedPrecisionConfig below)
         budget: {avg_bits: 3.0}
@@ -189,11 +189,31 @@ def plan(model, config, groups=None, where="quantization"):
     return dict(sorted(chosen.items()))
 
 
+def pinned(config, names):
+    """The names a `bits:` entry of config matches: with mixed precision, the layers that keep those
+    bits and are not searched (their bytes are paid out of the budget first)."""
+    rxs = [re.compile(p) for p in config.bits]
+    return [n for n in names if any(rx.fullmatch(n) for rx in rxs)]
+
+
+def searched(model, config, groups=None, where="quantization"):
+    """The layers a mixed-precision search chooses the bit-widths of: every quantized one but the pinned."""
+    chosen = plan(model, config, groups, where)
+    keep = set(pinned(config, chosen))
+    out = [n for n in chosen if n not in keep]
+    if config.mpq is not None and not out:
+        raise QuantConfigError(f"{where}: every quantized layer has a bits: entry, so mixed_precision has "
+                               "nothing to search (remove the entries or the mixed_precision part)")
+    return out
+
+
 def quantize_(model, config, groups=None, where="quantization"):
     """Swap the modules config chooses for quantization-aware ones, in place (with a mixed_precision
-    part, each gets the candidates' quantizers of a search). Returns {name: bits}."""
+    part, each gets the candidates' quantizers of a search, but the layers a `bits:` entry pins).
+    Returns {name: bits}."""
     if isinstance(config, dict):
         config = QuantConfig.from_dict(config, where)
+    search = searched(model, config, groups, where) if config.mpq is not None else []
     chosen = plan(model, config, groups, where)
     for name, bits in chosen.items():
         mod = model.get_submodule(name)
@@ -202,7 +222,7 @@ def quantize_(model, config, groups=None, where="quantization"):
         model.set_submodule(name, QUANT_CLASS[type(mod)].from_float(mod, bits, config.per_channel,
                                                                     config.act_bits, config.act_mode))
     if config.mpq is not None:
-        attach_mixed(model, list(chosen), config.mpq.candidates, config.per_channel, config.mpq.hard)
+        attach_mixed(model, search, config.mpq.candidates, config.per_channel, config.mpq.hard)
     return chosen
 
 

@@ -165,20 +165,24 @@ def checksum(tensors):
     return h.hexdigest()
 
 
-def fixed_bytes(model):
-    """Bytes of the packed file that do not depend on the bit-widths: float tensors, integer buffers,
-    one set of steps per quantized layer, and the header (HEADER_BYTES). Quantizer tensors of a
-    mixed-precision search (its candidates' steps, logits) are not counted: the packed model has
-    one set of steps a layer."""
+def fixed_bytes(model, searched=None):
+    """Bytes of the packed file that do not depend on the bit-widths a search chooses: float tensors,
+    integer buffers, one set of steps per quantized layer, the header (HEADER_BYTES), and the packed
+    weights of quantized layers not in `searched` (at their own bits; None: every quantized layer is
+    searched). Quantizer tensors of a mixed-precision search (its candidates' steps, logits) are not
+    counted: the packed model has one set of steps a layer."""
     qmods = quantized_modules(model)
+    searched = set(qmods) if searched is None else set(searched)
     skip = {f"{n}.weight" for n in qmods}
     total = HEADER_BYTES
     for k, t in model.state_dict().items():
         if k in skip or ".weight_quantizer." in k:
             continue
         total += t.numel() * (4 if t.is_floating_point() else 8)
-    for m in qmods.values():
+    for n, m in qmods.items():
         total += 4 * (m.weight.shape[0] if getattr(m.weight_quantizer, "per_channel", True) else 1)
+        if n not in searched:
+            total += storage_bytes(m.weight.numel(), m.weight_quantizer.bits)
     return total
 
 
