@@ -92,6 +92,23 @@ def test_counts_and_mapsswe_by_hand(tmp_path):
     assert (nothing["n_segments"], nothing["z"], nothing["p"]) == (0, 0.0, 1.0)
 
 
+def test_utterance_errors_are_read_once_and_again_when_the_file_changes(tmp_path, monkeypatch):
+    from mpq_plugins.eval import significance
+    write_set(tmp_path, HAND_REF, {"a": HAND_A, "b": HAND_B})
+    sgml = str(tmp_path / "s.sgml")
+    pyscore.write_sgml(sgml, "s", str(tmp_path / "ref.trn"), str(tmp_path / "a.trn"))
+    first = significance.utterance_errors(sgml)
+    assert sum(e for e, _ in first.values()) == 4 and sum(w for _, w in first.values()) == 20
+    first["s1-u1"] = (99, 99)                                  # a caller's copy: the cache is not changed
+    reads = []
+    real = pyscore.read_sgml
+    monkeypatch.setattr(pyscore, "read_sgml", lambda p: reads.append(p) or real(p))
+    assert significance.utterance_errors(sgml)["s1-u1"] != (99, 99) and reads == []
+    pyscore.write_sgml(sgml, "s", str(tmp_path / "ref.trn"), str(tmp_path / "b.trn"))   # rescored: read again
+    os.utime(sgml, ns=(1, 1))
+    assert sum(e for e, _ in significance.utterance_errors(sgml).values()) == 3 and len(reads) == 1
+
+
 def test_mismatched_systems_are_refused(tmp_path):
     write_set(tmp_path, HAND_REF, {"a": HAND_A})
     a = pyscore.align_trn(str(tmp_path / "ref.trn"), str(tmp_path / "a.trn"))

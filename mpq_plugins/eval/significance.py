@@ -75,10 +75,26 @@ def compare(sys_sgml, base_sgml, sys_name, base_name, outdir):
     return result
 
 
+_ERRORS = {}   # utterance_errors already read: {realpath: ((mtime_ns, size), errors)}
+
+
 def utterance_errors(sgml):
-    """{utt id: (word errors, reference words)} of an sclite SGML alignment."""
+    """{utt id: (word errors, reference words)} of an sclite SGML alignment (a report asks for the same
+    file several times: it is read once while it does not change on disk)."""
+    real = os.path.realpath(sgml)
+    try:
+        st = os.stat(real)
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = None                        # read_sgml names the missing file
+    hit = _ERRORS.get(real)
+    if stamp is not None and hit is not None and hit[0] == stamp:
+        return dict(hit[1])
     _, paths = pyscore.read_sgml(sgml)
-    return {u: (sum(op != "C" for op, _, _ in p), sum(op != "I" for op, _, _ in p)) for u, p in paths.items()}
+    errors = {u: (sum(op != "C" for op, _, _ in p), sum(op != "I" for op, _, _ in p)) for u, p in paths.items()}
+    if stamp is not None:
+        _ERRORS[real] = (stamp, errors)
+    return dict(errors)
 
 
 def bootstrap_interval(sys_sgmls, ref_sgml, n_resamples=2000, seed=0, level=0.95):
