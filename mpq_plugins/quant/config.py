@@ -6,8 +6,8 @@
       act_bits: null          # 8 or 4: quantize the inputs of Linear and conv layers too
       act_mode: lsq           # lsq (learnt step) or minmax (moving average of the largest value)
       modules: [all]          # group names (see `groups`) or regular expressions over module names
-      bits:                   # per-module bit-widths: regular expression -> bits, a later entry over an
-        'encoder\\.embed\\..*': 8  # earlier one; with mixed_precision, these layers keep their bits unsearched
+      bits:                   # per-module bit-widths: regular expression -> bits, a later entry wins
+        'encoder\\.embed\\..*': 8   # with mixed_precision: kept out of the search, paid out of the budget first
       step_lr: null           # learning rate of the quantizers' log-steps (null: the fine-tuning lr)
       mixed_precision:        # learn or search the bit-widths (MixedPrecisionConfig below)
         budget: {avg_bits: 3.0}
