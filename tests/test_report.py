@@ -335,3 +335,31 @@ def test_equal_budget_compression_time_is_the_mean_over_the_seeds_that_timed_it(
     t = report.mean_time(seeds)
     assert t == {"search": 270.0, "train": 660.0, "pack": 6.0, "wall": 936.0, "cpu": 1000.0}
     assert report.mean_time(seeds[2:]) is None
+
+
+def test_two_systems_compared_on_every_set_and_decode_both_have(recipe, capsys):
+    from mpq_plugins.bin import compare_systems
+    a = make_system(recipe, "asr_x_w4", edit(lambda u: 1 if u < 3 else 0), "qat", weight_bits=4,   # 3 errors
+                    sets=("dev", "test"))
+    b = make_system(recipe, "asr_x_w2", edit(lambda u: 1 + u % 2), "qat", weight_bits=2)             # 45 errors
+    make_system(recipe, "asr_x_w2", edit(lambda u: 0), "qat", weight_bits=2, decode="decode_acoustic_packed")
+    out = recipe / "pair.md"
+    compare_systems.main([a, b, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert printed == out.read_text()
+    rows = [line.split("|") for line in printed.splitlines() if line.startswith("|decode_")]
+    assert [(r[1], r[2]) for r in rows] == [(DECODE, "test")]            # dev: A only; acoustic: B only
+    assert rows[0][3:7] == ["270", "1.1", "16.7", "+42"] and rows[0][8] == "B significantly worse"
+    low, high = (float(x) for x in rows[0][9].split("[")[1].rstrip("]").split(", "))
+    assert 0 < low < 42 / 270 * 100 < high
+    r = json.load(open(os.path.join(b, DECODE, "test", "mapsswe_vs_asr_x_w4", "result.json")))
+    assert (r["err_a"], r["err_b"], r["tool"]) == (3, 45, "sc_stats")
+    with pytest.raises(SystemExit, match="compared with itself"):
+        compare_systems.main([a, a])
+    empty = recipe / "exp" / "asr_x_none"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="asr_x_none: no sclite scores"):
+        compare_systems.main([a, str(empty)])
+    other = make_system(recipe, "asr_x_w3", edit(lambda u: 0), "qat", weight_bits=3, sets=("dev",), decode="decode_other")
+    with pytest.raises(SystemExit, match="share no decode and test set"):
+        compare_systems.main([b, other])
