@@ -27,7 +27,7 @@ from mpq_plugins.datadir import read_table
 from mpq_plugins.espnet.groups import groups_for
 from mpq_plugins.quant import QuantConfig, quantize_
 from mpq_plugins.quant.allocation import allocate, average_bits, layer_costs
-from mpq_plugins.quant.config import searched
+from mpq_plugins.quant.config import plan, searched
 from mpq_plugins.quant.mixed import numels
 from mpq_plugins.quant.numerics import parse_bits
 from mpq_plugins.quant.packing import fixed_bytes, stored_params
@@ -157,7 +157,7 @@ def sensitivity_search(method, model, conf, qcfg, data, progress=None, model_fil
     the seconds (wall and CPU) of the search that computed them, which the system's compression time
     counts (mpq_plugins.espnet.system)."""
     groups = groups_for(model)
-    names = searched(model, qcfg, groups)    # the layers a bits: entry pins keep their bits
+    names = searched(qcfg, plan(model, qcfg, groups))    # the layers a bits: entry pins keep their bits
     mp = qcfg.mpq
     nums = numels(model, names)
     probe = copy.deepcopy(model)    # the size budget's fixed part: this model packed at any bit-width

@@ -11,7 +11,7 @@ import os
 
 from mpq_plugins.eval.scoring import parse_sum_avg
 from mpq_plugins.eval.sctk import ScoringError
-from mpq_plugins.eval.significance import bootstrap_interval, compare
+from mpq_plugins.eval.significance import bootstrap_interval, check_same_reference, compare
 
 
 def scored(system_dir):
@@ -43,9 +43,7 @@ def compare_pair(a_dir, b_dir, n_resamples=2000):
     rows = []
     for key in common:
         sa, sb = have[0][key], have[1][key]
-        with open(os.path.join(sa, "ref.trn"), "rb") as fa, open(os.path.join(sb, "ref.trn"), "rb") as fb:
-            if fa.read() != fb.read():
-                raise ScoringError(f"{sa}/ref.trn and {sb}/ref.trn differ: not the same test set")
+        check_same_reference(sa, sb, names[0], names[1], "/".join(key))
         outdir = os.path.join(os.path.dirname(sb), f"mapsswe_vs_{names[0]}")
         r = compare(os.path.join(sb, "hyp.trn.sgml"), os.path.join(sa, "hyp.trn.sgml"), names[1], names[0], outdir)
         diff, lo, hi = bootstrap_interval([os.path.join(sb, "hyp.trn.sgml")], os.path.join(sa, "hyp.trn.sgml"),

@@ -28,7 +28,8 @@ from mpq_plugins.datadir import write_atomic
 from mpq_plugins.eval import plots
 from mpq_plugins.eval.scoring import parse_sum_avg
 from mpq_plugins.eval.sctk import ScoringError
-from mpq_plugins.eval.significance import bootstrap_errors, bootstrap_wer, compare, utterance_errors
+from mpq_plugins.eval.significance import (bootstrap_errors, bootstrap_wer, check_same_reference, compare,
+                                          utterance_errors)
 from mpq_plugins.record import MIXED, read_json, read_system
 
 COLS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
@@ -143,12 +144,8 @@ def reference_for(test_set, floats):
 
 
 def same_reference(a, b, test_set):
-    ra = os.path.join(a.decode_dirs[test_set], "score_wer", "ref.trn")
-    rb = os.path.join(b.decode_dirs[test_set], "score_wer", "ref.trn")
-    with open(ra, "rb") as fa, open(rb, "rb") as fb:
-        if fa.read() != fb.read():
-            raise ScoringError(f"{ra} and {rb} differ: {a.name} and {b.name} were scored on different "
-                               f"references for {test_set}; rescore both with the same data dir")
+    check_same_reference(os.path.join(a.decode_dirs[test_set], "score_wer"),
+                         os.path.join(b.decode_dirs[test_set], "score_wer"), a.name, b.name, test_set)
 
 
 def significance(systems, sets):

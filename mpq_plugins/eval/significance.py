@@ -36,6 +36,15 @@ def retitle(src, dst, title):
     write_atomic(dst, new)
 
 
+def check_same_reference(score_a, score_b, name_a, name_b, test_set):
+    """One clear error unless two sclite score dirs (score_wer) were scored against the same ref.trn."""
+    ra, rb = os.path.join(score_a, "ref.trn"), os.path.join(score_b, "ref.trn")
+    with open(ra, "rb") as fa, open(rb, "rb") as fb:
+        if fa.read() != fb.read():
+            raise ScoringError(f"{ra} and {rb} differ: {name_a} and {name_b} were scored on different "
+                               f"references for {test_set}; rescore both with the same data dir")
+
+
 def verdict(result, alpha=ALPHA):
     """Add significant / worse / lossless to a result whose system A is the baseline, B the system."""
     significant = result["p"] < alpha

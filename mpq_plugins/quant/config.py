@@ -196,9 +196,8 @@ def pinned(config, names):
     return [n for n in names if any(rx.fullmatch(n) for rx in rxs)]
 
 
-def searched(model, config, groups=None, where="quantization"):
-    """The layers a mixed-precision search chooses the bit-widths of: every quantized one but the pinned."""
-    chosen = plan(model, config, groups, where)
+def searched(config, chosen, where="quantization"):
+    """The layers of `chosen` (plan's) a mixed-precision search chooses the bit-widths of: all but the pinned."""
     keep = set(pinned(config, chosen))
     out = [n for n in chosen if n not in keep]
     if config.mpq is not None and not out:
@@ -213,8 +212,8 @@ def quantize_(model, config, groups=None, where="quantization"):
     Returns {name: bits}."""
     if isinstance(config, dict):
         config = QuantConfig.from_dict(config, where)
-    search = searched(model, config, groups, where) if config.mpq is not None else []
     chosen = plan(model, config, groups, where)
+    search = searched(config, chosen, where) if config.mpq is not None else []
     for name, bits in chosen.items():
         mod = model.get_submodule(name)
         if isinstance(mod, QUANT_LAYERS):
