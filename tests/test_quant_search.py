@@ -224,13 +224,30 @@ def test_sensitivities_are_computed_once_and_every_budget_pays_for_them(tmp_path
     assert rec_b["sensitivity_cache"] == {"file": rec_a["sensitivity_cache"]["file"], "computed_here": False}
     assert rec_b["sensitivity"] == rec_a["sensitivity"] and 1.6 in next(iter(rec_b["sensitivity"].values()))
     assert rec_b["search_seconds"] == rec_a["search_seconds"]
+    # a search of some of those layers (the CTC output pinned by a bits: entry) reads them too
+    q_pinned = QuantConfig.from_dict({"modules": [r"encoder\.encoders\.0\.feed_forward\.w_[12]", "ctc"],
+                                      "bits": {r"ctc\.ctc_lo": 8}, "mixed_precision": {**mp, "budget": {"avg_bits": 31.6}}})
+    _, rec_p = sens_mod.sensitivity_search("kl", model, {}, q_pinned, str(data), model_file=str(model_file),
+                                           cache_dir=str(cache))
+    assert rec_p["sensitivity_cache"] == rec_b["sensitivity_cache"] and len(os.listdir(cache)) == 1
+    assert rec_p["sensitivity"] == {n: v for n, v in rec_a["sensitivity"].items() if n != "ctc.ctc_lo"}
+    assert rec_p["search_seconds"] == rec_a["search_seconds"]
     # another held-out set is another cache entry
     (data / "text").write_text("u1 y\n")
-    monkeypatch.setattr(sens_mod, "kl_sensitivity", lambda *a, **k: {n: {b: 1.0 for b in mp["candidates"]}
-                                                                   for n in a[2]})
+    computed = []
+    monkeypatch.setattr(sens_mod, "kl_sensitivity", lambda *a, **k: computed.append(list(a[2])) or
+                        {n: {b: 1.0 for b in mp["candidates"]} for n in a[2]})
+    _, rec_s = sens_mod.sensitivity_search("kl", model, {}, q_pinned, str(data), model_file=str(model_file),
+                                           cache_dir=str(cache))
+    assert rec_s["sensitivity_cache"]["computed_here"] is True and len(os.listdir(cache)) == 2
+    # more layers than the file holds: computed, and the file keeps the larger set for the next search
     _, rec_c = sens_mod.sensitivity_search("kl", model, {}, q(31.6), str(data), model_file=str(model_file),
                                            cache_dir=str(cache))
     assert rec_c["sensitivity_cache"]["computed_here"] is True and len(os.listdir(cache)) == 2
+    _, rec_s2 = sens_mod.sensitivity_search("kl", model, {}, q_pinned, str(data), model_file=str(model_file),
+                                            cache_dir=str(cache))
+    assert rec_s2["sensitivity_cache"]["computed_here"] is False and len(computed) == 2
+    assert "ctc.ctc_lo" in computed[1] and "ctc.ctc_lo" not in rec_s2["sensitivity"]
     # a system whose search read the cache is charged the search that computed it
     exp = tmp_path / "exp_b"
     exp.mkdir()

@@ -136,11 +136,13 @@ def _digest(path):
     return h.hexdigest()
 
 
-def cache_path(cache_dir, method, model_file, data, names, mp, per_channel):
+def cache_path(cache_dir, method, model_file, data, mp, per_channel):
     """Where the sensitivities of this search live in cache_dir: they depend on the float model, the
-    layers, the candidates, the held-out data and the search's own options, not on the budget (nor on
-    a fine-tuning seed), so every budget of a method reads the ones its first search computed."""
-    key = {"method": method, "model": _digest(model_file), "layers": names, "candidates": [str(b) for b in mp.candidates],
+    candidates, the held-out data and the search's own options, not on the budget (nor on a fine-tuning
+    seed), so every budget of a method reads the ones its first search computed. Nor on the other layers
+    searched: a layer's sensitivity is measured with that layer alone quantized (KL), or is the trace of
+    its own Hessian block (Hessian, an unbiased estimate whatever else is probed), so the file keeps its layers and any search of some of them reads it."""
+    key = {"method": method, "model": _digest(model_file), "candidates": [str(b) for b in mp.candidates],
            "per_channel": per_channel, "n_utts": mp.n_utts,
            "hutchinson_samples": mp.hutchinson_samples if method == "hessian" else None,
            "data": [_digest(os.path.join(data, f)) for f in ("wav.scp", "text", "utt2spk")
@@ -152,10 +154,11 @@ def cache_path(cache_dir, method, model_file, data, names, mp, per_channel):
 def sensitivity_search(method, model, conf, qcfg, data, progress=None, model_file=None, cache_dir=None):
     """({layer: bits}, record) of the kl or hessian search on the float model (loaded from its config).
     The budget is checked first: one that no allocation meets fails before the search's minutes.
-    With cache_dir (and the model's checkpoint file), sensitivities a search of the same model, layers,
-    candidates and data computed before are read, not computed: the record names the file and keeps
-    the seconds (wall and CPU) of the search that computed them, which the system's compression time
-    counts (mpq_plugins.espnet.system)."""
+    With cache_dir (and the model's checkpoint file), sensitivities a search of the same model,
+    candidates and data computed before for these layers (or more) are read, not computed: the record
+    names the file and keeps the seconds (wall and CPU) of the search that computed them, which the
+    system's compression time counts (mpq_plugins.espnet.system): a search of fewer layers (some pinned
+    by bits: entries) is charged the whole earlier search, never less than its own would have cost."""
     groups = groups_for(model)
     names = searched(qcfg, plan(model, qcfg, groups))    # the layers a bits: entry pins keep their bits
     mp = qcfg.mpq
@@ -166,12 +169,14 @@ def sensitivity_search(method, model, conf, qcfg, data, progress=None, model_fil
               groups)
     fixed, n_params = fixed_bytes(probe, names), stored_params(probe)
     layer_costs(nums, mp.candidates, mp.budget_obj, fixed, n_params)
-    cached = cache_path(cache_dir, method, model_file, data, names, mp, qcfg.per_channel) \
+    cached = cache_path(cache_dir, method, model_file, data, mp, qcfg.per_channel) \
         if cache_dir and model_file else None
+    done = None
     if cached and os.path.exists(cached):
         with open(cached) as f:
             done = json.load(f)
-        sens = {n: {parse_bits(b): v for b, v in per.items()} for n, per in done["sensitivity"].items()}
+    if done is not None and set(names) <= set(done["sensitivity"]):
+        sens = {n: {parse_bits(b): v for b, v in done["sensitivity"][n].items()} for n in names}
         info = {k: done[k] for k in ("search_seconds", "search_cpu_seconds", "utterances")}
         info["sensitivity_cache"] = {"file": cached, "computed_here": False}
     else:
@@ -183,7 +188,7 @@ def sensitivity_search(method, model, conf, qcfg, data, progress=None, model_fil
             sens = espnet_hessian_sensitivity(model, batches, names, mp.candidates, n_samples=mp.hutchinson_samples)
         info = {"search_seconds": round(time.time() - t0, 2), "search_cpu_seconds": round(time.process_time() - c0, 2),
                 "utterances": sum(len(b[1]) for b in batches)}
-        if cached:
+        if cached and (done is None or set(names) >= set(done["sensitivity"])):   # keep the larger set of layers
             os.makedirs(cache_dir, exist_ok=True)
             with open(cached + ".tmp", "w") as f:
                 json.dump({**info, "sensitivity": {n: {str(b): v for b, v in per.items()} for n, per in sens.items()}}, f)
