@@ -141,7 +141,9 @@ def cache_path(cache_dir, method, model_file, data, mp, per_channel):
     candidates, the held-out data and the search's own options, not on the budget (nor on a fine-tuning
     seed), so every budget of a method reads the ones its first search computed. Nor on the other layers
     searched: a layer's sensitivity is measured with that layer alone quantized (KL), or is the trace of
-    its own Hessian block (Hessian, an unbiased estimate whatever else is probed), so the file keeps its layers and any search of some of them reads it."""
+    its own Hessian block (Hessian, an unbiased estimate whatever else is probed; a layer whose
+    estimate is not positive takes the smallest positive one among the layers measured), so the file keeps
+    its layers and a search of any of them reads it."""
     key = {"method": method, "model": _digest(model_file), "candidates": [str(b) for b in mp.candidates],
            "per_channel": per_channel, "n_utts": mp.n_utts,
            "hutchinson_samples": mp.hutchinson_samples if method == "hessian" else None,
