@@ -33,6 +33,7 @@ for b in 3bit 2p5bit; do
     for m in one_stage kl hessian; do confs="${confs} mpq_${m}_${b}_half"; done
 done
 confs="${confs} mpq_one_stage_3bit_out8 mpq_one_stage_2p5bit_out8"   # the output layers kept out of the search at 8 bits
+confs="${confs} mpq_one_stage_2p5bit_teacherkl"   # the search learns from the teacher's KL alone
 paths=""
 for c in ${confs}; do
     [ -f "${root}/conf/quant/${c}.yaml" ] || { echo "$0: conf/quant/${c}.yaml: no such file" >&2; exit 1; }

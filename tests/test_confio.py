@@ -36,7 +36,7 @@ def test_the_budget_sweep_lists_existing_confs_at_four_budgets_and_both_compute_
     import subprocess
     out = subprocess.run([os.path.join(ROOT, "local", "budget_sweep.sh"), "--list"], capture_output=True, text=True,
                          check=True).stdout.split()
-    assert len(out) == len(set(out)) == 30 and all(os.path.exists(os.path.join(ROOT, p)) for p in out)
+    assert len(out) == len(set(out)) == 31 and all(os.path.exists(os.path.join(ROOT, p)) for p in out)
     budgets = {}
     for p in out:
         conf = compose(os.path.join(ROOT, p))

@@ -182,6 +182,22 @@ def test_teacher_only_while_searching_when_kl_after_fix_is_off(fp32_file):
     assert all("mpq_kl" in st for st in kept)                                       # the default keeps it
 
 
+def test_a_search_on_the_teachers_kl_alone_leaves_espnets_loss_out_until_the_fix(fp32_file):
+    from mpq_plugins.quant.mixed import penalty
+    model, _, _, stats = train(fp32_file, dict(MPQ, search_loss="teacher_kl"), steps=5)
+    searched = stats[:3]                                                           # fixed at step 3
+    for st in searched:
+        pen = float(penalty(st["mpq_bits"], model.budget_bits, MPQ.get("size_weight", 20.0)))
+        assert float(st["loss"]) == pytest.approx(float(st["mpq_kl"]) + pen, rel=1e-5, abs=1e-6)
+        assert float(st["loss_att"]) > 1.0                                         # computed, but not learnt from
+    for st in stats[3:]:                                                           # then ESPnet's loss as usual
+        assert float(st["loss"]) > float(st["mpq_kl"]) + 1.0
+    *_, asr = train(fp32_file, steps=2)
+    assert float(asr[0]["loss"]) > float(asr[0]["mpq_kl"]) + 1.0                  # the default learns from both
+    with pytest.raises(QuantConfigError, match="search_loss teacher_kl needs the teacher"):
+        build({"weight_bits": 4, "mixed_precision": dict(MPQ, search_loss="teacher_kl")})
+
+
 def test_candidates_mixed_in_one_batch_match_them_one_by_one():
     torch.manual_seed(0)
     for shape, per_channel in (((12, 7), True), ((6, 4, 3), False), ((5, 1, 3, 3), True)):
@@ -249,6 +265,7 @@ def test_size_weight_grows_while_above_the_budget_and_is_kept_in_checkpoints(fp3
     (dict(MPQ, temperature=1), "unknown key"),
     (dict(MPQ, size_weight_lr=-1), "size_weight_lr"),
     (dict(MPQ, kl_after_fix="no"), "kl_after_fix"),
+    (dict(MPQ, search_loss="ce"), "search_loss 'ce' is not asr or teacher_kl"),
 ])
 def test_bad_mixed_precision_configs_fail_before_training(fp32_file, mpq, message):
     with pytest.raises(QuantConfigError, match=message):

@@ -8,7 +8,8 @@ quantization-aware ones (with mixed-precision quantizers: mpq_plugins.quant.mixe
 adds to ESPnet's loss
 - the KL from the float teacher's posteriors (CTC and the teacher-forced decoder) to its own, times
   the fine-tuning option `teacher_kl_weight` (every method, the float control too: conf/finetune.yaml),
-- with mixed precision, the penalty on the expected size above the budget;
+- with mixed precision, the penalty on the expected size above the budget (with `search_loss: teacher_kl`
+  the search's loss is the KL and this penalty alone, ESPnet's loss left out until the bits are fixed);
 and after each optimizer update (`after_update`, which the task hooks to the optimizer) it counts the
 update, raises the size weight while above the budget (size_weight_lr), and after `search_steps`
 updates fixes every layer's bit-width within the budget; each training forward takes the Gumbel-softmax
@@ -55,6 +56,9 @@ class MixedPrecisionESPnetModel(ESPnetASRModel):
         if kl_weight > 0 and teacher is None:
             raise QuantConfigError("teacher_kl_weight > 0 needs the float model to learn from (--teacher_model); "
                                    "or set teacher_kl_weight: 0")
+        if cfg is not None and cfg.search_loss == "teacher_kl" and not kl_weight > 0:
+            raise QuantConfigError("mixed_precision: search_loss teacher_kl needs the teacher's KL "
+                                   "(teacher_kl_weight > 0 and --teacher_model)")
         self.mpq_cfg, self.teacher, self.kl_weight = cfg, teacher, kl_weight
         if cfg is not None:
             self.budget_fixed_bytes = fixed_bytes(self, mixed_quantizers(self))   # what no searched bit-width changes
@@ -140,6 +144,9 @@ class MixedPrecisionESPnetModel(ESPnetASRModel):
             kl = self._kl_to_teacher(text_lengths, text.size(0))
             extra = extra + self.kl_weight * kl
             stats["mpq_kl"] = kl.detach()
-        loss = loss + extra.to(loss.device)
+        if searching and cfg.search_loss == "teacher_kl":
+            loss = extra.to(loss.device)      # the search learns from the teacher alone (ESPnet's loss: stats only)
+        else:
+            loss = loss + extra.to(loss.device)
         stats["loss"] = loss.detach()
         return force_gatherable((loss, stats, weight), loss.device)   # as ESPnet's: every stat 1-d for DDP averaging

@@ -65,6 +65,9 @@ class MixedPrecisionConfig:
                                    # budget (at 2.5 bits a fixed 20 left it at 2.76: the KL pulled back as hard)
         kl_after_fix: true         # keep the teacher's KL (fine-tuning option teacher_kl_weight) once the
                                    # bits are fixed (false: the teacher runs only while searching)
+        search_loss: asr           # what the search trains on (one_stage, supernet): asr (ESPnet's loss plus the
+                                   # teacher's KL) or teacher_kl (the teacher's KL alone: no reward for the
+                                   # softer posteriors that coarse output layers give); both plus the size penalty
         logit_optim: adam          # adam: the logits in the optimizer, their own group at logit_lr (each moves
                                    # about logit_lr an update whatever its gradient); sgd: out of the optimizer,
                                    # moved by logit_lr x their gradient after each update (by their gradient)
@@ -81,6 +84,7 @@ class MixedPrecisionConfig:
     size_weight: float = 20.0
     size_weight_lr: float = 0.0
     kl_after_fix: bool = True
+    search_loss: str = "asr"
     logit_optim: str = "adam"
     logit_lr: float = 0.05
     n_utts: int = 32
@@ -109,6 +113,8 @@ class MixedPrecisionConfig:
         for key in ("kl_after_fix", "hard"):
             if not isinstance(getattr(c, key), bool):
                 raise QuantConfigError(f"{where}: {key} must be true or false")
+        if c.search_loss not in ("asr", "teacher_kl"):
+            raise QuantConfigError(f"{where}: search_loss {c.search_loss!r} is not asr or teacher_kl")
         if c.logit_optim not in ("adam", "sgd"):
             raise QuantConfigError(f"{where}: logit_optim {c.logit_optim!r} is not adam or sgd")
         if c.search_fraction is not None and (isinstance(c.search_fraction, bool) or not
