@@ -234,8 +234,18 @@ train_asr() {
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${asr_model_dir}" ]; then
     log 5 "train: nothing, ${asr_exp} is imported from ${asr_model_dir}"
 elif [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
-    log 5 "train: ESPnet asr_train (${asr_config}) -> ${asr_exp}/ (log: ${asr_exp}/train.log)"
-    train_asr mpq_plugins.bin.asr_train ${asr_config} ${asr_exp}
+    # a finished training is not resumed (after an early stop ESPnet would train one more epoch, and every
+    # system made from the float model would be made again): train.done holds the digest of the config
+    # and the --asr_args of the run that finished; a killed run has none and resumes
+    done_stamp="$(sha256sum < ${asr_config} | cut -d' ' -f1) ${asr_args}"
+    if [ -f ${asr_exp}/${inference_model} ] && [ "$(cat ${asr_exp}/train.done 2>/dev/null)" = "${done_stamp}" ]; then
+        log 5 "train: nothing to do: ${asr_exp}/ finished its training with this config and --asr_args (train.done)"
+    else
+        log 5 "train: ESPnet asr_train (${asr_config}) -> ${asr_exp}/ (log: ${asr_exp}/train.log)"
+        rm -f ${asr_exp}/train.done
+        train_asr mpq_plugins.bin.asr_train ${asr_config} ${asr_exp}
+        echo "${done_stamp}" > ${asr_exp}/train.done
+    fi
 fi
 
 # the systems: the float model, then one per quant conf (exp/asr_<tag>_<conf name>)

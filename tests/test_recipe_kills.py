@@ -54,6 +54,12 @@ def test_training_stage_killed_midway_resumes(recipe):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "The training was resumed using exp/asr_kill5/checkpoint.pth" in (exp / "train.log").read_text()
     assert (exp / "valid.acc.ave.pth").exists() and '"epochs": 2' in (exp / "training_summary.json").read_text()
+    # finished: a rerun trains nothing; other training options (here one more epoch) resume it
+    r = run(recipe, "--stage", "5", "--stop_stage", "5", "--asr_tag", "kill5")
+    assert r.returncode == 0 and "train: nothing to do" in r.stdout and not (exp / "train.log.2").exists()
+    r = run(recipe, "--stage", "5", "--stop_stage", "5", "--asr_tag", "kill5", "--asr_args", "--max_epoch 3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '"epochs": 3' in (exp / "training_summary.json").read_text() and (exp / "train.log.2").exists()
 
 
 # what each short stage writes for the stages after it (stage 9: for the reader), and the temporary files

@@ -169,14 +169,14 @@ def test_corrupt_audio_fails_cleanly(recipe):
             f.write(saved)
 
 
-def test_rerun_training_resumes_and_keeps_the_curve(recipe):
+def test_rerun_of_a_finished_training_trains_nothing_and_keeps_the_curve(recipe):
     exp = recipe / "exp" / "asr_train_tiny"
     model_before = (exp / "valid.acc.ave.pth").read_bytes()
     r = run(recipe, "--stage", "5", "--stop_stage", "5")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (exp / "train.log.1").exists()                           # the first run's log is kept
+    assert "train: nothing to do" in r.stdout and not (exp / "train.log.1").exists()   # ESPnet not even started
     assert '"epochs": 2' in (exp / "training_summary.json").read_text()
-    assert (exp / "valid.acc.ave.pth").read_bytes() == model_before  # nothing retrained: already at max_epoch
+    assert (exp / "valid.acc.ave.pth").read_bytes() == model_before
 
 
 def test_unknown_option_is_rejected(recipe):
