@@ -7,7 +7,7 @@ import torch.ao.nn.quantized.dynamic as nnqd
 from mpq_plugins.espnet.groups import CONFORMER
 from mpq_plugins.quant import quantize_
 from mpq_plugins.quant.layers import QConv1d, QConv2d, QLinear
-from mpq_plugins.quant.serve import Int8Pointwise, StaticInt8ConvReLU, to_int8_serving
+from mpq_plugins.quant.serve import Int8Pointwise, StaticInt8ConvReLU, linear_engine, to_int8_serving
 from tests.fixtures import tiny_asr_model
 
 
@@ -42,6 +42,31 @@ def test_layers_match_their_fake_quantized_selves():
         assert rel_err(net.lin(x), want_lin) < 0.02
         assert rel_err(net.pw(want_lin.transpose(1, 2)), want_pw) < 0.02
         assert rel_err(got_conv, want_conv) < 0.05     # the dynamic conv rounds its output to 8 bits too
+
+
+def test_the_linear_engine_is_onednn_with_amx_and_torchs_own_elsewhere():
+    has_onednn = "onednn" in torch.backends.quantized.supported_engines
+    assert linear_engine("auto", {"avx2", "avx512_vnni", "amx_int8"}) == ("onednn" if has_onednn else None)
+    assert linear_engine("auto", {"avx2", "avx512_vnni"}) is None
+    with pytest.raises(ValueError, match="engine 'mkl' is not one of auto, fbgemm, onednn"):
+        to_int8_serving(torch.nn.Sequential(QLinear.from_float(torch.nn.Linear(4, 4), 8)), engine="mkl")
+
+
+@pytest.mark.parametrize("engine", [e for e in ("fbgemm", "onednn") if e in torch.backends.quantized.supported_engines])
+def test_each_engine_serves_the_packed_levels_and_leaves_torchs_engine_alone(engine):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(QLinear.from_float(torch.nn.Linear(48, 32), 8),
+                              QConv1d.from_float(torch.nn.Conv1d(32, 24, 1), 4))
+    x = torch.randn(2, 7, 48)
+    before = torch.backends.quantized.engine
+    with torch.no_grad():
+        want = net[1](net[0](x).transpose(1, 2))
+        levels, _ = net[0].weight_quantizer.int_weight(net[0].weight)
+        assert to_int8_serving(net, engine=engine) == ["0", "1"]
+        assert torch.backends.quantized.engine == before
+        assert torch.equal(net[0].weight().int_repr(), levels.to(torch.int8))
+        got = net[1](net[0](x).transpose(1, 2))
+    assert rel_err(got, want) < 0.03
 
 
 @pytest.mark.parametrize("calibrated", [False, True])

@@ -6,7 +6,8 @@
 1. QAT train step (forward, backward, Adam) over the float step, same batch, default Conformer.
 2. Encoder time for one 10-second utterance on one thread: float32, our 8-bit system served by
    int8 kernels (mpq_plugins.quant.serve; subsampling static int8, calibrated on other utterances, and
-   dynamic as a peer row), ESPnet's dynamic int8 (--quantize_asr_model); for the default Conformer
+   dynamic as a peer row; the Linear kernels of each quantized engine torch has, fbgemm and onednn, and
+   of the engine auto picks on this CPU), ESPnet's dynamic int8 (--quantize_asr_model); for the default Conformer
    and the paper-scale one (egs/librispeech_100). Random weights: time only.
 3. Whole decode (beam search with the word LM, as the recipe decodes) of the first n test
    utterances with the trained systems in --expdir, when they are there: real-time factor and WER.
@@ -34,9 +35,10 @@ from mpq_plugins.espnet.decoding import Recognizer, read_decode_config
 from mpq_plugins.espnet.load import build_from_config, load_asr_model
 from mpq_plugins.espnet.wordlm import NgramLM
 from mpq_plugins.eval.report import environment
-from mpq_plugins.quant.serve import dynamic_int8_linears, to_int8_serving
+from mpq_plugins.quant.serve import dynamic_int8_linears, linear_engine, to_int8_serving
 
 DEFAULT_CONF = "conf/train_asr_conformer.yaml"
+LINEAR_ENGINES = [e for e in ("fbgemm", "onednn") if e in torch.backends.quantized.supported_engines]
 PAPER_CONF = "egs/librispeech_100/conf/train_asr_conformer.yaml"
 
 
@@ -126,7 +128,12 @@ def encoder_times(conf_path, repeats):
     to_int8_serving(w8_dyn)
     systems["ours: 8-bit, int8 kernels, dynamic subsampling"] = w8_dyn
     calib = [(torch.randn(1, 160000, generator=torch.Generator().manual_seed(3 + i)) * 0.1, lengths) for i in range(4)]
-    to_int8_serving(w8, calibration=encode_all(w8, calib))   # other random utterances than the timed one
+    for engine in LINEAR_ENGINES:   # each engine's int8 Linear kernels (auto picks one of them: the header says which)
+        w8e = build(conf_path, 30, {"weight_bits": 8}).eval()
+        w8e.load_state_dict(w8.state_dict())
+        to_int8_serving(w8e, calibration=encode_all(w8e, calib), engine=engine)   # other utterances than the timed one
+        systems[f"ours: 8-bit, int8 kernels, {engine} Linear"] = w8e
+    to_int8_serving(w8, calibration=encode_all(w8, calib))
     systems["ours: 8-bit, int8 kernels"] = w8
     systems["ESPnet dynamic int8 (--quantize_asr_model)"] = dynamic_int8_linears(build(conf_path, 30).eval())
     with torch.no_grad():
@@ -218,6 +225,8 @@ def main(argv=None):
              f"Written by `python -m mpq_plugins.bin.benchmark_quant --out {a.out}` in {time.time() - t0:.0f} s on "
              f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {res['threads']} thread(s). "
              "Times are medians of repeats; ratios are against float32 in the same run. "
+             f"int8 serving's Linear kernels: {linear_engine('auto') or torch.backends.quantized.engine} "
+             "(to_int8_serving's engine auto on this CPU). "
              + ("glibc's malloc keeps freed memory (mmap threshold 32 MB), so no timing pays page faults for "
                 "fresh memory; see steady_allocator()." if res["steady_allocator"] else
                 "(glibc's mallopt was not available: timings may include page faults for fresh memory.)"), "",

@@ -23,11 +23,20 @@ quantized once, each conv runs as fbgemm's int8 conv with its ReLU fused and its
 default Conformer this takes the subsampling from 19 ms (float first conv, dynamic int8 second
 conv, float ReLUs) to 7 ms for a 10-s utterance, where the float subsampling takes 23 ms.
 
+The int8 Linear (and pointwise) kernels come from torch's quantized engine `engine` names: fbgemm,
+onednn, or auto (the default: onednn where the CPU has AMX int8 tiles and torch has onednn, torch's
+current engine elsewhere, x86 = fbgemm on x86; on a 2-core Xeon with AMX, onednn's dynamic int8 Linear
+took 79 us where fbgemm's took 152 for a 250 x 144 by 144 x 576 product, with the same error). A module
+runs on the engine it was packed with, whatever engine is current later. The convolutions keep torch's
+current engine (fbgemm on x86, whose saturation the static chain's 7-bit activations are sized for).
+
 Sub-8-bit levels fit in int8, so 2- to 8-bit systems all serve this way. Activations are
 quantized by the kernel at run time, so hypotheses may differ slightly from the fake-quantized
 model's; `mpq_plugins.bin.benchmark_quant` reports both. Never `torch._int_mm` on CPU: measured
 40-110x slower than float here.
 """
+import contextlib
+
 import torch
 import torch.ao.nn.intrinsic.quantized as nniq
 import torch.ao.nn.quantized.dynamic as nnqd
@@ -35,6 +44,45 @@ import torch.ao.nn.quantized.dynamic as nnqd
 from mpq_plugins.quant.layers import QConv1d, QConv2d, QLinear
 
 MIN_DENSE = 16     # values per output channel below which a conv stays float (the 1 x 3 x 3 first conv)
+ENGINES = ("auto", "fbgemm", "onednn")
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The instruction-set flags of this CPU (empty where /proc/cpuinfo does not exist)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def linear_engine(engine="auto", flags=None):
+    """The quantized engine whose int8 Linear kernels serve: `engine` itself, or for auto onednn on a CPU
+    with AMX int8 (flags: cpu_flags()) and None (torch's current engine) elsewhere."""
+    if engine not in ENGINES:
+        raise ValueError(f"int8 serving engine {engine!r} is not one of {', '.join(ENGINES)}")
+    supported = torch.backends.quantized.supported_engines
+    if engine == "auto":
+        amx = "amx_int8" in (cpu_flags() if flags is None else flags)
+        return "onednn" if amx and "onednn" in supported else None
+    if engine not in supported:
+        raise ValueError(f"int8 serving engine {engine!r}: this torch has only {', '.join(supported)}")
+    return engine
+
+
+@contextlib.contextmanager
+def packing_engine(engine):
+    """torch's quantized engine set to engine (None: left as it is) while modules are packed, then restored."""
+    old = torch.backends.quantized.engine
+    engine = engine or old
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = old
 
 
 def _per_channel(weight_levels, step):
@@ -149,10 +197,12 @@ def _int8_kind(mod):
     return None
 
 
-def to_int8_serving(model, calibration=None):
+def to_int8_serving(model, calibration=None, engine="auto"):
     """Swap quantized Linear, pointwise Conv1d and dense Conv2d layers for int8 kernels; returns their names.
     With calibration (a function that runs the model on a few inputs), Conv2d+ReLU chains such as
-    the convolutional subsampling are served statically in int8 (StaticInt8ConvReLU)."""
+    the convolutional subsampling are served statically in int8 (StaticInt8ConvReLU). engine: the
+    Linear kernels' (auto, fbgemm, onednn: linear_engine)."""
+    lin_engine = linear_engine(engine)
     swapped = []
     if calibration is not None:
         chains = {name: mod for name, mod in model.named_modules() if _conv_relu_chain(mod)}
@@ -165,9 +215,11 @@ def to_int8_serving(model, calibration=None):
             continue
         levels, step = mod.weight_quantizer.int_weight(mod.weight)
         if kind == "linear":
-            new = _int8_linear(levels, step, mod.bias)
+            with packing_engine(lin_engine):
+                new = _int8_linear(levels, step, mod.bias)
         elif kind == "pointwise":
-            new = Int8Pointwise(_int8_linear(levels[:, :, 0], step, mod.bias))
+            with packing_engine(lin_engine):
+                new = Int8Pointwise(_int8_linear(levels[:, :, 0], step, mod.bias))
         else:
             new = _int8_conv2d(mod, levels, step)
         model.set_submodule(name, new)
