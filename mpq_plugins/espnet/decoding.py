@@ -11,6 +11,7 @@ LM, and a spelling that is no vocabulary word's prefix gets `NEG` and drops out 
 import time
 
 import numpy as np
+import soundfile
 import torch
 import yaml
 from espnet.nets.batch_beam_search import BatchBeamSearch
@@ -23,10 +24,12 @@ from espnet2.text.build_tokenizer import build_tokenizer
 from espnet2.text.token_id_converter import TokenIDConverter
 from espnet2.train.collate_fn import CommonCollateFn
 
+from mpq_plugins.datadir import read_table
 from mpq_plugins.espnet.ctc_search import SEARCHES as CTC_SEARCHES
 from mpq_plugins.espnet.ctc_search import TUNABLE as CTC_TUNABLE
 from mpq_plugins.espnet.load import load_asr_model, load_lm
 from mpq_plugins.espnet.wordlm import NgramLM
+from mpq_plugins.quant.serve import ENGINES, to_int8_serving
 
 NEG = -1.0e4   # score of a token that leaves the lexicon (finite: sums of scores stay finite)
 SEARCHES = ("espnet",) + CTC_SEARCHES
@@ -39,8 +42,14 @@ DECODE_OPTIONS = {   # yaml key of a decoding config: (type, default)
     "rescore_nbest": (int, 10), "word_score": (float, 0.0), "beam_threshold": (float, 25.0),
     "batch_seconds": (float, 60.0),
     "tune": (dict, {}),                 # {option: [values]} over ctc_search.TUNABLE: mpq_plugins.bin.tune_decoding
+    # how the model's quantized layers run (serve_model): float (the fake-quantized model: exactly the packed
+    # file's hypotheses) or int8 (CPU int8 kernels, mpq_plugins.quant.serve: faster, hypotheses may differ a little)
+    "serve": (str, "float"), "int8_engine": (str, "auto"),
+    "int8_calibration": (str, ""),      # a wav.scp whose first utterances calibrate the static int8 subsampling
+    "int8_calibration_utts": (int, 20),  # ("": the subsampling's second conv on dynamic int8 kernels instead)
 }
-POSITIVE = ("beam_size", "nbest", "rescore_nbest", "beam_threshold", "batch_seconds")
+POSITIVE = ("beam_size", "nbest", "rescore_nbest", "beam_threshold", "batch_seconds", "int8_calibration_utts")
+SERVES = ("float", "int8")
 
 
 def read_decode_config(path):
@@ -72,6 +81,10 @@ def read_decode_config(path):
             raise ValueError(f"{path}: tune: {k}: expected a list of numbers, got {values!r}")
     if out["search"] not in SEARCHES:
         raise ValueError(f"{path}: search: {out['search']!r} is not one of {', '.join(SEARCHES)}")
+    if out["serve"] not in SERVES:
+        raise ValueError(f"{path}: serve: {out['serve']!r} is not one of {', '.join(SERVES)}")
+    if out["int8_engine"] not in ENGINES:
+        raise ValueError(f"{path}: int8_engine: {out['int8_engine']!r} is not one of {', '.join(ENGINES)}")
     for k in POSITIVE:
         if not out[k] > 0:
             raise ValueError(f"{path}: {k}: {out[k]} must be positive")
@@ -202,12 +215,36 @@ def build_recognizer(asr_train_config, asr_model_file, opts, lm_train_config=Non
     """Our model loader (strict, weights_only; float, quantized or packed) + the search of opts["search"]:
     ESPnet's joint beam search (Recognizer) or the C++ CTC search with attention rescoring."""
     model, conf = load_asr_model(asr_train_config, asr_model_file, device)
+    serve_model(model, opts, device)
     if opts["search"] != "espnet":
         from mpq_plugins.espnet.ctc_search import CTCRescoringRecognizer
         return CTCRescoringRecognizer(model, conf, opts, lexicon_file, arpa_file, device)
     word_lm = NgramLM.load(word_lm_file) if word_lm_file else None
     rnn_lm = load_lm(lm_train_config, lm_file, device) if lm_train_config else None
     return Recognizer(model, conf, opts, word_lm=word_lm, rnn_lm=rnn_lm, device=device)
+
+
+def serve_model(model, opts, device="cpu"):
+    """The model's quantized layers on the kernels of opts["serve"]: float (as loaded) or int8 (CPU only;
+    the subsampling calibrated on the first int8_calibration_utts utterances of the int8_calibration
+    wav.scp when one is given); returns the names of the layers moved to int8 kernels."""
+    if opts["serve"] == "float":
+        return []
+    if str(device) != "cpu":
+        raise ValueError(f"serve: int8 runs on CPU kernels; this decode runs on {device}")
+    calibration = None
+    if opts["int8_calibration"]:
+        path = opts["int8_calibration"]
+        try:
+            rows = read_table(path)[: opts["int8_calibration_utts"]]
+            audio = [soundfile.read(p.strip(), dtype="float32")[0] for _, p, _ in rows]
+        except Exception as e:
+            raise ValueError(f"int8_calibration: {path}: cannot read its audio ({e})") from None
+        if not audio:
+            raise ValueError(f"int8_calibration: {path}: no utterance")
+        calibration = lambda: [model.encode(torch.from_numpy(a)[None], torch.tensor([len(a)])) for a in audio]  # noqa
+    with torch.no_grad():
+        return to_int8_serving(model.eval(), calibration=calibration, engine=opts["int8_engine"])
 
 
 def read_batches(data_path_and_name_and_type, key_file=None, seconds=0.0, fs=16000, chunk=256):
