@@ -277,6 +277,23 @@ def test_a_lexicon_that_does_not_fit_the_lm_stops_decoding_and_keeps_the_earlier
     assert r.returncode == 0, r.stderr[-2000:]
     assert dev.stat().st_mtime_ns > before and dev.read_bytes() == texts[dev]
 
+def test_a_quantized_system_decodes_on_int8_kernels_as_a_decode_of_its_own(recipe):
+    int8 = "decode_tiny_int8_packed"
+    r = run(recipe, "--stage", "7", "--stop_stage", "8", "--quant_confs", f"{ROOT}/conf/quant/w4.yaml",
+            "--test_sets", "test", "--acoustic_config", "",
+            "--inference_config", os.path.join(ROOT, "tests/conf/decode_tiny_int8.yaml"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    dec = recipe / "exp" / "asr_train_tiny_w4" / int8 / "test"
+    logs = "".join(p.read_text() for p in (dec / "logdir").glob("*.log"))
+    assert "serve int8: " in logs and "serve int8: 0 quantized layers" not in logs     # w4's layers on int8 kernels
+    floats = "".join(p.read_text() for p in (recipe / "exp" / "asr_train_tiny" / int8 / "test" / "logdir").glob("*.log"))
+    assert "serve int8: 0 quantized layers" in floats                                # the float model as it is
+    ref = (recipe / "exp" / "asr_train_tiny_w4" / DECODE / "test" / "text").read_text().splitlines()
+    hyp = (dec / "text").read_text().splitlines()
+    assert [h.split()[0] for h in hyp] == [x.split()[0] for x in ref]                 # every utterance decoded
+    assert (dec / "score_wer" / "result.txt").exists()
+
+
 def test_decode_stage_killed_midway_reruns_to_the_same_hypotheses(recipe):
     dec = recipe / "exp" / "asr_train_tiny" / DECODE / "dev"
     want = (dec / "text").read_text()

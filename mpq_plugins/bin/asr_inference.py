@@ -41,6 +41,9 @@ def main(argv=None):
                                a.word_lm_file, a.lexicon_file, a.arpa_file, "cuda" if a.ngpu > 0 else "cpu")
     except (ValueError, QuantConfigError) as e:
         sys.exit(f"asr_inference: {e}")
+    if opts["serve"] == "int8":
+        print(f"asr_inference: serve int8: {len(rec.int8_layers)} quantized layers on int8 kernels "
+              f"(Linear engine {opts['int8_engine']})", flush=True)
     decode_datadir(rec, a.data_path_and_name_and_type, a.key_file, a.output_dir,
                    log=functools.partial(print, flush=True))
 

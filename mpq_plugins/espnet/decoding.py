@@ -215,13 +215,16 @@ def build_recognizer(asr_train_config, asr_model_file, opts, lm_train_config=Non
     """Our model loader (strict, weights_only; float, quantized or packed) + the search of opts["search"]:
     ESPnet's joint beam search (Recognizer) or the C++ CTC search with attention rescoring."""
     model, conf = load_asr_model(asr_train_config, asr_model_file, device)
-    serve_model(model, opts, device)
+    served = serve_model(model, opts, device)
     if opts["search"] != "espnet":
         from mpq_plugins.espnet.ctc_search import CTCRescoringRecognizer
-        return CTCRescoringRecognizer(model, conf, opts, lexicon_file, arpa_file, device)
-    word_lm = NgramLM.load(word_lm_file) if word_lm_file else None
-    rnn_lm = load_lm(lm_train_config, lm_file, device) if lm_train_config else None
-    return Recognizer(model, conf, opts, word_lm=word_lm, rnn_lm=rnn_lm, device=device)
+        rec = CTCRescoringRecognizer(model, conf, opts, lexicon_file, arpa_file, device)
+    else:
+        word_lm = NgramLM.load(word_lm_file) if word_lm_file else None
+        rnn_lm = load_lm(lm_train_config, lm_file, device) if lm_train_config else None
+        rec = Recognizer(model, conf, opts, word_lm=word_lm, rnn_lm=rnn_lm, device=device)
+    rec.int8_layers = served      # the layers serve: int8 moved to int8 kernels
+    return rec
 
 
 def serve_model(model, opts, device="cpu"):
