@@ -42,8 +42,12 @@ def main(argv=None):
     except (ValueError, QuantConfigError) as e:
         sys.exit(f"asr_inference: {e}")
     if opts["serve"] == "int8":
+        import torch
+
+        from mpq_plugins.quant.serve import linear_engine
+        engine = linear_engine(opts["int8_engine"]) or torch.backends.quantized.engine
         print(f"asr_inference: serve int8: {len(rec.int8_layers)} quantized layers on int8 kernels "
-              f"(Linear engine {opts['int8_engine']})", flush=True)
+              f"(Linear engine {engine})", flush=True)
     decode_datadir(rec, a.data_path_and_name_and_type, a.key_file, a.output_dir,
                    log=functools.partial(print, flush=True))
 
