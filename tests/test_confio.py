@@ -15,6 +15,7 @@ def write(path, text):
 
 def test_every_shipped_conf_composes_and_states_its_method():
     confs = glob.glob(os.path.join(ROOT, "conf", "quant", "*.yaml")) + glob.glob(os.path.join(ROOT, "tests", "conf", "quant", "*.yaml"))
+    confs += glob.glob(os.path.join(ROOT, "conf", "quant", "tuning", "*.yaml"))
     assert len(confs) > 20
     for path in confs:
         conf = compose(path)
@@ -26,6 +27,7 @@ def test_every_shipped_conf_composes_and_states_its_method():
 def test_every_shipped_quantization_section_is_valid():
     from mpq_plugins.quant import QuantConfig
     confs = glob.glob(os.path.join(ROOT, "conf", "quant", "*.yaml")) + glob.glob(os.path.join(ROOT, "egs", "*", "conf", "quant", "*.yaml"))
+    confs += glob.glob(os.path.join(ROOT, "conf", "quant", "tuning", "*.yaml"))
     for path in confs:
         conf = compose(path)
         if conf.get("quantization"):
@@ -129,3 +131,15 @@ def test_every_shipped_training_and_decoding_config_is_read_by_its_parser():
             QuantASRTask.get_parser().parse_args(["--config", path, "--output_dir", "o", "--token_list", "t"])
             seen["train"] += 1
     assert seen["train"] >= 4 and seen["decode"] >= 5
+
+
+def test_the_results_queue_runs_every_conf_of_the_sweep_the_tuning_and_all_in_one():
+    import subprocess
+    run = lambda *a: subprocess.run([os.path.join(ROOT, "local", a[0]), *a[1:]], capture_output=True, text=True,  # noqa
+                                    check=True).stdout.split()
+    queued = run("results_queue.sh", "--list")
+    assert all(os.path.exists(os.path.join(ROOT, p)) for p in queued)
+    tuning = [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "conf", "quant", "tuning", "*.yaml"))]
+    assert set(run("budget_sweep.sh", "--list")) | set(tuning) | {"conf/quant/aio_d432_ff_w42.yaml"} == set(queued)
+    r = subprocess.run([os.path.join(ROOT, "local", "results_queue.sh"), "--go"], capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown option --go" in r.stderr

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The runs behind RESULTS.md on the default corpus, in the order that answers the open questions first;
+# every step skips what is done, so a queue that was cut goes on where it stopped when started again.
+#   local/results_queue.sh                 # from the recipe's root, in the background: hours to days on 2 cores
+# Its report: local/budget_sweep.sh --stage 9 (the sweep), ./run.sh --stage 9 --quant_confs conf/quant/aio_d432_ff_w42.yaml
+# (all-in-one); the tuning runs are read from their dev decodes (results/tuning_mixed_precision.md).
+# 1. Stages 1-5 (the corpus and the FP32 Conformer, every core), README's main command's stages 6-9 (the
+#    default systems on every test set), and w8_ptq and w4 decoded on int8 kernels (conf/decode_asr_int8.yaml).
+# 2. Two 1-thread lanes side by side (on 2 cores two 1-thread trainings do 1.41x the work of one 2-thread one):
+#    a. the budget sweep (local/budget_sweep.sh's confs): the 3-bit budget first (w4 and 10.7x decide the
+#       highest lossless ratio), then the tuning at 2.5 bits (seed 1, decoded on dev too:
+#       conf/quant/tuning/, results/tuning_mixed_precision.md), then 2.5 bits, equal compute, the rest;
+#    b. all-in-one (conf/quant/aio_d432_ff_w42.yaml: 12 nested systems and their twins).
+# Progress: exp/queue/queue.log (a line per step); each step's output: exp/queue/<lane>.log.
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+q=exp/queue
+log() { echo "$(date '+%F %T') $*" >> ${q}/queue.log; }
+step() {   # step <done file> <log> <what> run.sh options...: once, its done file written when it succeeds
+    local done=${q}/$1 out=${q}/$2 what=$3; shift 3
+    [ -f ${done} ] && return 0
+    log "${what}"
+    if nice -n 10 "${root}/run.sh" "$@" >> ${out} 2>&1; then date > ${done}; else log "${what}: FAILED (${out})"; return 1; fi
+}
+list=false   # --list: the quant confs of the lanes, one a line, and nothing run
+case "${1:-}" in --list) list=true;; "") ;; *) echo "$0: unknown option $1 (only --list)" >&2; exit 1;; esac
+if ! ${list}; then
+mkdir -p ${q}
+step baseline.done main.log "stages 1-5: corpus, FP32 Conformer" --stop_stage 5 || exit 1
+step default.done main.log "stages 6-9: the default systems" --stage 6 || exit 1
+step int8.done main.log "w8_ptq and w4 on int8 kernels" --stage 7 --stop_stage 8 --test_sets test \
+    --inference_config conf/decode_asr_int8.yaml --acoustic_config "" --quant_confs "conf/quant/w8_ptq.yaml conf/quant/w4.yaml"
+fi
+
+sweep() {   # sweep <lane log> <sets> <seeds> <conf>...: each seed in turn, every conf (conf/quant/<conf>.yaml)
+    local out=$1 sets=$2 seeds=$3 s c; shift 3
+    if ${list}; then printf 'conf/quant/%s.yaml\n' "$@"; return; fi
+    for s in ${seeds}; do
+        for c in "$@"; do
+            step "${c//\//_}.seed${s}.done" ${out} "${c} seed ${s}" --nj 1 --stage 6 --stop_stage 8 \
+                --seeds ${s} --quant_confs conf/quant/${c}.yaml --quant_test_sets "${sets}"
+        done
+    done
+}
+lane_a() {
+    export OMP_NUM_THREADS=1
+    sweep lane_a.log test "1 2 3" fp32_cont w4 w3 mpq_one_stage_3bit mpq_one_stage_3bit_out8 mpq_kl_3bit mpq_hessian_3bit \
+        mpq_supernet_3bit
+    sweep lane_a.log "dev test" 1 mpq_one_stage_2p5bit tuning/mpq_one_stage_2p5bit_lr0p5 tuning/mpq_one_stage_2p5bit_lr8 \
+        mpq_one_stage_2p5bit_teacherkl tuning/mpq_one_stage_2p5bit_teacherkl_lr0p5 tuning/mpq_one_stage_2p5bit_teacherkl_lr8 \
+        mpq_supernet_2p5bit tuning/mpq_supernet_2p5bit_lr0p5 tuning/mpq_supernet_2p5bit_lr2 \
+        mpq_kl_2p5bit tuning/mpq_kl_2p5bit_utts8 tuning/mpq_kl_2p5bit_utts32 \
+        mpq_hessian_2p5bit tuning/mpq_hessian_2p5bit_utts16 tuning/mpq_hessian_2p5bit_utts64
+    sweep lane_a.log test "1 2 3" w2 mpq_one_stage_2p5bit mpq_one_stage_2p5bit_out8 mpq_one_stage_2p5bit_teacherkl \
+        mpq_kl_2p5bit mpq_hessian_2p5bit mpq_supernet_2p5bit
+    sweep lane_a.log test "1 2 3" mpq_one_stage_3bit_half mpq_kl_3bit_half mpq_hessian_3bit_half \
+        mpq_one_stage_2p5bit_half mpq_kl_2p5bit_half mpq_hessian_2p5bit_half
+    sweep lane_a.log test "1 2 3" w1p6 w1 mpq_one_stage_2bit mpq_kl_2bit mpq_hessian_2bit mpq_supernet_2bit \
+        mpq_one_stage_1p75bit mpq_kl_1p75bit mpq_hessian_1p75bit mpq_supernet_1p75bit
+    ${list} || log "lane a: done"
+}
+lane_b() {
+    export OMP_NUM_THREADS=1
+    sweep lane_b.log test "1 2 3" aio_d432_ff_w42
+    ${list} || log "lane b: done"
+}
+if ${list}; then lane_a; lane_b; exit 0; fi
+lane_a & lane_b & wait
