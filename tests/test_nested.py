@@ -12,7 +12,7 @@ from mpq_plugins.espnet.load import build_from_config
 from mpq_plugins.espnet.nested import AllInOneESPnetModel, export_float, export_system, feed_forwards
 from mpq_plugins.espnet.task import QuantASRTask
 from mpq_plugins.quant import QuantConfigError
-from mpq_plugins.quant.nested import AllInOneConfig, AllInOneError, NestedWeightQuantizer, order_units
+from mpq_plugins.quant.nested import AllInOneConfig, AllInOneError, NestedWeightQuantizer, order_units, seeded_plan
 from tests.fixtures import tiny_asr_conf, train_updates
 
 AIO = {"depth": [2, 1], "ff": [1, 0.5], "bits": [4, 2], "sampled": 1}
@@ -151,3 +151,61 @@ def test_a_step_trains_several_systems_and_exported_systems_compute_the_same(tmp
     with torch.no_grad():
         assert torch.allclose(cut.eval().encode(speech, lengths)[0], float_model.eval().encode(speech, lengths)[0],
                               atol=1e-5)
+
+
+def test_an_update_computes_the_shared_input_layer_once_a_bit_width_and_exactly_as_if_run_again():
+    """The conv2d subsampling runs once per bit-width of an update (not once per system), and the update's loss
+    and gradients are those of running it for every system (dropout on: the random state is carried over too);
+    a narrow feed-forward computes only its units."""
+    float_model = float_model_of()
+    model, _ = build(float_state=float_model.state_dict())
+    model.train()
+    plan = [s.bits for s in seeded_plan(model.aio, model.aio_seed, 0)]
+    conv_calls, widths = [], []
+    model.encoder.embed.conv.register_forward_hook(lambda m, a, o: conv_calls.append(1))
+    w_1 = next(iter(feed_forwards(model).values()))[0]
+    w_1.register_forward_hook(lambda m, a, o: widths.append(o.shape[-1]))
+
+    def update():
+        model.aio_forwards.zero_()
+        model.zero_grad()
+        torch.manual_seed(5)
+        loss = model(*batch())[0]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = update()
+    assert len(conv_calls) == len(set(plan)) < len(plan)
+    assert sorted(set(widths)) == [32, 64]            # the half-width systems ran 32 units, not 64 masked
+    assert model.encoder.embed.shared is None and w_1.keep_out is None   # after the update: the largest, plainly
+    shared, model._shared = model._shared, []         # the same update, the input layer run for every system
+    conv_calls.clear()
+    loss_again, grads_again = update()
+    model._shared = shared
+    assert len(conv_calls) == len(plan)
+    assert torch.allclose(loss, loss_again, rtol=1e-6)
+    assert grads.keys() == grads_again.keys()
+    for n in grads:
+        assert torch.allclose(grads[n], grads_again[n], rtol=1e-4, atol=1e-7), n
+
+
+def test_the_step_benchmark_times_the_one_pass_against_every_twin(tmp_path):
+    """benchmark_aio_step on a tiny base conf: the recipe's configs, one update of the nested model and a step of
+    each system's twin, the ratio of their sum to the update, written to markdown and json."""
+    import json
+
+    import yaml
+
+    from mpq_plugins.bin.benchmark_aio_step import main
+    qc = tmp_path / "aio.yaml"
+    qc.write_text(yaml.safe_dump({"method": "all_in_one", "quantization": {"weight_bits": 4},
+                                  "all_in_one": {"depth": [1], "ff": [1, 0.5], "bits": [4, 2], "sampled": 1}}))
+    out = tmp_path / "b.md"
+    main(["--out", str(out), "--base", "tests/conf/train_tiny.yaml", "--finetune", "conf/finetune.yaml",
+          "--quant_conf", str(qc), "--batch", "2", "--seconds", "1", "--repeats", "2"])
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert set(res["step_s"]) == {"one pass (an update)", "d1_ff1_w4 twin", "d1_ff1_w2 twin", "d1_ff0p5_w4 twin",
+                                  "d1_ff0p5_w2 twin"}
+    assert all(len(v) == 2 and min(v) > 0 for v in res["step_s"].values())
+    assert res["systems_per_update"] == 3 and res["ratio"] > 0
+    assert f"the 4 twins cost {res['ratio']:.2f}x the one pass" in out.read_text()

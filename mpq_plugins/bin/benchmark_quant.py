@@ -73,9 +73,9 @@ def build(conf_path, n_tokens, quant=None, seed=0):
     return build_from_config(conf, conf_path)
 
 
-def interleaved_medians(fns, repeats, warmup=2):
-    """{name: median seconds} of each function, the systems taking turns (in a rotating order) so
-    that a slower or busier moment of the machine falls on all of them alike."""
+def interleaved_times(fns, repeats, warmup=2):
+    """{name: [seconds of each repeat]} of each function, the systems taking turns (in a rotating order)
+    so that a slower or busier moment of the machine falls on all of them alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -86,7 +86,12 @@ def interleaved_medians(fns, repeats, warmup=2):
             t0 = time.perf_counter()
             fns[n]()
             times[n].append(time.perf_counter() - t0)
-    return {n: statistics.median(t) for n, t in times.items()}
+    return times
+
+
+def interleaved_medians(fns, repeats, warmup=2):
+    """{name: median seconds} of each function, taking turns (interleaved_times)."""
+    return {n: statistics.median(t) for n, t in interleaved_times(fns, repeats, warmup).items()}
 
 
 def train_step_ratio(conf_path, repeats):

@@ -8,6 +8,10 @@ and `sampled` others drawn for that step (the same draw on every rank and after 
 the same batch with the same random state (SpecAugment, dropout), summing their losses: the largest
 learns from the float teacher (the fine-tuning option teacher_kl_weight), the others from the largest's
 posteriors (`kl_from: largest`) or from the teacher. Validation and decoding use the largest system.
+What two systems of an update compute alike is computed once: the encoder's input layer (the conv2d
+subsampling) for systems of the same bit-width (`SharedForward`: the later system takes the
+output and the random state it left, so it computes exactly what running it again would; the gradients of
+both flow into one backward). A narrow feed-forward computes only its units (narrow_feed_forward).
 
 `export_system` turns one nested system into the plain quantized ESPnet model it is: its config (the
 encoder's num_blocks and linear_units, the bit-width) and its state (only its blocks, units and steps),
@@ -22,8 +26,9 @@ from espnet2.asr.espnet_model import ESPnetASRModel
 from espnet2.torch_utils.device_funcs import force_gatherable
 
 from mpq_plugins.espnet.model import MixedPrecisionESPnetModel
-from mpq_plugins.quant.nested import (AllInOneConfig, HeadMask, UnitMask, nested_quantizers, order_heads, order_units,
-                                      seeded_plan, set_bits)
+from mpq_plugins.quant.layers import QLinear
+from mpq_plugins.quant.nested import (AllInOneConfig, HeadMask, NestedWeightQuantizer, UnitMask, narrow_feed_forward,
+                                      nested_quantizers, order_heads, order_units, seeded_plan, set_bits)
 from mpq_plugins.quant.numerics import bits_label
 from mpq_plugins.quant.sensitivity import kl_div
 
@@ -49,17 +54,67 @@ class DepthMixin:
         return len(self._active())
 
 
-_DEPTH_CLASSES = {}
+_MIXED_CLASSES = {}
+
+
+def with_mixin(module, mixin):
+    """Turn a module into the subclass of its class with `mixin` first, in place (its state is kept)."""
+    cls = type(module)
+    if not issubclass(cls, mixin):
+        if (mixin, cls) not in _MIXED_CLASSES:
+            name = mixin.__name__.replace("Mixin", "")
+            _MIXED_CLASSES[mixin, cls] = type(f"{name}{cls.__name__}", (mixin, cls), {})
+        module.__class__ = _MIXED_CLASSES[mixin, cls]
+    return module
+
+
+class SharedForward:
+    """A module whose output is computed once per key while `shared` is a dict (one training forward of the
+    nested model): a later call with the same key returns the stored output and sets the random state the
+    first call left, which is exactly what running it again on the same input from the same random state
+    gives. `shared_key` says what the output depends on besides the input (e.g. the bit-width)."""
+
+    shared = None
+    shared_key = None
+
+    def forward(self, *args, **kwargs):
+        if self.shared is None:
+            return super().forward(*args, **kwargs)
+        if self.shared_key in self.shared:
+            out, rng = self.shared[self.shared_key]
+            set_rng_state(rng)
+            return out
+        out = super().forward(*args, **kwargs)
+        self.shared[self.shared_key] = (out, rng_state(_device_of(out)))
+        return out
+
+
+def share_forward(module):
+    """Turn a module into its SharedForward class, in place (its state and its own forward are kept)."""
+    return with_mixin(module, SharedForward)
+
+
+def _device_of(out):
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.device if isinstance(out, torch.Tensor) else torch.device("cpu")
+
+
+def rng_state(device):
+    """The random state that SpecAugment and dropout draw from on `device`: the CPU's, and the GPU's there."""
+    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None, device)
+
+
+def set_rng_state(state):
+    cpu, gpu, device = state
+    torch.set_rng_state(cpu)
+    if gpu is not None:
+        torch.cuda.set_rng_state(gpu, device)
 
 
 def limit_depth(stack):
     """Turn a block stack into its depth-limited class, in place."""
-    cls = type(stack)
-    if not issubclass(cls, DepthMixin):
-        if cls not in _DEPTH_CLASSES:
-            _DEPTH_CLASSES[cls] = type(f"Depth{cls.__name__}", (DepthMixin, cls), {})
-        stack.__class__ = _DEPTH_CLASSES[cls]
-    return stack
+    return with_mixin(stack, DepthMixin)
 
 
 def block_stack(model):
@@ -197,11 +252,20 @@ class AllInOneESPnetModel(MixedPrecisionESPnetModel):
         self.register_buffer("aio_forwards", torch.zeros(()))   # training forwards so far: the plan's step
         self.register_buffer("aio_ordered", torch.zeros(()))    # 1 once the feed-forward units are ordered
         limit_depth(block_stack(self)[1])
-        self._unit_masks, self._head_masks = [], []
-        for w_1, _ in feed_forwards(self).values():
-            mask = UnitMask(w_1.weight.shape[0])
-            w_1.register_forward_hook(mask)
-            self._unit_masks.append(mask)
+        self._narrow, self._unit_masks, self._head_masks = [], [], []
+        for w_1, w_2 in feed_forwards(self).values():
+            if isinstance(w_1, QLinear) and isinstance(w_2, QLinear):
+                self._narrow.append((w_1, w_2))
+            else:
+                mask = UnitMask(w_1.weight.shape[0])
+                w_1.register_forward_hook(mask)
+                self._unit_masks.append(mask)
+        # the encoder's input layer (ESPnet's encoders: its subsampling): its output differs only by bit-width
+        # (not the frontend's: the normalization changes it in place)
+        self._shared = [m for m in (getattr(self.encoder, "embed", None),) if m is not None]
+        for m in self._shared:
+            share_forward(m)
+            m.by_bits = any(isinstance(q, NestedWeightQuantizer) for q in m.modules())
         if any(s.heads != 1 for s in cfg.system_list):
             for att in attentions(self).values():
                 mask = HeadMask(att.h, att.d_k)
@@ -211,8 +275,13 @@ class AllInOneESPnetModel(MixedPrecisionESPnetModel):
 
     def set_system(self, system):
         block_stack(self)[1].depth = system.depth
+        units = self.aio.units(system)
+        for w_1, w_2 in self._narrow:
+            narrow_feed_forward(w_1, w_2, None if units >= w_1.weight.shape[0] else units)
         for mask in self._unit_masks:
-            mask.width = self.aio.units(system)
+            mask.width = units
+        for m in self._shared:
+            m.shared_key = system.bits if m.by_bits else None
         for mask in self._head_masks:
             mask.width = self.aio.kept_heads(system)
         set_bits(self, system.bits)
@@ -256,10 +325,21 @@ class AllInOneESPnetModel(MixedPrecisionESPnetModel):
         cfg = self.aio
         plan = seeded_plan(cfg, self.aio_seed, int(self.aio_forwards))
         self.aio_forwards += 1
-        state = torch.get_rng_state()
+        state = rng_state(speech.device)
+        for m in self._shared:
+            m.shared = {}
+        try:
+            return self._train_forward(plan, state, speech, speech_lengths, text, text_lengths, **kwargs)
+        finally:
+            for m in self._shared:
+                m.shared = None
+            self.set_system(cfg.largest)
+
+    def _train_forward(self, plan, state, speech, speech_lengths, text, text_lengths, **kwargs):
+        cfg = self.aio
         total, stats, ref, weight = None, {}, None, None
         for i, system in enumerate(plan):
-            torch.set_rng_state(state)          # the same SpecAugment and dropout for every system
+            set_rng_state(state)                # the same SpecAugment and dropout for every system
             self.set_system(system)
             if i == 0:                          # the largest: ESPnet's loss and the teacher's KL
                 loss, st, weight = MixedPrecisionESPnetModel.forward(self, speech, speech_lengths, text, text_lengths,
@@ -276,7 +356,6 @@ class AllInOneESPnetModel(MixedPrecisionESPnetModel):
                     loss = loss + cfg.kl_weight * self._kl_to_teacher(text_lengths, text.size(0))
                 stats["loss_smallest" if i == 1 else f"loss_sampled{i - 1}"] = loss.detach()
             total = loss if total is None else total + loss
-        self.set_system(cfg.largest)
         stats["loss"] = total.detach()
         return force_gatherable((total, stats, weight), total.device)
 

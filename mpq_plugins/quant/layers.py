@@ -37,8 +37,18 @@ class _QMixin:
 
 
 class QLinear(_QMixin, torch.nn.Linear):
+    # a narrow run (quant/nested.py): only the first `keep_out` outputs, or the first `keep_in` inputs (x has
+    # only those features), of the quantized weight; None: all
+    keep_out = None
+    keep_in = None
+
     def forward(self, x):
-        return F.linear(self.qinput(x), self.qweight(), self.bias)
+        w, b = self.qweight(), self.bias
+        if self.keep_out is not None:
+            w, b = w[: self.keep_out], None if b is None else b[: self.keep_out]
+        if self.keep_in is not None:
+            w = w[:, : self.keep_in]
+        return F.linear(self.qinput(x), w, b)
 
 
 class QConv1d(_QMixin, torch.nn.Conv1d):

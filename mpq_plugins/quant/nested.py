@@ -6,9 +6,10 @@ every encoder feed-forward's hidden units and the first `heads` fraction of ever
 heads, every quantized weight at `bits`. Units and heads are ordered once, before training, by importance
 (a unit: the norm of its input row times the norm of its output column; a head: the norm of its query, key
 and value rows times that of its output columns), so that a narrow system keeps those that matter most. A
-narrow feed-forward is computed exactly by zeroing the hidden units beyond its width (`UnitMask`: the
-activations of ESPnet's feed-forwards map 0 to 0), a narrow attention by zeroing the heads beyond its width
-before the output projection (heads are independent), so an exported narrow layer computes the same.
+narrow feed-forward runs on the first rows of its first quantized layer and the first columns of its second
+(`narrow_feed_forward`: only its units are computed; `UnitMask`, zeroing the units beyond the width, where a
+layer is not a quantized Linear), a narrow attention zeroes the heads beyond its width before the output
+projection (heads are independent), so an exported narrow layer computes the same.
 Precision: one shared float weight, one learnt LSQ step per bit-width (`NestedWeightQuantizer`).
 
 The `all_in_one:` section of a quant conf (`AllInOneConfig`):
@@ -197,9 +198,16 @@ def order_units(lin_in, lin_out):
     return order
 
 
+def narrow_feed_forward(lin_in, lin_out, width):
+    """Run a feed-forward's two quantized Linear layers on their first `width` hidden units only (None: all):
+    exactly the narrow feed-forward, at its cost."""
+    lin_in.keep_out = lin_out.keep_in = width
+
+
 class UnitMask:
     """A forward hook on a feed-forward's first Linear: its outputs beyond `width` units are zeroed, which
-    is exactly the narrow feed-forward when the activation maps 0 to 0 (ReLU, Swish, GELU)."""
+    is exactly the narrow feed-forward when the activation maps 0 to 0 (ReLU, Swish, GELU); for layers that
+    are not quantized Linears (narrow_feed_forward's)."""
 
     def __init__(self, units):
         self.units = units
