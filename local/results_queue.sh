@@ -4,12 +4,14 @@
 #   local/results_queue.sh                 # from the recipe's root, in the background: hours to days on 2 cores
 # Its report: local/budget_sweep.sh --stage 9 (the sweep), ./run.sh --stage 9 --quant_confs conf/quant/aio_d432_ff_w42.yaml
 # (all-in-one); the tuning runs are read from their dev decodes (results/tuning_mixed_precision.md).
-# 1. Stages 1-5 (the corpus and the FP32 Conformer, every core), README's main command's stages 6-9 (the
-#    default systems on every test set), and w8_ptq and w4 decoded on int8 kernels (conf/decode_asr_int8.yaml).
-# 2. Two 1-thread lanes side by side (on 2 cores two 1-thread trainings do 1.41x the work of one 2-thread one):
-#    a. the budget sweep (local/budget_sweep.sh's confs): the 3-bit budget first (w4 and 10.7x decide the
-#       highest lossless ratio), then the tuning at 2.5 bits (seed 1, decoded on dev too:
-#       conf/quant/tuning/, results/tuning_mixed_precision.md), then 2.5 bits, equal compute, the rest;
+# 1. Stages 1-5 (the corpus and the FP32 Conformer, every core).
+# 2. Two 1-thread lanes side by side (on 2 cores two 1-thread trainings do 1.41x the work of one 2-thread one;
+#    a process of more threads beside another would slow both many times over):
+#    a. README's main command's stages 6-9 (the default systems on every test set), w8_ptq and w4 decoded on
+#       int8 kernels (conf/decode_asr_int8.yaml), then the budget sweep (local/budget_sweep.sh's confs): the
+#       3-bit budget first (w4 and 10.7x decide the highest lossless ratio), then the tuning at 2.5 bits (seed 1,
+#       decoded on dev too: conf/quant/tuning/, results/tuning_mixed_precision.md), then 2.5 bits, equal
+#       compute, the rest;
 #    b. all-in-one (conf/quant/aio_d432_ff_w42.yaml: 12 nested systems and their twins).
 # Progress: exp/queue/queue.log (a line per step); each step's output: exp/queue/<lane>.log.
 set -uo pipefail
@@ -27,9 +29,6 @@ case "${1:-}" in --list) list=true;; "") ;; *) echo "$0: unknown option $1 (only
 if ! ${list}; then
 mkdir -p ${q}
 step baseline.done main.log "stages 1-5: corpus, FP32 Conformer" --stop_stage 5 || exit 1
-step default.done main.log "stages 6-9: the default systems" --stage 6 || exit 1
-step int8.done main.log "w8_ptq and w4 on int8 kernels" --stage 7 --stop_stage 8 --test_sets test \
-    --inference_config conf/decode_asr_int8.yaml --acoustic_config "" --quant_confs "conf/quant/w8_ptq.yaml conf/quant/w4.yaml"
 fi
 
 sweep() {   # sweep <lane log> <sets> <seeds> <conf>...: each seed in turn, every conf (conf/quant/<conf>.yaml)
@@ -44,6 +43,12 @@ sweep() {   # sweep <lane log> <sets> <seeds> <conf>...: each seed in turn, ever
 }
 lane_a() {
     export OMP_NUM_THREADS=1
+    if ! ${list}; then
+        step default.done lane_a.log "stages 6-9: the default systems" --nj 1 --stage 6 || return 1
+        step int8.done lane_a.log "w8_ptq and w4 on int8 kernels" --nj 1 --stage 7 --stop_stage 8 --test_sets test \
+            --inference_config conf/decode_asr_int8.yaml --acoustic_config "" \
+            --quant_confs "conf/quant/w8_ptq.yaml conf/quant/w4.yaml" || return 1
+    fi
     sweep lane_a.log test "1 2 3" fp32_cont w4 w3 mpq_one_stage_3bit mpq_one_stage_3bit_out8 mpq_kl_3bit mpq_hessian_3bit \
         mpq_supernet_3bit
     sweep lane_a.log "dev test" 1 mpq_one_stage_2p5bit tuning/mpq_one_stage_2p5bit_lr0p5 tuning/mpq_one_stage_2p5bit_lr8 \
