@@ -70,6 +70,23 @@ def test_a_run_trained_on_a_device_is_finalized_packed_and_decoded_on_the_cpu(de
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_an_all_in_one_update_runs_on(device, tmp_path):
+    """Nested systems (unit slices, the subsampling shared with its random state, the GPU's included) on the
+    device, learning from the float teacher there."""
+    from tests.test_nested import batch as aio_batch, build as aio_build, float_model_of
+    torch.save(float_model_of().state_dict(), tmp_path / "fp32.pth")
+    model, _ = aio_build(teacher=str(tmp_path / "fp32.pth"))
+    model.to(device).train()
+    stats = {}
+    for _ in range(2):
+        loss, stats, _ = model(*(t.to(device) for t in aio_batch()))
+        loss.backward()
+    assert loss.device.type == device and int(model.aio_forwards) == 2
+    assert {"loss_largest", "loss_smallest", "mpq_kl"} <= set(stats)
+    assert all(torch.isfinite(v).all() for v in stats.values() if isinstance(v, torch.Tensor))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_hessian_sensitivity_on_a_device_matches_the_cpu(device):
     model = tiny_asr_model()
     names = list(plan(model, QuantConfig(modules=[r"encoder\.encoders\.0\.feed_forward\.w_[12]", "ctc"]), CONFORMER))
