@@ -48,6 +48,10 @@ asr_model_dir=""      # an ESPnet ASR model trained elsewhere (its exp dir, or a
                       # imports it into exp/asr_<tag> (mpq_plugins.bin.import_model), stage 5 trains nothing, and
                       # stages 6-9 compress it; its config, tokens and normalization replace --asr_config's
 asr_model_file=""     # the imported model's checkpoint (default: the best one beside its config.yaml)
+                      # --asr_model_dir may also be a transformers wav2vec2/HuBERT model fine-tuned with CTC
+                      # (Wav2Vec2ForCTC, HubertForCTC: config.json, weights, vocab.json), with
+                      # --inference_model valid.cer_ctc.best.pth (a CTC model is chosen by validation CER)
+asr_token_case=""     # such a model's letters in the corpus's case: lower or upper ("": as its vocab.json)
 asr_args=""           # extra options for ESPnet's asr_train (mpq_plugins.bin.asr_train: ESPnet's, plus our
                       # quantization options and encoders: hf_ssl, wav2vec2/HuBERT from a local directory)
 inference_args=""     # extra options for decoding
@@ -164,7 +168,7 @@ fi
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ] && [ -n "${asr_model_dir}" ]; then
     log 2 "import: ${asr_model_dir} -> ${asr_exp}/ (config, tokens, checkpoint)"
     python -m mpq_plugins.bin.import_model --model_dir ${asr_model_dir} ${asr_model_file:+--model_file ${asr_model_file}} \
-        --out_dir ${asr_exp}
+        ${asr_token_case:+--token_case ${asr_token_case}} --checkpoint_name ${inference_model} --out_dir ${asr_exp}
     imported
     hide_transformers
 elif [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then

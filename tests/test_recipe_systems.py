@@ -60,3 +60,23 @@ def test_a_foundation_model_is_fine_tuned_with_ctc_and_compressed(corpus, tmp_pa
         assert_packed_with_encoder(exp, "hf_ssl", header_slack=8192)
         assert (exp / DECODE / "test" / "score_wer" / "result.txt").exists()
     assert json.loads((corpus / "exp_ssl" / "asr_train_tiny_w2v_w4" / "packed.size.json").read_text())["avg_weight_bits"] == 4
+
+
+def test_a_transformers_ctc_model_is_imported_compressed_and_decoded(corpus, tmp_path):
+    """A tiny Wav2Vec2ForCTC in transformers' format (upper-case letters, as most English CTC models) through
+    stages 2-8: converted (its letters in the corpus's lower case, the checkpoint chosen by CER), its lengths
+    measured, nothing trained, w4 fine-tuned from it and packed, both decoded and scored."""
+    from tests.test_hf_ctc import write_ctc_model
+    vocab = ["<pad>", "<s>", "</s>", "<unk>", "|"] + [chr(ord("A") + i) for i in range(26)] + ["'"]
+    src, _ = write_ctc_model(tmp_path, vocab=vocab)
+    r = run(corpus, "--asr_model_dir", src, "--asr_token_case", "lower", "--asr_tag", "hf_ctc", "--stage", "2",
+            "--stop_stage", "8", "--inference_model", "valid.cer_ctc.best.pth", "--test_sets", "test",
+            "--quant_test_sets", "test", "--acoustic_config", "", "--quant_confs", f"{ROOT}/conf/quant/w4.yaml")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "train: nothing, exp/asr_hf_ctc is imported" in r.stdout
+    tokens = (corpus / "exp" / "asr_hf_ctc" / "tokens.txt").read_text().split()
+    assert tokens[:5] == ["<blank>", "<s>", "</s>", "<unk>", "<space>"] and "a" in tokens and "A" not in tokens
+    for system in ("asr_hf_ctc", "asr_hf_ctc_w4"):
+        exp = corpus / "exp" / system
+        assert_packed_with_encoder(exp, "hf_ssl", header_slack=8192)
+        assert (exp / DECODE / "test" / "score_wer" / "result.txt").exists()

@@ -14,7 +14,10 @@ directory above it that has it. `import_model` checks everything before anything
 - an encoder whose module groups we know (ENCODERS), and no quantization yet;
 - the model built from the config loads the checkpoint strictly;
 then writes out_dir/config.yaml (paths into out_dir), tokens.txt, bpe.model, feats_stats.npz and the
-checkpoint as valid.acc.best.pth. Each problem is one error naming the file and what is expected.
+checkpoint (as valid.acc.best.pth, or the name given: the recipe's --inference_model). Each problem is one error naming the file and what is expected.
+
+A transformers wav2vec2/HuBERT model fine-tuned with CTC (config.json of a Wav2Vec2ForCTC or HubertForCTC,
+its weights and vocab.json) is converted instead (mpq_plugins.espnet.hf_ctc): the same three files.
 """
 import glob
 import os
@@ -96,8 +99,18 @@ def find_checkpoint(config, model_file):
                            "it with --asr_model_file)")
 
 
-def import_model(model_dir, out_dir, model_file=None):
-    """Check the model dir and write the imported model into out_dir; returns a summary dict."""
+def import_model(model_dir, out_dir, model_file=None, token_case=None, checkpoint_name=None):
+    """Check the model dir and write the imported model into out_dir (its checkpoint as checkpoint_name, the
+    recipe's --inference_model; default valid.acc.best.pth, a CTC model's valid.cer_ctc.best.pth); returns a
+    summary dict. A transformers CTC model's directory
+    (mpq_plugins.espnet.hf_ctc) is converted; token_case applies to it only."""
+    from mpq_plugins.espnet.hf_ctc import is_hf_ctc_dir
+    if os.path.isdir(model_dir) and is_hf_ctc_dir(model_dir):
+        return import_hf_ctc(model_dir, out_dir, model_file, token_case, checkpoint_name or "valid.cer_ctc.best.pth")
+    checkpoint_name = checkpoint_name or "valid.acc.best.pth"
+    if token_case:
+        raise ImportModelError(f"{model_dir}: token_case is for a transformers CTC model (config.json of a "
+                               "Wav2Vec2ForCTC or HubertForCTC); an ESPnet model keeps its token list")
     from mpq_plugins.espnet.load import build_from_config    # the model is built only after the cheap checks
     config = find_config(model_dir)
     conf = read_config(config)
@@ -159,11 +172,41 @@ def import_model(model_dir, out_dir, model_file=None):
         _copy_if_changed(bpemodel, os.path.join(out_dir, "bpe.model"))
     if stats:
         _copy_if_changed(stats, os.path.join(out_dir, "feats_stats.npz"))
-    _copy_if_changed(checkpoint, os.path.join(out_dir, "valid.acc.best.pth"))
+    _copy_if_changed(checkpoint, os.path.join(out_dir, checkpoint_name))
     import yaml
     _write_if_changed(os.path.join(out_dir, "config.yaml"), yaml.safe_dump(out_conf, sort_keys=False))
     return {"config": config, "checkpoint": checkpoint, "encoder": ENCODERS[encoder], "tokens": len(tokens),
             "token_type": conf.get("token_type"), "params": sum(p.numel() for p in model.parameters())}
+
+
+def import_hf_ctc(model_dir, out_dir, model_file=None, token_case=None, checkpoint_name="valid.cer_ctc.best.pth"):
+    """A transformers CTC model as an ESPnet one in out_dir: config.yaml, tokens.txt, the checkpoint."""
+    import torch
+    import yaml
+
+    from mpq_plugins.espnet.hf_ctc import HFCTCError, convert
+    if model_file:
+        raise ImportModelError(f"{model_dir}: a transformers model's weights are its own (model.safetensors or "
+                               "pytorch_model.bin): no --model_file")
+    if ".acc." in checkpoint_name:
+        raise ImportModelError(f"{model_dir}: a CTC model has no attention accuracy: its checkpoints are chosen by "
+                               f"validation CER, not {checkpoint_name} (run.sh --inference_model "
+                               "valid.cer_ctc.best.pth)")
+    try:
+        conf, tokens, state = convert(model_dir, token_case)
+    except HFCTCError as e:
+        raise ImportModelError(str(e)) from None
+    os.makedirs(out_dir, exist_ok=True)
+    _write_if_changed(os.path.join(out_dir, "tokens.txt"), "".join(t + "\n" for t in tokens))
+    tmp = os.path.join(out_dir, checkpoint_name + ".new")
+    torch.save(state, tmp)
+    _copy_if_changed(tmp, os.path.join(out_dir, checkpoint_name))
+    os.remove(tmp)
+    out_conf = {**conf, "token_list": os.path.join(out_dir, "tokens.txt")}
+    _write_if_changed(os.path.join(out_dir, "config.yaml"), yaml.safe_dump(out_conf, sort_keys=False))
+    return {"config": os.path.join(model_dir, "config.json"), "checkpoint": model_dir,
+            "encoder": f"{conf['encoder']} (transformers CTC model)", "tokens": len(tokens), "token_type": "char",
+            "params": sum(v.numel() for k, v in state.items() if v.is_floating_point())}
 
 
 def _write_if_changed(path, text):
