@@ -16,7 +16,7 @@ ignored:
     weight_bits: 4.0             # average bits per quantized weight (32.0 for float)
     bits_per_layer: {layer: 4, ...}      # {} for float
     sizes: {fp32_bytes, disk_bytes, accounted_bytes, header_bytes, compression_ratio, params, quantized_fraction}
-    compression_time: {search_s, train_s, pack_s, total_s, cpu_s}   # null for the baseline / no log
+    compression_time: {search_s, train_s, pack_s, total_s, cpu_s[, train_cpu_s]}   # null for the baseline / no log
     source_checkpoint: exp/asr_x/valid.acc.ave.pth
     seed: 0                      # null when the config has none
     training: {epochs, train_seconds, best_valid_acc, best_epoch}   # null when unknown

@@ -28,7 +28,8 @@ def describe(method, quant):
 
 
 def compression_time(exp_dir):
-    """{search_s, train_s, pack_s, total_s, cpu_s} from compression_time.json (mpq_plugins.bin.timed), or None.
+    """{search_s, train_s, pack_s, total_s, cpu_s, train_cpu_s} from compression_time.json (mpq_plugins.bin.timed),
+    or None.
     Sensitivities that a two-stage search read from the cache (search.json) are charged the seconds of the
     search that computed them: every system pays for its whole search, whichever ran first."""
     log = read_json(os.path.join(exp_dir, "compression_time.json"), [])
@@ -41,7 +42,9 @@ def compression_time(exp_dir):
         parts["search"] += search["search_seconds"]
         total += search["search_seconds"]
         cpu += search.get("search_cpu_seconds", search["search_seconds"])
-    return {**{f"{w}_s": round(v, 2) for w, v in parts.items()}, "total_s": round(total, 2), "cpu_s": round(cpu, 2)}
+    train_cpu = sum(e["cpu_s"] for e in log if e["what"] == "train")
+    return {**{f"{w}_s": round(v, 2) for w, v in parts.items()}, "total_s": round(total, 2), "cpu_s": round(cpu, 2),
+            "train_cpu_s": round(train_cpu, 2)}
 
 
 def system_record(exp_dir, quant_conf, source_checkpoint, twin=False):
