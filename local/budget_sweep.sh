@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The budget sweep of mixed-precision quantization on the default recipe: one-stage, KL, Hessian and
-# supernet at 3, 2.5, 2 and 1.75 stored bits a parameter (whole packed file: 10.7x to 18.3x), the
+# supernet at 3.5, 3, 2.5, 2 and 1.75 stored bits a parameter (whole packed file: 9.1x, the size of uniform
+# w3, to 18.3x), the
 # uniform systems 4, 3, 2, 1.6 (ternary) and 1 bit, the searched methods with half the fine-tuning
 # (equal compute) and the float control, each over the seeds; then one report over all of them.
 #   local/budget_sweep.sh                      # stages 6-8 seed by seed (test set only), then stage 9
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 confs="fp32_cont w4 w3 w2 w1p6 w1"
-for b in 3bit 2p5bit 2bit 1p75bit; do
+for b in 3p5bit 3bit 2p5bit 2bit 1p75bit; do
     for m in one_stage kl hessian supernet; do confs="${confs} mpq_${m}_${b}"; done
 done
 for b in 3bit 2p5bit; do

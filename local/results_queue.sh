@@ -9,7 +9,8 @@
 #    a process of more threads beside another would slow both many times over):
 #    a. README's main command's stages 6-9 (the default systems on every test set), w8_ptq and w4 decoded on
 #       int8 kernels (conf/decode_asr_int8.yaml), then the budget sweep (local/budget_sweep.sh's confs): the
-#       3-bit budget first (w4 and 10.7x decide the highest lossless ratio), then the tuning at 2.5 bits (seed 1,
+#       3-bit budget first and 3.5 bits (w3's size) next (w4, w3, 9.1x and 10.7x decide the highest lossless
+#       ratio), then the tuning at 2.5 bits (seed 1,
 #       decoded on dev too: conf/quant/tuning/, results/tuning_mixed_precision.md), then 2.5 bits, equal
 #       compute, the rest;
 #    b. all-in-one (conf/quant/aio_d432_ff_w42.yaml: 12 nested systems and their twins).
@@ -51,6 +52,7 @@ lane_a() {
     fi
     sweep lane_a.log test "1 2 3" fp32_cont w4 w3 mpq_one_stage_3bit mpq_one_stage_3bit_out8 mpq_kl_3bit mpq_hessian_3bit \
         mpq_supernet_3bit
+    sweep lane_a.log test "1 2 3" mpq_one_stage_3p5bit mpq_kl_3p5bit mpq_hessian_3p5bit mpq_supernet_3p5bit
     sweep lane_a.log "dev test" 1 mpq_one_stage_2p5bit tuning/mpq_one_stage_2p5bit_lr0p5 tuning/mpq_one_stage_2p5bit_lr8 \
         mpq_one_stage_2p5bit_teacherkl tuning/mpq_one_stage_2p5bit_teacherkl_lr0p5 tuning/mpq_one_stage_2p5bit_teacherkl_lr8 \
         mpq_supernet_2p5bit tuning/mpq_supernet_2p5bit_lr0p5 tuning/mpq_supernet_2p5bit_lr2 \

@@ -34,18 +34,18 @@ def test_every_shipped_quantization_section_is_valid():
             QuantConfig.from_dict(conf["quantization"], path)       # bit-widths, budgets, search options
 
 
-def test_the_budget_sweep_lists_existing_confs_at_four_budgets_and_both_compute_levels():
+def test_the_budget_sweep_lists_existing_confs_at_five_budgets_and_both_compute_levels():
     import subprocess
     out = subprocess.run([os.path.join(ROOT, "local", "budget_sweep.sh"), "--list"], capture_output=True, text=True,
                          check=True).stdout.split()
-    assert len(out) == len(set(out)) == 31 and all(os.path.exists(os.path.join(ROOT, p)) for p in out)
+    assert len(out) == len(set(out)) == 35 and all(os.path.exists(os.path.join(ROOT, p)) for p in out)
     budgets = {}
     for p in out:
         conf = compose(os.path.join(ROOT, p))
         mp = (conf.get("quantization") or {}).get("mixed_precision")
         if mp and "_half" not in p:
             budgets.setdefault(conf["method"], set()).add(mp["budget"]["avg_bits"])
-    assert budgets == {m: {3, 2.5, 2, 1.75} for m in ("one_stage", "kl", "hessian", "supernet")}
+    assert budgets == {m: {3.5, 3, 2.5, 2, 1.75} for m in ("one_stage", "kl", "hessian", "supernet")}
     halves = [compose(os.path.join(ROOT, p)) for p in out if "_half" in p]
     assert len(halves) == 6 and all(h["num_iters_per_epoch"] == 212 for h in halves)
 
