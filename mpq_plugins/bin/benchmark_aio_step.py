@@ -10,10 +10,11 @@ and the quant conf): the nested model learns from the float teacher (its largest
 (the others), each twin is its system's architecture and bits learning from the float teacher. Weights are
 random (a float model of the base conf: the teacher, and the start of the nested model and of each twin, cut to
 its shape as the recipe cuts it); time does not depend on them. A step is forward, backward and Adam on the same
-batch in training mode (the default recipe's batch: 12 utterances of 3 s), on one thread (--threads). The nested model's update trains a different sample of systems each time: its figure is the
-mean over repeats, as are the twins' (a run's time is a sum); all take turns, so a busier moment of the machine
-falls on all alike. At equal updates, the one pass costs the mean update and the twins the sum of their steps:
-their ratio is what the recipe's report measures on whole runs (which add validation, packing and start-up).
+batch in training mode (the default recipe's batch: 12 utterances of 3 s), on one thread (--threads). The nested
+model's update trains a different sample of systems each time: its figure is the mean over repeats, as are the
+twins' (a run's time is a sum); all take turns, so a busier moment of the machine falls on all alike. At equal
+updates, the one pass costs the mean update and the twins the sum of their steps: their ratio is what the
+recipe's report measures on whole runs (which add validation, packing and start-up).
 """
 import argparse
 import os
@@ -28,7 +29,6 @@ import yaml
 from mpq_plugins.bin.benchmark_quant import interleaved_times, steady_allocator, write_report
 from mpq_plugins.bin.quant_config import training_config
 from mpq_plugins.confio import read_config
-from mpq_plugins.espnet.checkpoint import load_state_strict
 from mpq_plugins.espnet.load import build_from_config
 from mpq_plugins.espnet.nested import export_float
 from mpq_plugins.espnet.task import QuantASRTask

@@ -14,7 +14,8 @@ directory above it that has it. `import_model` checks everything before anything
 - an encoder whose module groups we know (ENCODERS), and no quantization yet;
 - the model built from the config loads the checkpoint strictly;
 then writes out_dir/config.yaml (paths into out_dir), tokens.txt, bpe.model, feats_stats.npz and the
-checkpoint (as valid.acc.best.pth, or the name given: the recipe's --inference_model). Each problem is one error naming the file and what is expected.
+checkpoint (as valid.acc.best.pth, or the name given: the recipe's --inference_model). Each problem is one
+error naming the file and what is expected.
 
 A transformers wav2vec2/HuBERT model fine-tuned with CTC (config.json of a Wav2Vec2ForCTC or HubertForCTC,
 its weights and vocab.json) is converted instead (mpq_plugins.espnet.hf_ctc): the same three files.
@@ -102,11 +103,12 @@ def find_checkpoint(config, model_file):
 def import_model(model_dir, out_dir, model_file=None, token_case=None, checkpoint_name=None):
     """Check the model dir and write the imported model into out_dir (its checkpoint as checkpoint_name, the
     recipe's --inference_model; default valid.acc.best.pth, a CTC model's valid.cer_ctc.best.pth); returns a
-    summary dict. A transformers CTC model's directory
-    (mpq_plugins.espnet.hf_ctc) is converted; token_case applies to it only."""
+    summary dict. A transformers CTC model's directory (mpq_plugins.espnet.hf_ctc) is converted; token_case
+    applies to it only."""
     from mpq_plugins.espnet.hf_ctc import is_hf_ctc_dir
     if os.path.isdir(model_dir) and is_hf_ctc_dir(model_dir):
-        return import_hf_ctc(model_dir, out_dir, model_file, token_case, checkpoint_name or "valid.cer_ctc.best.pth")
+        return import_hf_ctc(model_dir, out_dir, model_file, token_case,
+                             checkpoint_name or "valid.cer_ctc.best.pth")
     checkpoint_name = checkpoint_name or "valid.acc.best.pth"
     if token_case:
         raise ImportModelError(f"{model_dir}: token_case is for a transformers CTC model (config.json of a "
