@@ -122,7 +122,8 @@ def write_system(exp_dir, rec):
     if problems:
         raise RecordError(f"{exp_dir}/{FILE}: not a valid system record: {'; '.join(problems)}")
     path = os.path.join(exp_dir, FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"   # two recipes recording the same float model never share one
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(f"# {rec['system']}: {rec['description']} (written by mpq_plugins.bin.record_system)\n")
         yaml.safe_dump(rec, f, sort_keys=False)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)

@@ -363,3 +363,26 @@ def test_two_systems_compared_on_every_set_and_decode_both_have(recipe, capsys):
     other = make_system(recipe, "asr_x_w3", edit(lambda u: 0), "qat", weight_bits=3, sets=("dev",), decode="decode_other")
     with pytest.raises(SystemExit, match="share no decode and test set"):
         compare_systems.main([b, other])
+
+
+def _write_records(exp_dir, rec, n):
+    from mpq_plugins.record import write_system
+    for _ in range(n):
+        write_system(exp_dir, rec)
+
+
+def test_two_processes_recording_one_system_at_once_both_succeed(tmp_path):
+    """Two recipes running stage 6 beside each other both record the float model they share: neither
+    may rename the other's half-written temporary file away (it did, and one recipe stopped)."""
+    import multiprocessing
+    exp = tmp_path / "asr_r"
+    exp.mkdir()
+    rec = record("asr_r")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_records, args=(str(exp), rec, 150)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert read_system(str(exp)) == rec and os.listdir(exp) == ["system.yaml"]
