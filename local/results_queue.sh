@@ -8,25 +8,40 @@
 # 2. Two 1-thread lanes side by side (on 2 cores two 1-thread trainings do 1.41x the work of one 2-thread one;
 #    a process of more threads beside another would slow both many times over):
 #    a. README's main command's stages 6-9 (the default systems on every test set), w8_ptq and w4 decoded on
-#       int8 kernels (conf/decode_asr_int8.yaml), then the budget sweep (local/budget_sweep.sh's confs): the
-#       3-bit budget first and 3.5 bits (w3's size) next (w4, w3, 9.1x and 10.7x decide the highest lossless
-#       ratio), then the tuning at 2.5 bits (seed 1,
-#       decoded on dev too: conf/quant/tuning/, results/tuning_mixed_precision.md), then 2.5 bits, equal
-#       compute, the rest;
-#    b. all-in-one (conf/quant/aio_d432_ff_w42.yaml: 12 nested systems and their twins).
-# Progress: exp/queue/queue.log (a line per step); each step's output: exp/queue/<lane>.log.
+#       int8 kernels (conf/decode_asr_int8.yaml), the 3-bit budget of the sweep (local/budget_sweep.sh's confs)
+#       seeds 1 and 2, then the tuning at 2.5 bits (seed 1, decoded on dev too: conf/quant/tuning/,
+#       results/tuning_mixed_precision.md), then 2.5 bits, equal compute, the rest;
+#    b. all-in-one seed 1 (conf/quant/aio_d432_ff_w42.yaml: 12 nested systems and their twins), the 3-bit budget
+#       seed 3, 3.5 bits (w3's size) seeds 1-3, all-in-one seeds 2 and 3.
+#    w4, w3, 9.1x and 10.7x decide the highest lossless ratio, hence the 3-bit and 3.5-bit budgets first.
+#   local/results_queue.sh --lane b        # one lane only (e.g. the other on a second machine sharing exp/)
+# A step is run by one queue at a time (a lock beside its done file): two queues never train one system at once;
+# a queue skips a step another one is running (and what depends on it: stages 6-9 on stages 1-5, the int8
+# decodes on the default systems), so two queues started side by side share the sweep.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 q=exp/queue
 log() { echo "$(date '+%F %T') $*" >> ${q}/queue.log; }
 step() {   # step <done file> <log> <what> run.sh options...: once, its done file written when it succeeds
-    local done=${q}/$1 out=${q}/$2 what=$3; shift 3
+    local done=${q}/$1 out=${q}/$2 what=$3 rc=0; shift 3
     [ -f ${done} ] && return 0
+    exec {lock}> ${done}.lock
+    if ! flock -n ${lock}; then exec {lock}>&-; log "${what}: running in another queue, skipped"; return 1; fi
+    if [ -f ${done} ]; then exec {lock}>&-; return 0; fi   # finished by another queue in the meantime
     log "${what}"
-    if nice -n 10 "${root}/run.sh" "$@" >> ${out} 2>&1; then date > ${done}; else log "${what}: FAILED (${out})"; return 1; fi
+    if nice -n 10 "${root}/run.sh" "$@" >> ${out} 2>&1; then date > ${done}; else log "${what}: FAILED (${out})"; rc=1; fi
+    exec {lock}>&-
+    return ${rc}
 }
 list=false   # --list: the quant confs of the lanes, one a line, and nothing run
-case "${1:-}" in --list) list=true;; "") ;; *) echo "$0: unknown option $1 (only --list)" >&2; exit 1;; esac
+lanes="a b"  # --lane a|b: one lane
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --list) list=true; shift;;
+        --lane) case "${2:-}" in a|b) lanes=$2;; *) echo "$0: --lane takes a or b, not '${2:-}'" >&2; exit 1;; esac; shift 2;;
+        *) echo "$0: unknown option $1 (--list, --lane a|b)" >&2; exit 1;;
+    esac
+done
 if ! ${list}; then
 mkdir -p ${q}
 step baseline.done main.log "stages 1-5: corpus, FP32 Conformer" --stop_stage 5 || exit 1
@@ -42,6 +57,7 @@ sweep() {   # sweep <lane log> <sets> <seeds> <conf>...: each seed in turn, ever
         done
     done
 }
+tier3="fp32_cont w4 w3 mpq_one_stage_3bit mpq_one_stage_3bit_out8 mpq_kl_3bit mpq_hessian_3bit mpq_supernet_3bit"
 lane_a() {
     export OMP_NUM_THREADS=1
     if ! ${list}; then
@@ -50,9 +66,7 @@ lane_a() {
             --inference_config conf/decode_asr_int8.yaml --acoustic_config "" \
             --quant_confs "conf/quant/w8_ptq.yaml conf/quant/w4.yaml" || return 1
     fi
-    sweep lane_a.log test "1 2 3" fp32_cont w4 w3 mpq_one_stage_3bit mpq_one_stage_3bit_out8 mpq_kl_3bit mpq_hessian_3bit \
-        mpq_supernet_3bit
-    sweep lane_a.log test "1 2 3" mpq_one_stage_3p5bit mpq_kl_3p5bit mpq_hessian_3p5bit mpq_supernet_3p5bit
+    sweep lane_a.log test "1 2" ${tier3}
     sweep lane_a.log "dev test" 1 mpq_one_stage_2p5bit tuning/mpq_one_stage_2p5bit_lr0p5 tuning/mpq_one_stage_2p5bit_lr8 \
         mpq_one_stage_2p5bit_teacherkl tuning/mpq_one_stage_2p5bit_teacherkl_lr0p5 tuning/mpq_one_stage_2p5bit_teacherkl_lr8 \
         mpq_supernet_2p5bit tuning/mpq_supernet_2p5bit_lr0p5 tuning/mpq_supernet_2p5bit_lr2 \
@@ -68,8 +82,12 @@ lane_a() {
 }
 lane_b() {
     export OMP_NUM_THREADS=1
-    sweep lane_b.log test "1 2 3" aio_d432_ff_w42
+    sweep lane_b.log test 1 aio_d432_ff_w42
+    sweep lane_b.log test 3 ${tier3}
+    sweep lane_b.log test "1 2 3" mpq_one_stage_3p5bit mpq_kl_3p5bit mpq_hessian_3p5bit mpq_supernet_3p5bit
+    sweep lane_b.log test "2 3" aio_d432_ff_w42
     ${list} || log "lane b: done"
 }
 if ${list}; then lane_a; lane_b; exit 0; fi
-lane_a & lane_b & wait
+for l in ${lanes}; do lane_${l} & done
+wait

@@ -143,3 +143,5 @@ def test_the_results_queue_runs_every_conf_of_the_sweep_the_tuning_and_all_in_on
     assert set(run("budget_sweep.sh", "--list")) | set(tuning) | {"conf/quant/aio_d432_ff_w42.yaml"} == set(queued)
     r = subprocess.run([os.path.join(ROOT, "local", "results_queue.sh"), "--go"], capture_output=True, text=True)
     assert r.returncode != 0 and "unknown option --go" in r.stderr
+    r = subprocess.run([os.path.join(ROOT, "local", "results_queue.sh"), "--lane", "c"], capture_output=True, text=True)
+    assert r.returncode != 0 and "--lane takes a or b, not 'c'" in r.stderr
