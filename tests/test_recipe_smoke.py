@@ -317,3 +317,26 @@ def test_espnet_rnn_lm_still_works(recipe):
     assert (recipe / "exp" / "lm_train_lm_tiny_char" / "valid.loss.best.pth").exists()
     log = (recipe / "exp" / "asr_train_tiny" / "decode_tiny_espnet_packed" / "dev" / "logdir" / "asr_inference.1.log").read_text()
     assert "--lm_file" in log and "--word_lm_file" not in log and "'search': 'espnet'" in log
+
+
+def test_decoding_benchmark_times_every_decoder_in_turns_and_counts_errors(recipe, monkeypatch):
+    """benchmark_decoding on the tiny recipe: the float32 system and w4 served by int8 kernels, ESPnet's search and
+    both fast decodes, two turns each; the errors are those of the hypotheses against the references."""
+    from mpq_plugins.bin.benchmark_decoding import main
+    monkeypatch.chdir(recipe)
+    main(["--exp", "exp/asr_train_tiny", "--w8_exp", "exp/asr_train_tiny_w4", "--data", "data/test",
+          "--calib_data", "data/dev", "--lm_dir", "exp/lm_word_3gram", "--n_utts", "3", "--repeats", "2",
+          "--out", "bench/decoding.md"])
+    res = json.loads((recipe / "bench" / "decoding.json").read_text())
+    words = sum(len(line.split()) - 1 for line in (recipe / "data" / "test" / "text").read_text().splitlines()[:3])
+    assert [(r["system"], r["decoder"].split(":")[0]) for r in res["rows"]] == [
+        (s, d) for s in ("float32", "w8, int8 kernels") for d in ("ESPnet joint beam search + word LM", "fast",
+                                                                 "fast acoustic")]
+    for r in res["rows"]:
+        assert len(r["repeats"]) == 2 and r["seconds"] > 0 and r["words"] == words and 0 <= r["errors"]
+        assert r["rtf"] == pytest.approx(r["seconds"] / res["audio_seconds"])
+    md = (recipe / "bench" / "decoding.md").read_text()
+    assert "--repeats 2" in md and "--calib_data data/dev" in md and "x faster|" in md
+    assert not (recipe / "bench" / ".benchmark_keys").exists()
+    with pytest.raises(SystemExit):
+        main(["--exp", "exp/asr_train_tiny", "--data", "data/test", "--lm_dir", "exp/lm_word_3gram", "--repeats", "0"])

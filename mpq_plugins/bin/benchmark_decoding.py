@@ -12,13 +12,16 @@ On one thread, the first --n_utts utterances of --data, decoded by:
 3. the fast acoustic decode (search: ctc; tuned likewise, else conf/decode_acoustic.yaml);
 with the float32 system (--exp) and, when --w8_exp is packed, the 8-bit system served by int8 kernels
 (mpq_plugins.quant.serve; subsampling calibrated on --calib_data). Every timing is from this run; the
-ratios are against ESPnet's search and against float32 measured in it. The CPU's model and its SIMD
+ratios are against ESPnet's search and against float32 measured in it. The decodes take turns --repeats
+times (float32 and int8 alternating, so that a drift of the machine touches both) and each figure is the
+median over the repeats. The CPU's model and its SIMD
 flags are recorded: int8 speed depends on them.
 """
 import argparse
 import itertools
 import json
 import os
+import statistics
 import time
 
 import jiwer
@@ -80,12 +83,16 @@ def main(argv=None):
     p.add_argument("--lm_dir", required=True, help="stage 4's LM dir: lm.json, lm.arpa, words.txt")
     p.add_argument("--conf_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "conf"))
     p.add_argument("--n_utts", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=3, help="turns of every decode; figures are medians")
     p.add_argument("--out", default="results/benchmark_decoding.md")
     a = p.parse_args(argv)
+    if a.repeats < 1:
+        p.error(f"--repeats {a.repeats}: at least 1")
     torch.set_num_threads(1)
     t_start = time.time()
     refs = {k: v for k, v, _ in read_table(os.path.join(a.data, "text"))}
     keys = [k for k, _, _ in read_table(os.path.join(a.data, "wav.scp"))][: a.n_utts]
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     key_file = os.path.join(os.path.dirname(os.path.abspath(a.out)), ".benchmark_keys")
     write_atomic(key_file, "".join(f"{k}\n" for k in keys))
     lm = {"word_lm_file": os.path.join(a.lm_dir, "lm.json"), "arpa_file": os.path.join(a.lm_dir, "lm.arpa"),
@@ -102,7 +109,7 @@ def main(argv=None):
         systems["w8, int8 kernels"] = a.w8_exp
     calib = list(itertools.islice(read_batches(os.path.join(a.calib_data or a.data, "wav.scp") + ",speech,sound"), 10))
     batches_of = {}   # {batch seconds: the test utterances so batched}, read once
-    rows, audio_s = [], None
+    runs = []         # (system, decoder, conf, recognizer, batches)
     for sys_name, exp in systems.items():
         for dec_name, conf in decoders.items():
             opts = read_decode_config(conf)
@@ -114,25 +121,40 @@ def main(argv=None):
             if seconds not in batches_of:
                 batches_of[seconds] = list(read_batches(os.path.join(a.data, "wav.scp") + ",speech,sound", key_file,
                                                         seconds))
-            batches = batches_of[seconds]
-            audio_s = sum(len(w) for _, ws in batches for w in ws) / 16000
-            print(f"benchmark_decoding: {sys_name}, {dec_name} ({conf}) ...", flush=True)
-            hyps, parts = (run_espnet if opts["search"] == "espnet" else run_fast)(rec, batches)
-            total = sum(parts.values())
-            out = jiwer.process_words([refs[k] for k in keys], [hyps[k] for k in keys])
-            rows.append({"system": sys_name, "decoder": dec_name, "config": conf, "seconds": total,
-                         "rtf": total / audio_s, "parts": parts,
-                         "errors": out.substitutions + out.deletions + out.insertions,
-                         "words": sum(len(refs[k].split()) for k in keys)})
+            runs.append((sys_name, dec_name, conf, rec, batches_of[seconds], opts["search"]))
+    audio_s = sum(len(w) for _, ws in next(iter(batches_of.values())) for w in ws) / 16000
+    timed = {i: [] for i in range(len(runs))}
+    hyps_of = {}
+    order = sorted(range(len(runs)), key=lambda i: (runs[i][1], runs[i][0] != "float32"))   # float32, int8 by decoder
+    for turn in range(a.repeats):
+        for i in order:
+            sys_name, dec_name, conf, rec, batches, search = runs[i]
+            print(f"benchmark_decoding: turn {turn + 1}/{a.repeats}: {sys_name}, {dec_name} ({conf}) ...", flush=True)
+            hyps, parts = (run_espnet if search == "espnet" else run_fast)(rec, batches)
+            hyps_of.setdefault(i, hyps)
+            timed[i].append(parts)
+    rows = []
+    for i, (sys_name, dec_name, conf, _, _, _) in enumerate(runs):
+        parts = {k: statistics.median(p[k] for p in timed[i]) for k in timed[i][0]}
+        total = statistics.median(sum(p.values()) for p in timed[i])
+        hyps = hyps_of[i]
+        out = jiwer.process_words([refs[k] for k in keys], [hyps[k] for k in keys])
+        rows.append({"system": sys_name, "decoder": dec_name, "config": conf, "seconds": total,
+                     "rtf": total / audio_s, "parts": parts, "repeats": [sum(p.values()) for p in timed[i]],
+                     "errors": out.substitutions + out.deletions + out.insertions,
+                     "words": sum(len(refs[k].split()) for k in keys)})
     os.remove(key_file)
-    res = {"n_utts": len(keys), "audio_seconds": audio_s, "threads": 1, "rows": rows}
+    res = {"n_utts": len(keys), "audio_seconds": audio_s, "threads": 1, "repeats": a.repeats, "rows": rows}
     base = {r["system"]: r["rtf"] for r in rows if r["decoder"].startswith("ESPnet")}
     fl = {r["decoder"]: r["rtf"] for r in rows if r["system"] == "float32"}
     lines = ["# Decoding benchmark", "",
              f"Written by `python -m mpq_plugins.bin.benchmark_decoding --exp {a.exp}"
-             + (f" --w8_exp {a.w8_exp}" if a.w8_exp else "") + f" --data {a.data} --lm_dir {a.lm_dir} "
-             f"--n_utts {a.n_utts} --out {a.out}` in {time.time() - t_start:.0f} s: the first {len(keys)} utterances "
-             f"of {a.data} ({audio_s:.0f} s of audio), one thread. Every figure is from this run.", "",
+             + (f" --w8_exp {a.w8_exp}" if a.w8_exp else "") + f" --data {a.data}"
+             + (f" --calib_data {a.calib_data}" if a.calib_data else "") + f" --lm_dir {a.lm_dir} "
+             f"--n_utts {a.n_utts} --repeats {a.repeats} --out {a.out}` in {time.time() - t_start:.0f} s: the first "
+             f"{len(keys)} utterances of {a.data} ({audio_s:.0f} s of audio), one thread, every decode {a.repeats} "
+             "times in turn (float32 and int8 alternating); times are medians over the turns (each turn's total: "
+             f"`{os.path.splitext(os.path.basename(a.out))[0]}.json`). Every figure is from this run.", "",
              "## Environment", ""] + environment() + ["",
              "|system|decoder|RTF|speed-up over ESPnet's search|encoder share|encoder / search / rescoring (s)|"
              "WER (errors / words)|int8 over float32 (whole decode)|", "|---|---|---|---|---|---|---|---|"]
@@ -145,7 +167,6 @@ def main(argv=None):
         lines.append(f"|{r['system']}|{r['decoder']}|{r['rtf']:.4f}|{speed}|{share}|{split}|"
                      f"{100 * r['errors'] / r['words']:.1f} ({r['errors']} / {r['words']})|{int8}|")
     lines += ["", "Configs: " + "; ".join(f"{d}: `{os.path.relpath(c)}`" for d, c in decoders.items()) + "."]
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     write_atomic(a.out, "\n".join(lines) + "\n")
     write_atomic(os.path.splitext(a.out)[0] + ".json", json.dumps(res, indent=1))
     print("\n".join(lines))
