@@ -38,3 +38,12 @@ def test_all_in_one_trains_nested_systems_in_one_run_then_each_on_its_own(recipe
     assert "|asr_train_tiny_aio_tiny_d1_ff0p5_w2|" in results and "less**" in results
     assert "In CPU time, which the jobs running beside them do not inflate" in results
     assert (recipe / "results" / "aio_tiny_seed1_all_in_one.png").exists()
+    # "vs twin" is the nested system's errors minus its twin's (sclite's alignments of the two), with its sign
+    from mpq_plugins.eval.significance import utterance_errors
+    for name in ("d1_ff1_w4", "d1_ff0p5_w2"):
+        errors = [sum(e for e, _ in utterance_errors(str(recipe / "exp" / f"asr_train_tiny_aio_tiny_{s}" / DECODE / "test"
+                                                         / "score_wer" / "hyp.trn.sgml")).values())
+                  for s in (name, name + "_twin")]
+        section = results.split("### aio_tiny (seed 1)")[1]
+        row = next(line for line in section.splitlines() if line.startswith(f"|asr_train_tiny_aio_tiny_{name}|"))
+        assert f"; {errors[0] - errors[1]:+d}, p " in row

@@ -427,7 +427,7 @@ def all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir):
                 vs_twin = ""
                 if t and d in t.wer and d in n.wer:
                     c = compare(n.sgml(d), t.sgml(d), n.name, t.name, os.path.join(n.decode_dirs[d], "mapsswe_vs", t.name))
-                    vs_twin = f"{int(c['err_a'] - c['err_b']):+d}, p {fmt_p(c['p'])}" + (" (**sig.**)" if c["significant"] else "")
+                    vs_twin = f"{int(c['err_b'] - c['err_a']):+d}, p {fmt_p(c['p'])}"   # err_b: the nested system's + (" (**sig.**)" if c["significant"] else "")
                 tests.append(f"{vs_float}; {vs_twin}")
             lines.append(f"|{n.name}|{n.sizes['disk_bytes']:,}|{n.sizes['compression_ratio']:.2f}x|" + "|".join(cells)
                          + "|" + "|".join(tests) + "|")
