@@ -47,3 +47,6 @@ def test_all_in_one_trains_nested_systems_in_one_run_then_each_on_its_own(recipe
         section = results.split("### aio_tiny (seed 1)")[1]
         row = next(line for line in section.splitlines() if line.startswith(f"|asr_train_tiny_aio_tiny_{name}|"))
         assert f"; {errors[0] - errors[1]:+d}, p " in row
+        vs = json.loads((recipe / "exp" / f"asr_train_tiny_aio_tiny_{name}" / DECODE / "test" / "mapsswe_vs"
+                         / f"asr_train_tiny_aio_tiny_{name}_twin" / "result.json").read_text())
+        assert vs["err_b"] - vs["err_a"] == errors[0] - errors[1] and ("(**sig.**)" in row) == vs["significant"]

@@ -78,20 +78,29 @@ def _finish_size_axes(fig, ax, path, xlabel, ylabel):
     _save(fig, path, dpi=80, bbox_inches="tight")
 
 
-def pareto(points, path, test_set):
+def pareto(points, path, test_set, lines=True):
     """points: [{"name", "group" (a method), "bytes", "wer", "lo", "hi", "seeds"}]: WER against size with
-    interval bars, one colour and line per group (its systems in size order)."""
+    interval bars, one colour per group; lines: each group's systems joined in size order, else markers
+    alone, the systems of equal size in different groups (e.g. a nested system and its twin) joined by a
+    dotted line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 5.5))
     groups = list(dict.fromkeys(p["group"] for p in points))
     colours = plt.get_cmap("tab10")
+    if not lines:
+        by_size = {}
+        for p in points:
+            by_size.setdefault(p["bytes"], []).append(p["wer"])
+        for size, wers in by_size.items():
+            if len(wers) > 1:
+                ax.plot([size / 1e6] * 2, [min(wers), max(wers)], ":", color="grey", lw=0.8)
     for i, g in enumerate(groups):
         pts = sorted((p for p in points if p["group"] == g), key=lambda p: p["bytes"])
         x = [p["bytes"] / 1e6 for p in pts]
         y = [p["wer"] for p in pts]
         err = [[p["wer"] - p["lo"] for p in pts], [p["hi"] - p["wer"] for p in pts]]
-        ax.errorbar(x, y, yerr=err, marker="s" if g == "float32" else "o", ms=5, capsize=3, lw=1,
-                    color="black" if g == "float32" else colours(i % 10), label=g)
+        ax.errorbar(x, y, yerr=err, marker="s" if g == "float32" else "o", ms=5, capsize=3, lw=1 if lines else 0,
+                    elinewidth=1, color="black" if g == "float32" else colours(i % 10), label=g)
         for p in pts:
             ax.annotate(p["name"], (p["bytes"] / 1e6, p["wer"]), textcoords="offset points", xytext=(4, 4), fontsize=6)
     _finish_size_axes(fig, ax, path, "size on disk (MB, log scale; mean over seeds)",

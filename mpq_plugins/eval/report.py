@@ -427,7 +427,8 @@ def all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir):
                 vs_twin = ""
                 if t and d in t.wer and d in n.wer:
                     c = compare(n.sgml(d), t.sgml(d), n.name, t.name, os.path.join(n.decode_dirs[d], "mapsswe_vs", t.name))
-                    vs_twin = f"{int(c['err_b'] - c['err_a']):+d}, p {fmt_p(c['p'])}"   # err_b: the nested system's + (" (**sig.**)" if c["significant"] else "")
+                    # err_b: the nested system's errors, err_a: the twin's
+                    vs_twin = f"{int(c['err_b'] - c['err_a']):+d}, p {fmt_p(c['p'])}" + (" (**sig.**)" if c["significant"] else "")
                 tests.append(f"{vs_float}; {vs_twin}")
             lines.append(f"|{n.name}|{n.sizes['disk_bytes']:,}|{n.sizes['compression_ratio']:.2f}x|" + "|".join(cells)
                          + "|" + "|".join(tests) + "|")
@@ -462,10 +463,11 @@ def all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir):
             for m in members:
                 if main_set in m.wer:
                     wer, lo, hi = bootstrap_wer([utterance_errors(m.sgml(main_set))])
-                    points.append({"name": m.name.split("_")[-1] if group == "nested" else "", "group": group,
+                    label = " ".join(m.name.split("_")[-3:]) if group == "nested" else ""   # e.g. "d4 ff1 w4"
+                    points.append({"name": label, "group": group,
                                    "bytes": m.sizes["disk_bytes"], "wer": wer, "lo": lo, "hi": hi, "seeds": 1})
         png = f"{name}_seed{seed}_all_in_one.png"
-        plots.pareto(points, os.path.join(plot_dir, png), main_set)
+        plots.pareto(points, os.path.join(plot_dir, png), main_set, lines=False)
         lines += [f"![{name}: nested systems and twins](results/{png})", ""]
     return lines
 
