@@ -12,7 +12,7 @@
 #       seeds 1 and 2, then the tuning at 2.5 bits (seed 1, decoded on dev too: conf/quant/tuning/,
 #       results/tuning_mixed_precision.md), then 2.5 bits, equal compute, the rest;
 #    b. all-in-one seed 1 (conf/quant/aio_d432_ff_w42.yaml: 12 nested systems and their twins), the 3-bit budget
-#       seed 3, 3.5 bits (w3's size) seeds 1-3, all-in-one seeds 2 and 3.
+#       seed 3, 3.5 bits (w3's size) seeds 1-3, all-in-one with balanced losses (seed 1), all-in-one seeds 2 and 3.
 #    w4, w3, 9.1x and 10.7x decide the highest lossless ratio, hence the 3-bit and 3.5-bit budgets first.
 #   local/results_queue.sh --lane b        # one lane only (e.g. the other on a second machine sharing exp/)
 # A step is run by one queue at a time (a lock beside its done file): two queues never train one system at once;
@@ -85,6 +85,7 @@ lane_b() {
     sweep lane_b.log test 1 aio_d432_ff_w42
     sweep lane_b.log test 3 ${tier3}
     sweep lane_b.log test "1 2 3" mpq_one_stage_3p5bit mpq_kl_3p5bit mpq_hessian_3p5bit mpq_supernet_3p5bit
+    sweep lane_b.log test 1 aio_d432_ff_w42_balanced
     sweep lane_b.log test "2 3" aio_d432_ff_w42
     ${list} || log "lane b: done"
 }

@@ -69,6 +69,7 @@ def test_the_systems_are_the_product_largest_first():
     ({"systems": []}, "systems is an empty list"),
     ({"depth": [2], "widths": [1]}, "unknown key(s) widths"),
     ({"kl_from": "smallest"}, "kl_from 'smallest'"),
+    ({"balance": "mean"}, "balance 'mean' is not sum or largest"),
     ({"heads": [0.3]}, "heads 0.3 of 2 attention heads is not a whole number"),
     ({"heads": [0]}, "heads 0 is not a fraction in (0, 1]"),
 ])
@@ -209,3 +210,20 @@ def test_the_step_benchmark_times_the_one_pass_against_every_twin(tmp_path):
     assert all(len(v) == 2 and min(v) > 0 for v in res["step_s"].values())
     assert res["systems_per_update"] == 3 and res["ratio"] > 0
     assert f"the 4 twins cost {res['ratio']:.2f}x the one pass" in out.read_text()
+
+
+def test_balance_largest_gives_every_system_the_largest_systems_loss_and_its_own_gradient_direction():
+    """balance: largest: each other system's loss is scaled (a constant) to the largest's value, so the update
+    minimises n_systems x the largest's loss in value, and a system's gradient is its own, rescaled."""
+    stats = {}
+    for balance in ("sum", "largest"):
+        torch.manual_seed(0)
+        model, conf = build({**AIO, "kl_weight": 0.0, "balance": balance})
+        model.train()
+        loss, st, _ = model(*batch())
+        stats[balance] = {k: float(v) for k, v in st.items() if k.startswith("loss")}
+        stats[balance]["total"] = float(loss.detach())
+    s, b = stats["sum"], stats["largest"]
+    assert s["total"] == pytest.approx(s["loss_largest"] + s["loss_smallest"] + s["loss_sampled1"], rel=1e-5)
+    assert b["loss_smallest"] == pytest.approx(s["loss_smallest"], rel=1e-5)     # the same systems, the same losses
+    assert b["total"] == pytest.approx(3 * b["loss_largest"], rel=1e-5) and b["total"] != pytest.approx(s["total"])

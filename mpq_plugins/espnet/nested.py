@@ -355,6 +355,8 @@ class AllInOneESPnetModel(MixedPrecisionESPnetModel):
                 elif cfg.kl_from == "teacher" and cfg.kl_weight > 0:
                     loss = loss + cfg.kl_weight * self._kl_to_teacher(text_lengths, text.size(0))
                 stats["loss_smallest" if i == 1 else f"loss_sampled{i - 1}"] = loss.detach()
+                if cfg.balance == "largest":    # the size of the largest's loss, the gradient of its own
+                    loss = loss * (stats["loss_largest"] / loss.detach().clamp_min(1e-8))
             total = loss if total is None else total + loss
         stats["loss"] = total.detach()
         return force_gatherable((total, stats, weight), total.device)

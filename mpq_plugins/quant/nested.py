@@ -23,6 +23,9 @@ The `all_in_one:` section of a quant conf (`AllInOneConfig`):
         sampled: 1              # systems sampled per update besides the largest and the smallest
         kl_from: largest        # the others learn from the largest system's posteriors (or teacher, none)
         kl_weight: 1.0
+        balance: sum            # an update minimises the sum of its systems' losses; largest: each other
+                                # system's loss scaled to the largest's size (its value / its own, constant),
+                                # so each system has an equal share of the update, however poor it is
 """
 import dataclasses
 import itertools
@@ -64,6 +67,7 @@ class AllInOneConfig:
     sampled: int = 1
     kl_from: str = "largest"
     kl_weight: float = 1.0
+    balance: str = "sum"
 
     @classmethod
     def from_dict(cls, d, n_blocks, n_units, where="all_in_one", n_heads=None):
@@ -107,6 +111,8 @@ class AllInOneConfig:
             raise AllInOneError(f"{where}: sampled must be an integer >= 0")
         if c.kl_from not in ("largest", "teacher", "none"):
             raise AllInOneError(f"{where}: kl_from {c.kl_from!r} is not largest, teacher or none")
+        if c.balance not in ("sum", "largest"):
+            raise AllInOneError(f"{where}: balance {c.balance!r} is not sum or largest")
         c.system_list = sorted(out, key=lambda s: s.size_key(), reverse=True)
         c.n_units, c.n_heads = n_units, n_heads
         return c
