@@ -109,7 +109,7 @@ def main(argv=None):
         systems["w8, int8 kernels"] = a.w8_exp
     calib = list(itertools.islice(read_batches(os.path.join(a.calib_data or a.data, "wav.scp") + ",speech,sound"), 10))
     batches_of = {}   # {batch seconds: the test utterances so batched}, read once
-    runs = []         # (system, decoder, conf, recognizer, batches)
+    runs = []         # (system, decoder, conf, recognizer, batches, search)
     for sys_name, exp in systems.items():
         for dec_name, conf in decoders.items():
             opts = read_decode_config(conf)
@@ -123,7 +123,7 @@ def main(argv=None):
                                                         seconds))
             runs.append((sys_name, dec_name, conf, rec, batches_of[seconds], opts["search"]))
     audio_s = sum(len(w) for _, ws in next(iter(batches_of.values())) for w in ws) / 16000
-    timed = {i: [] for i in range(len(runs))}
+    timed = [[] for _ in runs]   # per run, each turn's seconds by part
     hyps_of = {}
     order = sorted(range(len(runs)), key=lambda i: (runs[i][1], runs[i][0] != "float32"))   # float32, int8 by decoder
     for turn in range(a.repeats):
