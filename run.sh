@@ -257,18 +257,23 @@ fi
 conf_method() { sed -n 's/^method: *\([a-z_]*\).*/\1/p' "$1"; }
 seeds_of() { if [ "$(conf_method $1)" = ptq ]; then echo ${seeds%% *}; else echo ${seeds}; fi; }   # PTQ: nothing to seed
 system_dir() { echo ${asr_exp}_$(basename $1 .yaml)$([ "$2" = 1 ] || echo _seed$2); }           # <conf> <seed>
-# an all-in-one conf stands for its exported systems and their twins (<exp>_<system>, <exp>_<system>_twin)
-aio_systems() { python -m mpq_plugins.bin.export_nested --config $1/config.yaml --list | sed "s|^|$1_|; p; s|$|_twin|"; }
-all_systems() {   # the float model, then every system of --quant_confs (after stage 6 made them)
+# an all-in-one conf stands for its exported systems and their twins (<exp>_<system>, <twins>_<system>_twin):
+# its own twins, or with `twins_from: other.yaml` those the other conf trained at the same seed (checked equal)
+twins_from() { sed -n 's/^twins_from: *\([^ #]*\).*/\1/p' "$1"; }
+twins_of() { local t=$(twins_from $1); system_dir ${t:-$1} $2; }                                  # <conf> <seed>
+aio_systems() {   # <run dir> <twins' prefix>
+    python -m mpq_plugins.bin.export_nested --config $1/config.yaml --list | sed "s|.*|$1_&\n$2_&_twin|"
+}
+all_systems() {   # the float model, then every system of --quant_confs (after stage 6 made them), each once
     local qc seed
     echo ${asr_exp}
     for qc in ${qconfs}; do for seed in $(seeds_of ${qc}); do
         if [ "$(conf_method ${qc})" = all_in_one ]; then
-            [ ! -f $(system_dir ${qc} ${seed})/config.yaml ] || aio_systems $(system_dir ${qc} ${seed})
+            [ ! -f $(system_dir ${qc} ${seed})/config.yaml ] || aio_systems $(system_dir ${qc} ${seed}) $(twins_of ${qc} ${seed})
         else
             system_dir ${qc} ${seed}
         fi
-    done; done
+    done; done | awk '!seen[$0]++'
 }
 [ -z "${quant_test_sets}" ] && quant_test_sets=${test_sets}
 sets_of() { if [ "$1" = "${asr_exp}" ]; then echo ${test_sets}; else echo ${quant_test_sets}; fi; }
@@ -321,26 +326,46 @@ quantize_system() {
         trained ${qexp} || timer="${qtime} train --resumable ${qexp} --" train_asr mpq_plugins.bin.asr_train ${qexp}/train_config.yaml \
             ${qexp} --init_param ${float_model} --seed ${seed};;
     all_in_one)
+        local s systems sexp texp twins=$(twins_of ${qc} ${seed})
         ${compose} --out ${qexp}/train_config.yaml
+        if [ ${twins} != ${qexp} ]; then   # twins_from: the other conf's twins, as this conf would train them
+            systems=$(python -m mpq_plugins.bin.export_nested --config ${qexp}/train_config.yaml \
+                --token_list ${token_dir}/tokens.txt --list) || exit 1
+            for s in ${systems}; do
+                texp=${twins}_${s}_twin
+                ${compose} --aio_system ${s} --out ${qexp}/twins/${s}_train_config.yaml
+                if ! { trained ${texp} && [ -f ${texp}/system.yaml ]; }; then
+                    echo "$0: ${qc}: twins_from $(twins_from ${qc}): its twin ${texp} is not trained (run stage 6" \
+                        "with --quant_confs $(dirname ${qc})/$(twins_from ${qc}) --seeds ${seed} first)" >&2; exit 1
+                elif ! cmp -s <(sed '/^#/d' ${qexp}/twins/${s}_train_config.yaml) <(sed '/^#/d' ${texp}/train_config.yaml); then
+                    echo "$0: ${qc}: twins_from $(twins_from ${qc}): its twin ${texp} was trained with another config" \
+                        "than this conf gives it (diff ${qexp}/twins/${s}_train_config.yaml ${texp}/train_config.yaml)" >&2
+                    exit 1
+                fi
+            done
+        fi
         trained ${qexp} || timer="${qtime} train --resumable ${qexp} --" train_asr mpq_plugins.bin.asr_train \
             ${qexp}/train_config.yaml ${qexp} --init_param ${float_model} --seed ${seed}
-        local s sexp texp
-        for s in $(python -m mpq_plugins.bin.export_nested --config ${qexp}/config.yaml --list); do
-            sexp=${qexp}_${s} texp=${qexp}_${s}_twin
+        systems=$(python -m mpq_plugins.bin.export_nested --config ${qexp}/config.yaml --list) || exit 1
+        for s in ${systems}; do
+            sexp=${qexp}_${s} texp=${twins}_${s}_twin
             python -m mpq_plugins.bin.export_nested --config ${qexp}/config.yaml --model ${qexp}/${inference_model} \
                 --system ${s} --out_dir ${sexp}
             pack ${sexp} "python -m mpq_plugins.bin.timed --log ${sexp}/compression_time.json --what pack --"
-            python -m mpq_plugins.bin.record_system --exp_dir ${sexp} --quant_conf ${qc} --source_checkpoint ${float_model}
-            # its twin: the same depth, width and bits fine-tuned alone from the float model cut to that shape
-            python -m mpq_plugins.bin.export_nested --float --config ${asr_exp}/config.yaml --model ${float_model} \
-                --aio_config ${qexp}/config.yaml --system ${s} --out_dir ${texp}/init
-            ${compose} --aio_system ${s} --out ${texp}/train_config.yaml
-            trained ${texp} || timer="python -m mpq_plugins.bin.timed --log ${texp}/compression_time.json --what train
-                --resumable ${texp} --" train_asr mpq_plugins.bin.asr_train ${texp}/train_config.yaml ${texp} \
-                --init_param ${texp}/init/${inference_model} --seed ${seed}
-            pack ${texp} "python -m mpq_plugins.bin.timed --log ${texp}/compression_time.json --what pack --"
-            python -m mpq_plugins.bin.record_system --exp_dir ${texp} --quant_conf ${qc} --twin \
-                --source_checkpoint ${float_model}
+            if [ ${twins} = ${qexp} ]; then
+                # its twin: the same depth, width and bits fine-tuned alone from the float model cut to that shape
+                python -m mpq_plugins.bin.export_nested --float --config ${asr_exp}/config.yaml --model ${float_model} \
+                    --aio_config ${qexp}/config.yaml --system ${s} --out_dir ${texp}/init
+                ${compose} --aio_system ${s} --out ${texp}/train_config.yaml
+                trained ${texp} || timer="python -m mpq_plugins.bin.timed --log ${texp}/compression_time.json --what train
+                    --resumable ${texp} --" train_asr mpq_plugins.bin.asr_train ${texp}/train_config.yaml ${texp} \
+                    --init_param ${texp}/init/${inference_model} --seed ${seed}
+                pack ${texp} "python -m mpq_plugins.bin.timed --log ${texp}/compression_time.json --what pack --"
+                python -m mpq_plugins.bin.record_system --exp_dir ${texp} --quant_conf ${qc} --twin \
+                    --source_checkpoint ${float_model}
+            fi
+            python -m mpq_plugins.bin.record_system --exp_dir ${sexp} --quant_conf ${qc} --source_checkpoint ${float_model} \
+                --twin_system ${texp}
         done
         return;;
     *) echo "$0: ${qc}: method '${method}' is not one of float ptq qat one_stage supernet kl hessian all_in_one" >&2

@@ -2,14 +2,17 @@
 
 A quant conf (conf/quant/*.yaml) says what stage 6 makes of the float model:
 
-    method: qat            # float | ptq | qat | one_stage | supernet | kl | hessian (METHODS)
+    method: qat            # float | ptq | qat | one_stage | supernet | kl | hessian | all_in_one (METHODS)
     base: w4.yaml          # optional: the conf this one changes (a path relative to this file)
+    twins_from: aio.yaml   # all_in_one only, optional: compare with the twins that conf trained (same seed)
     quantization: {...}    # the quantization section (mpq_plugins.quant.config)
     max_epoch: 1           # any ESPnet training option, for the fine-tuning
 
 `compose` reads a conf with its chain of bases: the base's keys, then the conf's on top, mappings
 merged key by key (a variant is a few lines); `method` must be stated by the conf itself, the first
-thing a reader (and run.sh) looks at.
+thing a reader (and run.sh) looks at. So must `twins_from`: an all-in-one conf that changes only how
+the nested model trains (e.g. its losses' balance) has the same twins as the conf it names, and reuses them
+instead of training them again (run.sh checks that their training configs are the ones it would write).
 """
 import os
 
@@ -27,7 +30,7 @@ METHODS = {
                   "train together; each is exported, and trained alone as its twin",
 }
 MIXED = ("one_stage", "supernet", "kl", "hessian")   # the methods with a mixed_precision part
-RECIPE_KEYS = ("method", "base")                     # keys of a quant conf that are not training options
+RECIPE_KEYS = ("method", "base", "twins_from")       # keys of a quant conf that are not training options
 
 
 class ConfError(ValueError):
@@ -71,6 +74,7 @@ def compose(path, _seen=()):
             raise ConfError(f"{path}: base {base}: no such file ({base_path})")
         under = compose(base_path, _seen + (real,))
         under.pop("method", None)
+        under.pop("twins_from", None)
         conf = merge(under, conf)
     if _seen:
         return conf
@@ -91,7 +95,29 @@ def compose(path, _seen=()):
     if (method in MIXED) != ("mixed_precision" in quant):
         raise ConfError(f"{path}: method {method} " + ("needs a quantization: mixed_precision part" if method in MIXED
                                                       else "takes fixed bit-widths, not a mixed_precision part"))
+    if "twins_from" in conf:
+        twins_conf(path, conf)
     return conf
+
+
+def twins_conf(path, conf):
+    """The path of the all-in-one conf whose twins the conf at path (composed: conf) compares with, checked."""
+    name = conf["twins_from"]
+    if conf["method"] != "all_in_one":
+        raise ConfError(f"{path}: twins_from is for method all_in_one, not {conf['method']}")
+    if not isinstance(name, str) or not name.endswith(".yaml"):
+        raise ConfError(f"{path}: twins_from must name another all-in-one conf (a .yaml path relative to this "
+                        f"file), got {name!r}")
+    other = os.path.join(os.path.dirname(path), name)
+    if not os.path.isfile(other):
+        raise ConfError(f"{path}: twins_from {name}: no such file ({other})")
+    if os.path.realpath(other) == os.path.realpath(path):
+        raise ConfError(f"{path}: twins_from {name} names this conf itself")
+    twins = compose(other)
+    if twins["method"] != "all_in_one" or "twins_from" in twins:
+        raise ConfError(f"{path}: twins_from {name}: " + (f"method {twins['method']}, not all_in_one"
+                        if twins["method"] != "all_in_one" else "trains no twins itself (it has twins_from too)"))
+    return other
 
 
 def training_options(conf):

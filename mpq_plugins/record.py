@@ -20,6 +20,7 @@ ignored:
     source_checkpoint: exp/asr_x/valid.acc.ave.pth
     seed: 0                      # null when the config has none
     training: {epochs, train_seconds, best_valid_acc, best_epoch}   # null when unknown
+    twin: asr_x_aio_d4_ff1_w4_twin       # method all_in_one only: the exp dir name of the system's twin
 """
 import json
 import os
@@ -77,6 +78,9 @@ def _problems(rec, name):
                                        len(set(rec["budget"]) & {"avg_bits", "ratio", "size_mb"}) == 1):
         out.append(f"method {rec['method']} needs a budget {{avg_bits: B}}, {{ratio: R}} or {{size_mb: M}}, "
                    f"not {rec['budget']!r}")
+    if rec["method"] == "all_in_one" and not (isinstance(rec.get("twin"), str) and rec["twin"]):
+        out.append(f"method all_in_one needs twin: the exp dir name of its twin, not {rec.get('twin')!r} (records "
+                   "before 2026-12-07 have none: run stage 6 again, which records them anew)")
     if not _number(rec["weight_bits"]):
         out.append(f"weight_bits {rec['weight_bits']!r} is not a number")
     for key, sub in (("sizes", SIZES), ("compression_time", COMPRESSION_TIME), ("training", TRAINING)):

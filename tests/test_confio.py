@@ -94,6 +94,32 @@ def test_base_loops_and_inherited_methods(tmp_path):
         compose(str(tmp_path / "d.yaml"))                     # the method is not inherited
 
 
+AIO = "method: all_in_one\nquantization: {weight_bits: 4}\nall_in_one: {depth: [2, 1]}\n"
+
+
+def test_twins_from_names_another_all_in_one_conf_and_is_not_inherited(tmp_path):
+    write(tmp_path / "aio.yaml", AIO)
+    write(tmp_path / "balanced.yaml", "method: all_in_one\nbase: aio.yaml\ntwins_from: aio.yaml\n"
+                                      "all_in_one: {balance: largest}\n")
+    conf = compose(str(tmp_path / "balanced.yaml"))
+    assert conf["twins_from"] == "aio.yaml" and conf["all_in_one"] == {"depth": [2, 1], "balance": "largest"}
+    assert "twins_from" not in training_options(conf)           # a recipe key, not an ESPnet option
+    write(tmp_path / "variant.yaml", "method: all_in_one\nbase: balanced.yaml\n")
+    assert "twins_from" not in compose(str(tmp_path / "variant.yaml"))   # stated by the conf itself, as run.sh reads it
+    bad = [("method: qat\nquantization: {weight_bits: 4}\ntwins_from: aio.yaml\n", "twins_from is for method all_in_one"),
+           (AIO + "twins_from: aio\n", "twins_from must name another all-in-one conf"),
+           (AIO + "twins_from: nothere.yaml\n", "twins_from nothere.yaml: no such file"),
+           (AIO + "twins_from: x.yaml\n", "names this conf itself"),
+           (AIO + "twins_from: w4.yaml\n", "twins_from w4.yaml: method qat, not all_in_one"),
+           (AIO + "twins_from: balanced.yaml\n", "trains no twins itself")]
+    write(tmp_path / "w4.yaml", "method: qat\nquantization: {weight_bits: 4}\n")
+    for text, message in bad:
+        path = write(tmp_path / "x.yaml", text)
+        with pytest.raises(ConfError, match="x.yaml") as e:
+            compose(path)
+        assert message in str(e.value)
+
+
 def test_a_run_trained_with_another_token_list_is_not_resumed(tmp_path):
     from mpq_plugins.bin.check_resume import main
     from mpq_plugins.confio import resume_conflict

@@ -1,6 +1,7 @@
 """All-in-one through run.sh on the tiny recipe (tests/recipe.py): one run trains the nested systems, each is
 exported, packed, decoded and scored beside its twin, and the report compares them."""
 import json
+import re
 
 import yaml
 
@@ -50,3 +51,38 @@ def test_all_in_one_trains_nested_systems_in_one_run_then_each_on_its_own(recipe
         vs = json.loads((recipe / "exp" / f"asr_train_tiny_aio_tiny_{name}" / DECODE / "test" / "mapsswe_vs"
                          / f"asr_train_tiny_aio_tiny_{name}_twin" / "result.json").read_text())
         assert vs["err_b"] - vs["err_a"] == errors[0] - errors[1] and ("(**sig.**)" in row) == vs["significant"]
+
+
+def test_a_conf_with_twins_from_reuses_the_other_confs_twins_and_checks_they_are_its_own(recipe):
+    # (after the test above, which trained aio_tiny and its twins in this recipe)
+    q = f"{ROOT}/tests/conf/quant"
+    twins = {s: recipe / "exp" / f"asr_train_tiny_aio_tiny_{s}_twin" for s in ("d1_ff1_w4", "d1_ff0p5_w2")}
+    before = {s: (d / "valid.acc.best.pth").stat().st_mtime for s, d in twins.items()}
+    # a variant whose twins would train otherwise (another number of epochs) is refused before it trains
+    (recipe / "aio_tiny_2ep.yaml").write_text(f"method: all_in_one\nbase: {q}/aio_tiny.yaml\n"
+                                              f"twins_from: {q}/aio_tiny.yaml\nmax_epoch: 2\n")
+    r = run(recipe, "--stage", "6", "--stop_stage", "6", "--quant_confs", str(recipe / "aio_tiny_2ep.yaml"))
+    assert r.returncode != 0 and "was trained with another config than this conf gives it" in r.stderr, r.stderr[-2000:]
+    assert not (recipe / "exp" / "asr_train_tiny_aio_tiny_2ep" / "valid.acc.best.pth").exists()
+    # at a seed where the named conf trained no twins: refused too, naming what to run
+    r = run(recipe, "--stage", "6", "--stop_stage", "6", "--seeds", "2", "--quant_confs", f"{q}/aio_tiny_balanced.yaml")
+    assert r.returncode != 0 and "asr_train_tiny_aio_tiny_seed2_d1_ff1_w4_twin" in r.stderr, r.stderr[-2000:]
+    assert "its twin" in r.stderr and "is not trained (run stage 6 with --quant_confs" in r.stderr and "--seeds 2" in r.stderr
+    assert not (recipe / "exp" / "asr_train_tiny_aio_tiny_balanced_seed2" / "valid.acc.best.pth").exists()
+
+    r = run(recipe, "--stage", "6", "--quant_confs", f"{q}/aio_tiny.yaml {q}/aio_tiny_balanced.yaml",
+            "--quant_test_sets", "test", "--acoustic_config", "")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert not list((recipe / "exp").glob("asr_train_tiny_aio_tiny_balanced_*_twin"))      # no twin trained again
+    assert {s: (d / "valid.acc.best.pth").stat().st_mtime for s, d in twins.items()} == before
+    for s, twin in twins.items():
+        nested = recipe / "exp" / f"asr_train_tiny_aio_tiny_balanced_{s}"
+        assert yaml.safe_load((nested / "system.yaml").read_text())["twin"] == twin.name
+        assert (nested / DECODE / "test" / "score_wer" / "result.txt").exists()
+    results = (recipe / "RESULTS.md").read_text()
+    section = results.split("### aio_tiny_balanced (seed 1)")[1].split("###")[0]
+    assert "Its twins are those of " in section and "aio_tiny.yaml (`twins_from`" in section
+    for s in twins:
+        row = next(line for line in section.splitlines() if line.startswith(f"|asr_train_tiny_aio_tiny_balanced_{s}|"))
+        assert " / -" not in row and re.search(r"; [+-]\d+, p ", row), row      # beside its twin
+    assert results.count("\n## asr_train_tiny_aio_tiny_d1_ff1_w4_twin\n") == 1   # each twin reported once

@@ -265,7 +265,8 @@ def test_system_record_missing_or_incomplete_is_one_clear_error(recipe):
            ({"method": "kl"}, "method kl needs a budget"),
            ({"is_float": True}, "is_float True does not fit method qat"),
            ({"weight_bits": None}, "weight_bits is null"),
-           ({"format": 2}, "format 2, this reader knows format 1")]
+           ({"format": 2}, "format 2, this reader knows format 1"),
+           ({"method": "all_in_one"}, "method all_in_one needs twin: the exp dir name of its twin, not None")]
     for change, match in bad:
         (recipe / "exp" / "asr_r_w4" / "system.yaml").write_text(yaml.safe_dump({**good, **change}))
         fails(match)

@@ -1,7 +1,10 @@
 """The systems of a one-pass all-in-one run (model mpq_all_in_one), each as a plain ESPnet model of its own.
 
-    # the systems' names, largest first (--twins: with _twin appended)
+    # the systems' names, largest first (--twins: with _twin appended); of a run not started yet: its
+    # training config (quant_config's) and the token list
     python -m mpq_plugins.bin.export_nested --config exp/asr_x_aio/config.yaml --list
+    python -m mpq_plugins.bin.export_nested --config exp/asr_x_aio/train_config.yaml \
+        --token_list data/token_list/char/tokens.txt --list
     # one nested system: its config.yaml and checkpoint (only its blocks, units and steps), and the run's
     # fine-tuning time as its compression time (the run made every system at once)
     python -m mpq_plugins.bin.export_nested --config exp/asr_x_aio/config.yaml \\
@@ -21,7 +24,7 @@ import sys
 import torch
 import yaml
 
-from mpq_plugins.confio import read_config
+from mpq_plugins.confio import read_config, read_token_list
 from mpq_plugins.espnet.checkpoint import load_checkpoint, load_state_strict
 from mpq_plugins.espnet.load import build_from_config, load_asr_model
 from mpq_plugins.espnet.nested import encoder_size, export_float, export_system
@@ -49,6 +52,7 @@ def main(argv=None):
     p.add_argument("--out_dir")
     p.add_argument("--list", action="store_true", help="print the systems' names, largest first")
     p.add_argument("--twins", action="store_true", help="with --list: the twins' names (<system>_twin)")
+    p.add_argument("--token_list", help="with --list: the tokens, for a config without them (a training config)")
     p.add_argument("--float", action="store_true", help="cut the float model of --config to the system")
     p.add_argument("--aio_config", help="with --float: config.yaml of the all-in-one run")
     a = p.parse_args(argv)
@@ -57,6 +61,8 @@ def main(argv=None):
         if aio_conf.get("model") != "mpq_all_in_one":
             raise ValueError(f"{a.aio_config if a.float else a.config}: not the config of an all-in-one run "
                              "(model mpq_all_in_one)")
+        if a.token_list:
+            aio_conf.update(token_list=read_token_list(a.token_list), normalize=None)
         nested = build_from_config(dict(aio_conf), a.aio_config if a.float else a.config)
         cfg = nested.aio
         if a.list:

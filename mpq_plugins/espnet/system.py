@@ -47,9 +47,10 @@ def compression_time(exp_dir):
             "train_cpu_s": round(train_cpu, 2)}
 
 
-def system_record(exp_dir, quant_conf, source_checkpoint, twin=False):
+def system_record(exp_dir, quant_conf, source_checkpoint, twin=False, twin_system=None):
     """The record of the system in exp_dir, made by quant_conf (None: exp_dir is the float baseline;
-    twin: the individually trained twin of an all-in-one conf's nested system)."""
+    twin: the individually trained twin of an all-in-one conf's nested system; twin_system: a nested system's
+    twin, its exp dir, recorded before it)."""
     size = read_json(os.path.join(exp_dir, "packed.size.json"))
     if size is None:
         raise ValueError(f"{exp_dir}/packed.size.json: missing (the system is not packed yet)")
@@ -63,6 +64,11 @@ def system_record(exp_dir, quant_conf, source_checkpoint, twin=False):
         if method != "all_in_one":
             raise ValueError(f"{quant_conf}: --twin is for the systems of an all_in_one conf, not method {method}")
         method = "all_in_one_twin"
+    if (method == "all_in_one") != (twin_system is not None):
+        raise ValueError(f"{exp_dir}: " + ("a nested system of an all_in_one conf needs its twin (--twin_system)"
+                                           if method == "all_in_one" else f"method {method} has no twin system"))
+    if twin_system is not None and not os.path.exists(os.path.join(twin_system, record.FILE)):
+        raise ValueError(f"{exp_dir}: its twin {twin_system} has no record ({record.FILE}): record the twin first")
     mixed = (conf.get("quantization") or {}).get("mixed_precision") or {}
     summary = read_json(os.path.join(exp_dir, "training_summary.json"))
     is_float = method in ("float", "float_control")
@@ -78,11 +84,12 @@ def system_record(exp_dir, quant_conf, source_checkpoint, twin=False):
         "source_checkpoint": source_checkpoint, "seed": config.get("seed"),
         "training": ({k: summary[k] for k in ("epochs", "train_seconds", "best_valid_acc", "best_epoch")}
                      if summary else None),
+        **({"twin": os.path.basename(os.path.normpath(twin_system))} if twin_system is not None else {}),
     }
 
 
-def write_system(exp_dir, quant_conf, source_checkpoint, twin=False):
+def write_system(exp_dir, quant_conf, source_checkpoint, twin=False, twin_system=None):
     """Write exp_dir/system.yaml; returns the record."""
-    rec = system_record(exp_dir, quant_conf, source_checkpoint, twin)
+    rec = system_record(exp_dir, quant_conf, source_checkpoint, twin, twin_system)
     record.write_system(exp_dir, rec)
     return rec

@@ -122,6 +122,7 @@ class System:
         self.training = rec["training"]
         self.seed = rec["seed"]
         self.quant_conf = rec["quant_conf"]
+        self.twin = rec.get("twin")               # a nested system's twin (record.py)
         self.decode_dirs = {}   # {set label: decode dir}: "test" under the first decode, "test (acoustic)" ...
         for decode in decodes:
             for res in sorted(glob.glob(os.path.join(path, decode, "*", "score_wer", "result.txt"))):
@@ -411,9 +412,12 @@ def all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir):
     lines = []
     for (qc, seed), nested in runs.items():
         name = os.path.splitext(os.path.basename(qc or "all_in_one"))[0]
-        twins = {n.name: by_name.get(n.name + "_twin") for n in nested}
-        lines += [f"### {name} (seed {seed})", "",
-                  "|system|size on disk (bytes)|ratio|" + "|".join(f"{d} WER nested / twin" for d in labels)
+        twins = {n.name: by_name.get(n.twin) for n in nested}   # its own or, with twins_from, another conf's
+        lines += [f"### {name} (seed {seed})", ""]
+        shared = sorted({t.quant_conf for t in twins.values() if t is not None and t.quant_conf != qc})
+        if shared:
+            lines += [f"Its twins are those of {', '.join(shared)} (`twins_from`: the same configs, trained once).", ""]
+        lines += ["|system|size on disk (bytes)|ratio|" + "|".join(f"{d} WER nested / twin" for d in labels)
                   + "|" + "|".join(f"{d}: nested vs float, vs twin (errors, p)" for d in labels) + "|",
                   "|---|---|---|" + "---|" * (2 * len(labels))]
         for n in nested:
