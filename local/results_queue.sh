@@ -9,10 +9,11 @@
 #    a process of more threads beside another would slow both many times over):
 #    a. README's main command's stages 6-9 (the default systems on every test set), w8_ptq and w4 decoded on
 #       int8 kernels (conf/decode_asr_int8.yaml), the 3-bit budget of the sweep (local/budget_sweep.sh's confs)
-#       seeds 1 and 2, then the tuning at 2.5 bits (seed 1, decoded on dev too: conf/quant/tuning/,
-#       results/tuning_mixed_precision.md), then 2.5 bits, equal compute, the rest;
+#       seeds 1 and 2, then 3.5 bits (w3's size) seeds 1-3, the tuning at 2.5 bits (seed 1, decoded on dev too:
+#       conf/quant/tuning/, results/tuning_mixed_precision.md), then 2.5 bits, equal compute, the rest;
 #    b. all-in-one seed 1 (conf/quant/aio_d432_ff_w42.yaml: 12 nested systems and their twins), the 3-bit budget
-#       seed 3, 3.5 bits (w3's size) seeds 1-3, all-in-one with balanced losses (seed 1), all-in-one seeds 2 and 3.
+#       seed 3, all-in-one with balanced losses (seed 1: the same twins), both all-in-one confs at seeds 2 and 3,
+#       then lane a's budgets beside it (each step taken by the lane that reaches it first).
 #    w4, w3, 9.1x and 10.7x decide the highest lossless ratio, hence the 3-bit and 3.5-bit budgets first.
 #   local/results_queue.sh --lane b        # one lane only (e.g. the other on a second machine sharing exp/)
 # A step is run by one queue at a time (a lock beside its done file): two queues never train one system at once;
@@ -58,6 +59,20 @@ sweep() {   # sweep <lane log> <sets> <seeds> <conf>...: each seed in turn, ever
     done
 }
 tier3="fp32_cont w4 w3 mpq_one_stage_3bit mpq_one_stage_3bit_out8 mpq_kl_3bit mpq_hessian_3bit mpq_supernet_3bit"
+budgets() {   # <lane log>: the budgets after 3 bits, lane a's work, and lane b's once its own is done (shared)
+    sweep $1 test "1 2 3" mpq_one_stage_3p5bit mpq_kl_3p5bit mpq_hessian_3p5bit mpq_supernet_3p5bit
+    sweep $1 "dev test" 1 mpq_one_stage_2p5bit tuning/mpq_one_stage_2p5bit_lr0p5 tuning/mpq_one_stage_2p5bit_lr8 \
+        mpq_one_stage_2p5bit_teacherkl tuning/mpq_one_stage_2p5bit_teacherkl_lr0p5 tuning/mpq_one_stage_2p5bit_teacherkl_lr8 \
+        mpq_supernet_2p5bit tuning/mpq_supernet_2p5bit_lr0p5 tuning/mpq_supernet_2p5bit_lr2 \
+        mpq_kl_2p5bit tuning/mpq_kl_2p5bit_utts8 tuning/mpq_kl_2p5bit_utts32 \
+        mpq_hessian_2p5bit tuning/mpq_hessian_2p5bit_utts16 tuning/mpq_hessian_2p5bit_utts64
+    sweep $1 test "1 2 3" w2 mpq_one_stage_2p5bit mpq_one_stage_2p5bit_out8 mpq_one_stage_2p5bit_teacherkl \
+        mpq_kl_2p5bit mpq_hessian_2p5bit mpq_supernet_2p5bit
+    sweep $1 test "1 2 3" mpq_one_stage_3bit_half mpq_kl_3bit_half mpq_hessian_3bit_half \
+        mpq_one_stage_2p5bit_half mpq_kl_2p5bit_half mpq_hessian_2p5bit_half
+    sweep $1 test "1 2 3" w1p6 w1 mpq_one_stage_2bit mpq_kl_2bit mpq_hessian_2bit mpq_supernet_2bit \
+        mpq_one_stage_1p75bit mpq_kl_1p75bit mpq_hessian_1p75bit mpq_supernet_1p75bit
+}
 lane_a() {
     export OMP_NUM_THREADS=1
     if ! ${list}; then
@@ -67,26 +82,16 @@ lane_a() {
             --quant_confs "conf/quant/w8_ptq.yaml conf/quant/w4.yaml" || return 1
     fi
     sweep lane_a.log test "1 2" ${tier3}
-    sweep lane_a.log "dev test" 1 mpq_one_stage_2p5bit tuning/mpq_one_stage_2p5bit_lr0p5 tuning/mpq_one_stage_2p5bit_lr8 \
-        mpq_one_stage_2p5bit_teacherkl tuning/mpq_one_stage_2p5bit_teacherkl_lr0p5 tuning/mpq_one_stage_2p5bit_teacherkl_lr8 \
-        mpq_supernet_2p5bit tuning/mpq_supernet_2p5bit_lr0p5 tuning/mpq_supernet_2p5bit_lr2 \
-        mpq_kl_2p5bit tuning/mpq_kl_2p5bit_utts8 tuning/mpq_kl_2p5bit_utts32 \
-        mpq_hessian_2p5bit tuning/mpq_hessian_2p5bit_utts16 tuning/mpq_hessian_2p5bit_utts64
-    sweep lane_a.log test "1 2 3" w2 mpq_one_stage_2p5bit mpq_one_stage_2p5bit_out8 mpq_one_stage_2p5bit_teacherkl \
-        mpq_kl_2p5bit mpq_hessian_2p5bit mpq_supernet_2p5bit
-    sweep lane_a.log test "1 2 3" mpq_one_stage_3bit_half mpq_kl_3bit_half mpq_hessian_3bit_half \
-        mpq_one_stage_2p5bit_half mpq_kl_2p5bit_half mpq_hessian_2p5bit_half
-    sweep lane_a.log test "1 2 3" w1p6 w1 mpq_one_stage_2bit mpq_kl_2bit mpq_hessian_2bit mpq_supernet_2bit \
-        mpq_one_stage_1p75bit mpq_kl_1p75bit mpq_hessian_1p75bit mpq_supernet_1p75bit
+    budgets lane_a.log
     ${list} || log "lane a: done"
 }
-lane_b() {
+lane_b() {   # all-in-one: the balanced conf's seed 1 decides which conf's seeds matter; its twins are the first's
     export OMP_NUM_THREADS=1
     sweep lane_b.log test 1 aio_d432_ff_w42
     sweep lane_b.log test 3 ${tier3}
-    sweep lane_b.log test "1 2 3" mpq_one_stage_3p5bit mpq_kl_3p5bit mpq_hessian_3p5bit mpq_supernet_3p5bit
     sweep lane_b.log test 1 aio_d432_ff_w42_balanced
-    sweep lane_b.log test "2 3" aio_d432_ff_w42
+    sweep lane_b.log test "2 3" aio_d432_ff_w42 aio_d432_ff_w42_balanced
+    budgets lane_b.log
     ${list} || log "lane b: done"
 }
 if ${list}; then lane_a; lane_b; exit 0; fi
