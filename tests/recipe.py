@@ -1,6 +1,7 @@
 """The recipe the recipe tests share: run.sh's every stage on a tiny synthetic corpus with a tiny Conformer,
 built once per test run (the first test file to need it builds it, under a lock that every test worker sees)
 and copied into a directory of its own for each test file, which may then change it as it likes."""
+import contextlib
 import fcntl
 import os
 import shutil
@@ -69,6 +70,28 @@ def corpus(tmp_path_factory):
     r = run(d, "--stop_stage", "2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return d
+
+
+@contextlib.contextmanager
+def own_audio(recipe, data_set):
+    """The first utterance of data/<data_set> pointed at a copy of its audio in this recipe, yielded, for a test
+    to spoil: every copy of the recipe reads the built one's audio files (its wav.scp paths are absolute), and
+    other test files decode them meanwhile. wav.scp is put back as it was, its time too."""
+    import shutil
+    scp = recipe / "data" / data_set / "wav.scp"
+    saved, times = scp.read_bytes(), (scp.stat().st_atime_ns, scp.stat().st_mtime_ns)
+    lines = saved.decode().splitlines(keepends=True)
+    utt, path = lines[0].split(maxsplit=1)
+    own = recipe / "own_audio" / os.path.basename(path.strip())
+    own.parent.mkdir(exist_ok=True)
+    shutil.copy2(path.strip(), own)
+    scp.write_text(f"{utt} {own}\n" + "".join(lines[1:]))
+    os.utime(scp, ns=times)                       # the data dir is the same to the stages' up-to-date checks
+    try:
+        yield str(own)
+    finally:
+        scp.write_bytes(saved)
+        os.utime(scp, ns=times)
 
 
 def kill_when(cmd, cwd, ready, timeout=180, sig=None, output=None, poll=0.02):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from tests.recipe import (ARGS, SETS, STAGE_TEMPORARIES, kill_when, pytestmark, recipe, run,  # noqa: F401
+from tests.recipe import (ARGS, DECODE, SETS, STAGE_TEMPORARIES, kill_when, pytestmark, recipe, run,  # noqa: F401
                           stage_outputs)
 
 
@@ -72,8 +72,13 @@ def test_short_stage_killed_at_random_points_reruns_to_the_same_outputs(recipe, 
     import random
     import time
     cmd = [os.path.join(ROOT, "run.sh"), *ARGS, "--stage", str(stage), "--stop_stage", str(stage)]
+
+    def run_stage(runner, *args, **kw):   # stage 8 leaves scores newer than their texts: decoded anew, it scores
+        for text in recipe.glob(f"exp/*/{DECODE}/*/text") if stage == 8 else ():
+            os.utime(text)
+        return runner(*args, **kw)
     t0 = time.time()
-    r = run(recipe, "--stage", str(stage), "--stop_stage", str(stage))
+    r = run_stage(run, recipe, "--stage", str(stage), "--stop_stage", str(stage))
     length = time.time() - t0
     assert r.returncode == 0, r.stderr[-2000:]
     want = stage_outputs(recipe, stage)
@@ -83,12 +88,12 @@ def test_short_stage_killed_at_random_points_reruns_to_the_same_outputs(recipe, 
     for delay in [rng.uniform(0.1, 0.7) * length for _ in range(2)] + [None]:
         start = time.time()
         if delay is None:   # the moment a temporary output appears (the writing itself may be too quick to catch)
-            rc = kill_when(cmd, recipe, writing, poll=0.001)
+            rc = run_stage(kill_when, cmd, recipe, writing, poll=0.001)
         else:   # a rerun may be quicker than the first run (warm caches): halve the delay until the kill lands
             tried = []
             while len(tried) < 4:
                 tried.append(delay)
-                rc = kill_when(cmd, recipe, lambda: time.time() - start >= delay)
+                rc = run_stage(kill_when, cmd, recipe, lambda: time.time() - start >= delay)
                 if rc != 0:
                     break
                 delay, start = delay / 2, time.time()
@@ -96,6 +101,6 @@ def test_short_stage_killed_at_random_points_reruns_to_the_same_outputs(recipe, 
         left = stage_outputs(recipe, stage)
         half = [k for k in left if left[k] != want.get(k)]
         assert not half, f"stage {stage} killed after {time.time() - start:.2f} s: {half} half-written"
-        r = run(recipe, "--stage", str(stage), "--stop_stage", str(stage))
+        r = run_stage(run, recipe, "--stage", str(stage), "--stop_stage", str(stage))
         assert r.returncode == 0, r.stderr[-2000:]
         assert stage_outputs(recipe, stage) == want and not any(recipe.glob(STAGE_TEMPORARIES[stage]))

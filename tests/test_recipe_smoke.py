@@ -10,7 +10,7 @@ import yaml
 from mpq_plugins.eval.scoring import parse_sum_avg
 from mpq_plugins.quant.packing import read_packed
 from tests.conftest import ROOT
-from tests.recipe import (ARGS, DECODE, QSETS, SETS, SYSTEMS, kill_when, pytestmark, recipe, run)  # noqa: F401
+from tests.recipe import (ARGS, DECODE, QSETS, SETS, SYSTEMS, kill_when, own_audio, pytestmark, recipe, run)  # noqa: F401
 
 
 def words(path):
@@ -152,10 +152,7 @@ def parse_sum_avg_text(text):
 def test_corrupt_audio_fails_cleanly(recipe):
     results_before = (recipe / "RESULTS.md").read_text()
     hyp_before = (recipe / "exp" / "asr_train_tiny" / DECODE / "dev" / "text").read_text()
-    with open(recipe / "data" / "dev" / "wav.scp") as f:
-        victim = f.readline().split()[1]
-    saved = open(victim, "rb").read()
-    try:
+    with own_audio(recipe, "dev") as victim:
         with open(victim, "wb") as f:
             f.write(b"RIFF not really a wave file")
         r = run(recipe, "--stage", "7", "--stop_stage", "9")
@@ -164,9 +161,6 @@ def test_corrupt_audio_fails_cleanly(recipe):
         assert "Traceback" not in r.stderr
         assert (recipe / "RESULTS.md").read_text() == results_before      # earlier results untouched
         assert (recipe / "exp" / "asr_train_tiny" / DECODE / "dev" / "text").read_text() == hyp_before
-    finally:
-        with open(victim, "wb") as f:
-            f.write(saved)
 
 
 def test_rerun_of_a_finished_training_trains_nothing_and_keeps_the_curve(recipe):
@@ -238,10 +232,7 @@ def test_bad_audio_stops_every_stage_before_it_reads_it(recipe, audio, message):
     import numpy as np
     import soundfile
     results_before = (recipe / "RESULTS.md").read_text()
-    with open(recipe / "data" / "test" / "wav.scp") as f:
-        victim = f.readline().split()[1]
-    saved = open(victim, "rb").read()
-    try:
+    with own_audio(recipe, "test") as victim:
         if audio == "missing":
             os.remove(victim)
         else:
@@ -252,9 +243,6 @@ def test_bad_audio_stops_every_stage_before_it_reads_it(recipe, audio, message):
             assert r.returncode != 0 and victim in r.stderr and message in r.stderr, r.stderr[-2000:]
             assert "Traceback" not in r.stderr and "run.pl" not in r.stderr
         assert (recipe / "RESULTS.md").read_text() == results_before      # earlier results untouched
-    finally:
-        with open(victim, "wb") as f:
-            f.write(saved)
 
 
 def test_a_lexicon_that_does_not_fit_the_lm_stops_decoding_and_keeps_the_earlier_decodes(recipe):

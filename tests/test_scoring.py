@@ -94,3 +94,42 @@ def test_score_cli_writes_scoring_json(data, capsys):
     write(decode / "text", [("zz_9", "who")])
     with pytest.raises(SystemExit, match="^score: .*not in"):
         score.main(["--data", str(datadir), "--decode_dir", str(decode)])
+
+
+def _score_forced(data_dir, decode_dir, n):
+    from mpq_plugins.eval.scoring import score_decode_dir
+    for _ in range(n):
+        os.utime(os.path.join(decode_dir, "text"))      # newer than its scores: scored again
+        score_decode_dir(data_dir, decode_dir)
+
+
+def test_a_decode_dir_is_scored_again_only_when_its_texts_change_and_by_one_process_at_a_time(data):
+    """Two queues of the recipe score the float model's decodes beside each other: the second waits and
+    finds them up to date (one removed the other's half-built score dir, and a queue's step failed)."""
+    import multiprocessing
+    import time
+
+    from mpq_plugins.eval.scoring import score_decode_dir
+    tmp, _, _ = data
+    (tmp / "data").mkdir()
+    shutil.copy(tmp / "ref", tmp / "data" / "text")
+    shutil.copy(tmp / "utt2spk", tmp / "data" / "utt2spk")
+    dec = tmp / "decode"
+    dec.mkdir()
+    write(dec / "text", [("a_1", "the cat sit on mat"), ("a_2", "hello big world"), ("b_1", "one more word")])
+    first = score_decode_dir(str(tmp / "data"), str(dec))
+    result = dec / "score_wer" / "result.txt"
+    stamp = result.stat().st_mtime_ns
+    again = score_decode_dir(str(tmp / "data"), str(dec))
+    assert again.pop("up_to_date") and again == first and result.stat().st_mtime_ns == stamp
+    time.sleep(0.01)
+    write(dec / "text", [("a_1", "the cat sat on the mat"), ("a_2", "hello world"), ("b_1", "one more word")])
+    assert score_decode_dir(str(tmp / "data"), str(dec))["wer"]["Err"] == 0 and result.stat().st_mtime_ns > stamp
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_score_forced, args=(str(tmp / "data"), str(dec), 15)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert parse_sum_avg(str(result))["Err"] == 0 and not list(dec.glob("*.tmp"))

@@ -2,7 +2,7 @@
 
 Reads <data>/text, <data>/utt2spk and <decode_dir>/text; writes <decode_dir>/score_{wer,cer}/{ref.trn,
 hyp.trn,result.txt,*.sgml}, <decode_dir>/scoring.json (utterances without hypothesis) and prints the
-Sum/Avg rows. Utterances with no hypothesis are scored as deletions and reported; hypotheses for
+Sum/Avg rows; scores newer than both texts and utt2spk are left as they are. Utterances with no hypothesis are scored as deletions and reported; hypotheses for
 unknown utterances are an error. See mpq_plugins/eval/scoring.py.
 """
 import argparse
@@ -25,7 +25,8 @@ def main(argv=None):
               "scored as deletions", file=sys.stderr)
     for k in ("wer", "cer"):
         row = r[k]
-        print(f"score: {a.decode_dir} {k.upper()} {row['Err']:.1f}% ({row['Snt']} sentences, {row['Wrd']} units)")
+        print(f"score: {a.decode_dir} {k.upper()} {row['Err']:.1f}% ({row['Snt']} sentences, {row['Wrd']} units)"
+              + (" (up to date: newer than the text it scores)" if r.get("up_to_date") else ""))
 
 
 if __name__ == "__main__":

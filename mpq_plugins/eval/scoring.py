@@ -4,6 +4,7 @@ A trn line is "<tokens> (<speaker>-<utt-id>)"; sclite's "-i rm" id format groups
 WER scores words; CER scores characters, a space written as <space>.
 Without SCTK, score_dir writes the same files with mpq_plugins.eval.pyscore (a pure-Python sclite).
 """
+import fcntl
 import json
 import os
 import subprocess
@@ -130,8 +131,22 @@ def score_dir(ref_text, hyp_text, utt2spk_file, outdir):
 
 def score_decode_dir(data, decode_dir):
     """Score <decode_dir>/text against the data dir's text and utt2spk (score_dir) and write
-    <decode_dir>/scoring.json, which the report reads for the utterances without a hypothesis."""
-    r = score_dir(os.path.join(data, "text"), os.path.join(decode_dir, "text"),
-                  os.path.join(data, "utt2spk"), decode_dir)
-    write_atomic(os.path.join(decode_dir, "scoring.json"), json.dumps({"data": data, "missing": r["missing"]}))
+    <decode_dir>/scoring.json, which the report reads for the utterances without a hypothesis.
+    Scores newer than the three files (of the same data dir) are left as they are; a recipe scoring the same
+    decode dir meanwhile (two queues both score the float model) is waited for, under a lock in the dir."""
+    ref, utt2spk, hyp = os.path.join(data, "text"), os.path.join(data, "utt2spk"), os.path.join(decode_dir, "text")
+    inputs = [ref, utt2spk, hyp]
+    outputs = [os.path.join(decode_dir, n, "result.txt") for n in ("score_wer", "score_cer")]
+    record = os.path.join(decode_dir, "scoring.json")
+    with open(os.path.join(decode_dir, ".score.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if all(os.path.exists(p) for p in inputs + outputs + [record]):
+            with open(record) as f:
+                earlier = json.load(f)
+            newest = max(os.stat(p).st_mtime_ns for p in inputs)
+            if earlier.get("data") == data and min(os.stat(p).st_mtime_ns for p in outputs + [record]) > newest:
+                return {"wer": parse_sum_avg(outputs[0]), "cer": parse_sum_avg(outputs[1]),
+                        "missing": earlier["missing"], "up_to_date": True}
+        r = score_dir(ref, hyp, utt2spk, decode_dir)
+        write_atomic(record, json.dumps({"data": data, "missing": r["missing"]}))
     return r
