@@ -80,7 +80,7 @@ def _problems(rec, name):
                    f"not {rec['budget']!r}")
     if rec["method"] == "all_in_one" and not (isinstance(rec.get("twin"), str) and rec["twin"]):
         out.append(f"method all_in_one needs twin: the exp dir name of its twin, not {rec.get('twin')!r} (records "
-                   "before 2026-12-07 have none: run stage 6 again, which records them anew)")
+                   "made before 2026-12-06 have none: run stage 6 again, which records them anew)")
     if not _number(rec["weight_bits"]):
         out.append(f"weight_bits {rec['weight_bits']!r} is not a number")
     for key, sub in (("sizes", SIZES), ("compression_time", COMPRESSION_TIME), ("training", TRAINING)):

@@ -94,6 +94,8 @@ def test_score_cli_writes_scoring_json(data, capsys):
     write(decode / "text", [("zz_9", "who")])
     with pytest.raises(SystemExit, match="^score: .*not in"):
         score.main(["--data", str(datadir), "--decode_dir", str(decode)])
+    with pytest.raises(SystemExit, match=r"^score: .*nodecode/text: missing \(stage 7 decodes the set into it\)$"):
+        score.main(["--data", str(datadir), "--decode_dir", str(tmp / "nodecode")])
 
 
 def _score_forced(data_dir, decode_dir, n):

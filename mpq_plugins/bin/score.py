@@ -2,8 +2,8 @@
 
 Reads <data>/text, <data>/utt2spk and <decode_dir>/text; writes <decode_dir>/score_{wer,cer}/{ref.trn,
 hyp.trn,result.txt,*.sgml}, <decode_dir>/scoring.json (utterances without hypothesis) and prints the
-Sum/Avg rows; scores newer than both texts and utt2spk are left as they are. Utterances with no hypothesis are scored as deletions and reported; hypotheses for
-unknown utterances are an error. See mpq_plugins/eval/scoring.py.
+Sum/Avg rows; scores newer than both texts and utt2spk are left as they are. Utterances with no
+hypothesis are scored as deletions and reported; hypotheses for unknown utterances are an error. See mpq_plugins/eval/scoring.py.
 """
 import argparse
 import sys

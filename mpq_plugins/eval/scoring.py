@@ -138,6 +138,8 @@ def score_decode_dir(data, decode_dir):
     inputs = [ref, utt2spk, hyp]
     outputs = [os.path.join(decode_dir, n, "result.txt") for n in ("score_wer", "score_cer")]
     record = os.path.join(decode_dir, "scoring.json")
+    if not os.path.isfile(hyp):
+        raise ScoringError(f"{hyp}: missing (stage 7 decodes the set into it)")
     with open(os.path.join(decode_dir, ".score.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if all(os.path.exists(p) for p in inputs + outputs + [record]):
