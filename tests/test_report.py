@@ -300,6 +300,8 @@ def test_lossless_means_on_every_test_set_under_every_decode(recipe):
     assert row[col["lossless on every test set and decode"]] == "**no** (test (acoustic))"   # dev is worse too: not counted
     assert "|test (acoustic)|asr_x_w4|asr_x|" in "\n".join(lines)                  # the verdict is shown
     assert "no quantized system is lossless on every test set and decode" in "\n".join(lines)
+    # on test under the LM decode alone it is, under the acoustic one not
+    assert "|method|test|test (acoustic)|" in lines and "|uniform QAT, weights|4.00x (asr_x_w4)|none|" in lines
 
 
 def test_seeds_are_one_row_with_mean_sd_verdicts_and_a_bootstrap_interval(recipe):

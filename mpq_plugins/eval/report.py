@@ -228,18 +228,36 @@ def significance_table(sig, sets):
     return lines
 
 
-def best_lossless(systems, valid_set, sig):
-    best = {}
-    for s in systems:
-        if s.is_float or not lossless_everywhere(s, sig, valid_set)[0]:
-            continue
-        if s.method not in best or s.sizes["compression_ratio"] > best[s.method].sizes["compression_ratio"]:
-            best[s.method] = s
+def decodes_of(sets, main_set):
+    """The labels of main_set under each decode: "test", "test (acoustic)", ..."""
+    return [d for d in sets if d == main_set or d.startswith(main_set + " (")]
+
+
+def best_lossless(systems, valid_set, sig, main_labels=()):
+    """Per method, the most compressed system lossless on every test set under every decode; then, per decode of
+    the main set (main_labels, e.g. "test", "test (acoustic)"), the most compressed lossless there alone."""
+    def best(ok):
+        out = {}
+        for s in systems:
+            if not s.is_float and ok(s) and (s.method not in out or s.sizes["compression_ratio"] >
+                                             out[s.method].sizes["compression_ratio"]):
+                out[s.method] = s
+        return out
+    every = best(lambda s: lossless_everywhere(s, sig, valid_set)[0])
     lines = ["|method|highest lossless ratio|system|weight bits|", "|---|---|---|---|"]
-    for m, s in sorted(best.items()):
+    for m, s in sorted(every.items()):
         lines.append(f"|{m}|{s.sizes['compression_ratio']:.2f}x|{s.name}|{s.weight_bits:.2f}|")
-    if not best:
+    if not every:
         lines.append("|(none)|no quantized system is lossless on every test set and decode|||")
+    alone = {d: best(lambda s, d=d: (s.name, d) in sig and sig[(s.name, d)]["lossless"]) for d in main_labels}
+    methods = sorted({m for b in alone.values() for m in b})
+    if methods:
+        lines += ["", "On one set under one decode alone (what a deployment serving that decode on such speech "
+                  "needs), the highest lossless ratio:", "",
+                  "|method|" + "|".join(main_labels) + "|", "|---|" + "---|" * len(main_labels)]
+        for m in methods:
+            lines.append(f"|{m}|" + "|".join(f"{alone[d][m].sizes['compression_ratio']:.2f}x ({alone[d][m].name})"
+                                             if m in alone[d] else "none" for d in main_labels) + "|")
     return lines
 
 
@@ -408,7 +426,7 @@ def all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir):
     for s in systems:
         if s.kind == "all_in_one":
             runs.setdefault((s.quant_conf, s.seed), []).append(s)
-    labels = [d for d in sets if d == main_set or d.startswith(main_set + " (")]
+    labels = decodes_of(sets, main_set)
     lines = []
     for (qc, seed), nested in runs.items():
         name = os.path.splitext(os.path.basename(qc or "all_in_one"))[0]
@@ -552,7 +570,7 @@ def report(baseline, others, main_set, valid_set, out, decodes):
         lines += [f"FP32 training: {train_s / 60:.1f} min wall-clock ({systems[0].name}).", ""]
     lines += ["![WER against size](results/wer_vs_size.png)", ""] + notes(out)
     lines += ["## Highest lossless compression ratio per method (every test set, every decode)", ""]
-    lines += best_lossless(systems, valid_set, sig) + [""]
+    lines += best_lossless(systems, valid_set, sig, decodes_of(sets, main_set)) + [""]
     mpq = equal_budget(systems, main_set, valid_set, sig)
     if mpq:
         lines += [f"## Mixed precision at equal budget ({main_set})", "",
