@@ -328,9 +328,9 @@ quantize_system() {
     all_in_one)
         local s systems sexp texp twins=$(twins_of ${qc} ${seed})
         ${compose} --out ${qexp}/train_config.yaml
+        systems=$(python -m mpq_plugins.bin.export_nested --config ${qexp}/train_config.yaml \
+            --token_list ${token_dir}/tokens.txt --list) || exit 1
         if [ ${twins} != ${qexp} ]; then   # twins_from: the other conf's twins, as this conf would train them
-            systems=$(python -m mpq_plugins.bin.export_nested --config ${qexp}/train_config.yaml \
-                --token_list ${token_dir}/tokens.txt --list) || exit 1
             for s in ${systems}; do
                 texp=${twins}_${s}_twin
                 ${compose} --aio_system ${s} --out ${qexp}/twins/${s}_train_config.yaml
@@ -346,7 +346,6 @@ quantize_system() {
         fi
         trained ${qexp} || timer="${qtime} train --resumable ${qexp} --" train_asr mpq_plugins.bin.asr_train \
             ${qexp}/train_config.yaml ${qexp} --init_param ${float_model} --seed ${seed}
-        systems=$(python -m mpq_plugins.bin.export_nested --config ${qexp}/config.yaml --list) || exit 1
         for s in ${systems}; do
             sexp=${qexp}_${s} texp=${twins}_${s}_twin
             python -m mpq_plugins.bin.export_nested --config ${qexp}/config.yaml --model ${qexp}/${inference_model} \
