@@ -86,3 +86,36 @@ def test_a_conf_with_twins_from_reuses_the_other_confs_twins_and_checks_they_are
         row = next(line for line in section.splitlines() if line.startswith(f"|asr_train_tiny_aio_tiny_balanced_{s}|"))
         assert " / -" not in row and re.search(r"; [+-]\d+, p ", row), row      # beside its twin
     assert results.count("\n## asr_train_tiny_aio_tiny_d1_ff1_w4_twin\n") == 1   # each twin reported once
+
+
+def test_an_all_in_one_conf_over_seeds_is_one_table_of_means_intervals_and_times(recipe):
+    # (after the tests above: aio_tiny and its twins are trained at seed 1; this trains seed 2)
+    from mpq_plugins.eval.report import exact_wer, mean_sd
+    from mpq_plugins.eval.significance import utterance_errors
+    r = run(recipe, "--stage", "6", "--seeds", "1 2", "--quant_confs", f"{ROOT}/tests/conf/quant/aio_tiny.yaml",
+            "--quant_test_sets", "test", "--acoustic_config", "")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = recipe / "exp"
+    assert yaml.safe_load((exp / "asr_train_tiny_aio_tiny_seed2_d1_ff1_w4" / "system.yaml").read_text())["twin"] \
+        == "asr_train_tiny_aio_tiny_seed2_d1_ff1_w4_twin"
+    results = (recipe / "RESULTS.md").read_text()
+    section = results.split("### aio_tiny over seeds 1, 2\n")[1].split("\n### ")[0]
+    assert "### aio_tiny (seed 1)" in results and "### aio_tiny (seed 2)" in results   # each run on its own too
+    for name in ("d1_ff1_w4", "d1_ff0p5_w2"):
+        row = next(line for line in section.splitlines() if line.startswith(f"|asr_train_tiny_aio_tiny_{name}|1, 2|"))
+        wers = {}
+        for side, suffix in (("nested", ""), ("twin", "_twin")):
+            errors = [utterance_errors(str(exp / f"asr_train_tiny_aio_tiny{seed}_{name}{suffix}" / DECODE / "test"
+                                           / "score_wer" / "hyp.trn.sgml")) for seed in ("", "_seed2")]
+            wers[side] = mean_sd([exact_wer(e) for e in errors])
+        # the means and sds over the two seeds, and the difference of the means inside its interval
+        assert "|{:.2f} ± {:.2f} / {:.2f} ± {:.2f}|".format(*wers["nested"], *wers["twin"]) in row, row
+        diff, lo, hi = (float(v) for v in re.search(r"\|([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]\|", row).groups())
+        assert abs(diff - (wers["nested"][0] - wers["twin"][0])) < 0.006 and lo <= diff <= hi, row
+        assert re.search(r"\|\d / \d of 2\|\d of 2\|$", row), row
+    assert re.search(r"wall-clock [\d.]+x \(seed 1\), [\d.]+x \(seed 2\), mean [\d.]+x; CPU time", section), section
+    assert (recipe / "results" / "aio_tiny_seeds_all_in_one.png").exists()
+    # the seeds table takes a nested system's seeds as one row, as it does any conf's
+    seeds = results.split("## Seeds and intervals")[1].split("\n## ")[0]
+    assert "|asr_train_tiny_aio_tiny_d1_ff1_w4|all-in-one nested system|1, 2|" in seeds, seeds
+    assert "|asr_train_tiny_aio_tiny_d1_ff1_w4_twin|" in seeds and "aio_tiny_seed2" not in seeds

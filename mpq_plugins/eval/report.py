@@ -262,8 +262,9 @@ def best_lossless(systems, valid_set, sig, main_labels=()):
 
 
 def family_of(name):
-    """A system's name without its seed suffix (run.sh: exp/asr_<tag>_<conf>_seed<k> for seed k > 1)."""
-    return re.sub(r"_seed\d+$", "", name)
+    """A system's name without its seed (run.sh: exp/asr_<tag>_<conf>_seed<k> for seed k > 1, and an all-in-one
+    run's nested systems and twins exp/asr_<tag>_<conf>_seed<k>_<system>[_twin])."""
+    return re.sub(r"_seed\d+(?=_|$)", "", name)
 
 
 def exact_wer(errors):
@@ -416,19 +417,118 @@ def equal_budget(systems, main_set, valid_set, sig):
     return lines
 
 
+def aio_time(nested, twins):
+    """The time of one all-in-one run (its nested systems' records) and of its twins trained one by one:
+    {one, alone, twins, per_update[, one_cpu, alone_cpu]} in seconds, or None when either is untimed."""
+    have = [t for t in twins if t is not None and t.compress_parts]
+    if not nested[0].compress_parts or not have:
+        return None
+    out = {"one": nested[0].compress_parts["train"] + sum(n.compress_parts["pack"] for n in nested),
+           "alone": sum(t.compress_wall for t in have), "twins": len(have),
+           "per_update": nested[0].compress_parts["train"] / (sum(t.compress_parts["train"] for t in have) / len(have))}
+    if nested[0].train_cpu is not None and all(t.compress_cpu is not None for t in have):
+        # every nested system's record holds the one run's training and its own packing
+        out["one_cpu"] = sum(n.compress_cpu for n in nested) - (len(nested) - 1) * nested[0].train_cpu
+        out["alone_cpu"] = sum(t.compress_cpu for t in have)
+    return out
+
+
+def all_in_one_runs(systems):
+    """{(quant conf, seed): [its nested systems]} of the all-in-one runs among systems."""
+    runs = {}
+    for s in systems:
+        if s.kind == "all_in_one":
+            runs.setdefault((s.quant_conf, s.seed), []).append(s)
+    return runs
+
+
+def all_in_one_seeds(systems, sets, main_set, valid_set, sig, plot_dir):
+    """Per all-in-one conf run at several seeds: each nested system over the seeds beside its twins (WER mean
+    and sd under every decode of main_set, the nested-minus-twin WER difference with a paired bootstrap 95%
+    interval, in how many seeds MAPSSWE finds it significantly worse or better than its twin, in how many it is
+    lossless), and the time of the one pass against the twins, per seed and in the mean."""
+    by_name = {s.name: s for s in systems}
+    labels = decodes_of(sets, main_set)
+    confs = {}
+    for (qc, seed), nested in all_in_one_runs(systems).items():
+        confs.setdefault(qc, {})[seed] = nested
+    lines = []
+    for qc, runs in confs.items():
+        if len(runs) < 2:
+            continue
+        name = os.path.splitext(os.path.basename(qc or "all_in_one"))[0]
+        seeds = sorted(runs, key=lambda k: (k is None, k))
+        lines += [f"### {name} over seeds {', '.join(str(k) for k in seeds)}", "",
+                  "|system|seeds|ratio|" + "|".join(f"{d} WER nested / twin, mean ± sd" for d in labels) + "|"
+                  + "|".join(f"{d}: nested − twin [95%]|{d}: nested sig. worse / better than twin, seeds"
+                             for d in labels) + "|nested lossless, seeds|",
+                  "|---|---|---|" + "---|" * (3 * len(labels)) + "---|"]
+        fams = {}
+        for seed in seeds:
+            for n in runs[seed]:
+                fams.setdefault(family_of(n.name), []).append(n)
+        for fam, members in fams.items():
+            pairs = [(n, by_name.get(n.twin)) for n in members]
+            pairs = [(n, t) for n, t in pairs if t is not None]
+            cells, diffs = [], []
+            for d in labels:
+                have = [(n, t) for n, t in pairs if d in n.wer and d in t.wer]
+                if not have:
+                    cells.append("-")
+                    diffs += ["-", "-"]
+                    continue
+                ne = [utterance_errors(n.sgml(d)) for n, _ in have]
+                te = [utterance_errors(t.sgml(d)) for _, t in have]
+                (nm, nsd), (tm, tsd) = mean_sd([exact_wer(e) for e in ne]), mean_sd([exact_wer(e) for e in te])
+                cells.append(f"{nm:.2f} ± {nsd:.2f} / {tm:.2f} ± {tsd:.2f}")
+                diff, lo, hi = bootstrap_errors(ne, te, [n.sgml(d) for n, _ in have], have[0][1].sgml(d))
+                worse = better = 0
+                for n, t in have:
+                    c = compare(n.sgml(d), t.sgml(d), n.name, t.name, os.path.join(n.decode_dirs[d], "mapsswe_vs", t.name))
+                    worse += bool(c["significant"] and c["err_b"] > c["err_a"])
+                    better += bool(c["significant"] and c["err_b"] < c["err_a"])
+                diffs += [f"{diff:+.2f} [{lo:+.2f}, {hi:+.2f}]", f"{worse} / {better} of {len(have)}"]
+            k = sum(bool(lossless_everywhere(n, sig, valid_set)[0]) for n in members)
+            ratio = mean_sd([n.sizes["compression_ratio"] for n in members])[0]
+            lines.append(f"|{fam}|{', '.join(str(n.seed) for n in members)}|{ratio:.2f}x|" + "|".join(cells) + "|"
+                         + "|".join(diffs) + f"|{k} of {len(members)}|")
+        lines.append("")
+        points = []
+        for fam, members in fams.items():
+            for group, side in (("nested", members), ("twin (alone)", [by_name.get(n.twin) for n in members])):
+                side = [m for m in side if m is not None and main_set in m.wer]
+                if side:
+                    wer, lo, hi = bootstrap_wer([utterance_errors(m.sgml(main_set)) for m in side])
+                    points.append({"name": " ".join(fam.split("_")[-3:]) if group == "nested" else "", "group": group,
+                                   "bytes": mean_sd([m.sizes["disk_bytes"] for m in side])[0], "wer": wer, "lo": lo,
+                                   "hi": hi, "seeds": len(side)})
+        png = f"{name}_seeds_all_in_one.png"
+        plots.pareto(points, os.path.join(plot_dir, png), main_set, lines=False)
+        lines += [f"![{name} over seeds: nested systems and twins](results/{png})", ""]
+        times = {seed: aio_time(runs[seed], [by_name.get(n.twin) for n in runs[seed]]) for seed in seeds}
+        timed = {k: t for k, t in times.items() if t}
+        if timed:
+            wall = [t["alone"] / t["one"] for t in timed.values()]
+            text = (f"Time, the twins one by one over the one pass: wall-clock "
+                    + ", ".join(f"{t['alone'] / t['one']:.2f}x (seed {k})" for k, t in timed.items())
+                    + f", mean {mean_sd(wall)[0]:.2f}x")
+            cpu = {k: t["alone_cpu"] / t["one_cpu"] for k, t in timed.items() if "one_cpu" in t}
+            if cpu:
+                text += ("; CPU time " + ", ".join(f"{v:.2f}x (seed {k})" for k, v in cpu.items())
+                         + f", mean {mean_sd(list(cpu.values()))[0]:.2f}x")
+            lines += [text + ".", ""]
+    return lines
+
+
 def all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir):
     """Per all-in-one run (an all_in_one conf and seed): each nested system beside its twin (size, WER under
     every decode of main_set, MAPSSWE against the float reference and against the twin), the plot of
     WER against size of both families, the time of the one pass against the sum of the twins' runs, and
     the highest lossless ratio of the family, of the twins and of the report's other systems."""
     by_name = {s.name: s for s in systems}
-    runs = {}
-    for s in systems:
-        if s.kind == "all_in_one":
-            runs.setdefault((s.quant_conf, s.seed), []).append(s)
     labels = decodes_of(sets, main_set)
-    lines = []
-    for (qc, seed), nested in runs.items():
+    lines = all_in_one_seeds(systems, sets, main_set, valid_set, sig, plot_dir)
+    for (qc, seed), nested in all_in_one_runs(systems).items():
         name = os.path.splitext(os.path.basename(qc or "all_in_one"))[0]
         twins = {n.name: by_name.get(n.twin) for n in nested}   # its own or, with twins_from, another conf's
         lines += [f"### {name} (seed {seed})", ""]
@@ -455,21 +555,15 @@ def all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir):
             lines.append(f"|{n.name}|{n.sizes['disk_bytes']:,}|{n.sizes['compression_ratio']:.2f}x|" + "|".join(cells)
                          + "|" + "|".join(tests) + "|")
         lines.append("")
-        have = [t for t in twins.values() if t is not None and t.compress_parts]
-        if nested[0].compress_parts and have:
-            one_pass = nested[0].compress_parts["train"] + sum(n.compress_parts["pack"] for n in nested)
-            alone = sum(t.compress_wall for t in have)
-            per_update = nested[0].compress_parts["train"] / (sum(t.compress_parts["train"] for t in have) / len(have))
-            lines += [f"Time: the one pass {one_pass / 60:.1f} min (its fine-tuning and the packing of {len(nested)} "
-                      f"systems) against {alone / 60:.1f} min for the {len(have)} twins trained and packed one by one: "
-                      f"**{alone / one_pass:.2f}x less**. Every run makes the same number of updates, so one update of "
-                      f"the all-in-one run costs {per_update:.2f}x a twin's."]
-            if nested[0].train_cpu is not None and all(t.compress_cpu is not None for t in have):
-                # every nested system's record holds the one run's training and its own packing
-                one_cpu = sum(n.compress_cpu for n in nested) - (len(nested) - 1) * nested[0].train_cpu
-                alone_cpu = sum(t.compress_cpu for t in have)
-                lines[-1] += (f" In CPU time, which the jobs running beside them do not inflate: {one_cpu / 60:.1f} "
-                              f"against {alone_cpu / 60:.1f} min, **{alone_cpu / one_cpu:.2f}x less**.")
+        t = aio_time(nested, twins.values())
+        if t:
+            lines += [f"Time: the one pass {t['one'] / 60:.1f} min (its fine-tuning and the packing of {len(nested)} "
+                      f"systems) against {t['alone'] / 60:.1f} min for the {t['twins']} twins trained and packed one by "
+                      f"one: **{t['alone'] / t['one']:.2f}x less**. Every run makes the same number of updates, so one "
+                      f"update of the all-in-one run costs {t['per_update']:.2f}x a twin's."]
+            if "one_cpu" in t:
+                lines[-1] += (f" In CPU time, which the jobs running beside them do not inflate: {t['one_cpu'] / 60:.1f} "
+                              f"against {t['alone_cpu'] / 60:.1f} min, **{t['alone_cpu'] / t['one_cpu']:.2f}x less**.")
             lines += [""]
         best = {}
         for label, group in (("nested", nested), ("twins", [t for t in twins.values() if t]),
@@ -584,8 +678,10 @@ def report(baseline, others, main_set, valid_set, out, decodes):
                   "One training run makes every nested system (its depth, feed-forward width and bits); each is "
                   "exported to a packed file of its own and decoded like any system. Its twin has the same "
                   "architecture and bits, fine-tuned alone from the float model (cut to that shape) for as many "
-                  "updates. MAPSSWE: nested against the float reference (verdict), and nested minus twin errors.",
-                  ""] + aio
+                  "updates. MAPSSWE: nested against the float reference (verdict), and nested minus twin errors. "
+                  "A conf run at several seeds comes first over its seeds (WER mean and sd, the nested-minus-twin "
+                  "WER difference of the seeds' mean errors with a paired bootstrap 95% interval, 2,000 resamplings "
+                  "of the utterances), then each run on its own.", ""] + aio
     lines += [f"## Seeds and intervals ({main_set})", "",
               "Each quant conf over the seeds it was fine-tuned with (`run.sh --seeds`; `<system>_seed<k>` for seed "
               "k > 1): the WER's mean and standard deviation over seeds, in how many seeds it is lossless, and the "
