@@ -3,7 +3,7 @@
 # every step skips what is done, so a queue that was cut goes on where it stopped when started again.
 #   local/results_queue.sh                 # from the recipe's root, in the background: hours to days on 2 cores
 # Its report: local/budget_sweep.sh --stage 9 (the sweep), ./run.sh --stage 9 --quant_confs conf/quant/aio_d432_ff_w42.yaml
-# (all-in-one); the tuning runs are read from their dev decodes (results/tuning_mixed_precision.md).
+# (all-in-one); the tuning's record from the dev decodes: local/tuning_report.sh (results/tuning_2p5bit.md).
 # 1. Stages 1-5 (the corpus and the FP32 Conformer, every core).
 # 2. Two 1-thread lanes side by side (on 2 cores two 1-thread trainings do 1.41x the work of one 2-thread one;
 #    a process of more threads beside another would slow both many times over):
@@ -61,11 +61,14 @@ sweep() {   # sweep <lane log> <sets> <seeds> <conf>...: each seed in turn, ever
 tier3="fp32_cont w4 w3 mpq_one_stage_3bit mpq_one_stage_3bit_out8 mpq_kl_3bit mpq_hessian_3bit mpq_supernet_3bit"
 budgets() {   # <lane log>: the budgets after 3 bits, lane a's work, and lane b's once its own is done (shared)
     sweep $1 test "1 2 3" mpq_one_stage_3p5bit mpq_kl_3p5bit mpq_hessian_3p5bit mpq_supernet_3p5bit
-    sweep $1 "dev test" 1 mpq_one_stage_2p5bit tuning/mpq_one_stage_2p5bit_lr0p5 tuning/mpq_one_stage_2p5bit_lr8 \
-        mpq_one_stage_2p5bit_teacherkl tuning/mpq_one_stage_2p5bit_teacherkl_lr0p5 tuning/mpq_one_stage_2p5bit_teacherkl_lr8 \
-        mpq_supernet_2p5bit tuning/mpq_supernet_2p5bit_lr0p5 tuning/mpq_supernet_2p5bit_lr2 \
-        mpq_kl_2p5bit tuning/mpq_kl_2p5bit_utts8 tuning/mpq_kl_2p5bit_utts32 \
-        mpq_hessian_2p5bit tuning/mpq_hessian_2p5bit_utts16 tuning/mpq_hessian_2p5bit_utts64
+    # the tuning (local/tuning_report.sh): each method's conf on dev and test (it is seed 1 of the 2.5-bit budget),
+    # its variants on dev alone (the record's set; the test sets take no part in a choice)
+    sweep $1 "dev test" 1 mpq_one_stage_2p5bit mpq_one_stage_2p5bit_teacherkl mpq_supernet_2p5bit mpq_kl_2p5bit \
+        mpq_hessian_2p5bit
+    sweep $1 dev 1 tuning/mpq_one_stage_2p5bit_lr0p5 tuning/mpq_one_stage_2p5bit_lr8 \
+        tuning/mpq_one_stage_2p5bit_teacherkl_lr0p5 tuning/mpq_one_stage_2p5bit_teacherkl_lr8 \
+        tuning/mpq_supernet_2p5bit_lr0p5 tuning/mpq_supernet_2p5bit_lr2 tuning/mpq_kl_2p5bit_utts8 \
+        tuning/mpq_kl_2p5bit_utts32 tuning/mpq_hessian_2p5bit_utts16 tuning/mpq_hessian_2p5bit_utts64
     sweep $1 test "1 2 3" w2 mpq_one_stage_2p5bit mpq_one_stage_2p5bit_out8 mpq_one_stage_2p5bit_teacherkl \
         mpq_kl_2p5bit mpq_hessian_2p5bit mpq_supernet_2p5bit
     sweep $1 test "1 2 3" mpq_one_stage_3bit_half mpq_kl_3bit_half mpq_hessian_3bit_half \

@@ -168,6 +168,14 @@ def test_the_results_queue_runs_every_conf_of_the_sweep_the_tuning_and_all_in_on
     tuning = [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "conf", "quant", "tuning", "*.yaml"))]
     aio = {"conf/quant/aio_d432_ff_w42.yaml", "conf/quant/aio_d432_ff_w42_balanced.yaml"}
     assert set(run("budget_sweep.sh", "--list")) | set(tuning) | aio == set(queued)
+    # the tuning record's groups: every tuning conf once, beside the conf it varies, which comes first
+    groups = [g.split(",") for g in run("tuning_report.sh", "--list")]
+    assert sorted(v for g in groups for v in g[1:]) == sorted(
+        "exp/asr_train_asr_conformer_" + os.path.basename(t)[:-5] for t in tuning)
+    assert all(v.startswith(g[0]) for g in groups for v in g[1:]) and len(groups) == 5
+    # the conf's run and the variants' are decoded on dev (the record's set); only the conf's on test
+    lines = open(os.path.join(ROOT, "local", "results_queue.sh")).read()
+    assert 'sweep $1 dev 1 tuning/' in lines.replace("\\\n", " ")
     r = subprocess.run([os.path.join(ROOT, "local", "results_queue.sh"), "--go"], capture_output=True, text=True)
     assert r.returncode != 0 and "unknown option --go" in r.stderr
     r = subprocess.run([os.path.join(ROOT, "local", "results_queue.sh"), "--lane", "c"], capture_output=True, text=True)
