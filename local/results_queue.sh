@@ -12,8 +12,9 @@
 #       seeds 1 and 2, then 3.5 bits (w3's size) seeds 1-3, the tuning at 2.5 bits (seed 1, decoded on dev too:
 #       conf/quant/tuning/, results/tuning_mixed_precision.md), then 2.5 bits, equal compute, the rest;
 #    b. all-in-one seed 1 (conf/quant/aio_d432_ff_w42.yaml: 12 nested systems and their twins), the 3-bit budget
-#       seed 3, all-in-one with balanced losses (seed 1: the same twins), both all-in-one confs at seeds 2 and 3,
-#       then lane a's budgets beside it (each step taken by the lane that reaches it first).
+#       seed 3, all-in-one with balanced losses (seed 1: the same twins), both all-in-one confs at seed 2, every
+#       system every update (seed 1), both at seed 3, then lane a's budgets beside it (each step taken by the lane
+#       that reaches it first).
 #    w4, w3, 9.1x and 10.7x decide the highest lossless ratio, hence the 3-bit and 3.5-bit budgets first.
 #   local/results_queue.sh --lane b        # one lane only (e.g. the other on a second machine sharing exp/)
 # A step is run by one queue at a time (a lock beside its done file): two queues never train one system at once;
@@ -93,7 +94,9 @@ lane_b() {   # all-in-one: the balanced conf's seed 1 decides which conf's seeds
     sweep lane_b.log test 1 aio_d432_ff_w42
     sweep lane_b.log test 3 ${tier3}
     sweep lane_b.log test 1 aio_d432_ff_w42_balanced
-    sweep lane_b.log test "2 3" aio_d432_ff_w42 aio_d432_ff_w42_balanced
+    sweep lane_b.log test 2 aio_d432_ff_w42 aio_d432_ff_w42_balanced
+    sweep lane_b.log test 1 aio_d432_ff_w42_every   # every system every update: is it the sharing or the updates?
+    sweep lane_b.log test 3 aio_d432_ff_w42 aio_d432_ff_w42_balanced
     budgets lane_b.log
     ${list} || log "lane b: done"
 }

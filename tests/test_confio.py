@@ -166,7 +166,8 @@ def test_the_results_queue_runs_every_conf_of_the_sweep_the_tuning_and_all_in_on
     queued = run("results_queue.sh", "--list")
     assert all(os.path.exists(os.path.join(ROOT, p)) for p in queued)
     tuning = [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "conf", "quant", "tuning", "*.yaml"))]
-    aio = {"conf/quant/aio_d432_ff_w42.yaml", "conf/quant/aio_d432_ff_w42_balanced.yaml"}
+    aio = {"conf/quant/aio_d432_ff_w42.yaml", "conf/quant/aio_d432_ff_w42_balanced.yaml",
+           "conf/quant/aio_d432_ff_w42_every.yaml"}
     assert set(run("budget_sweep.sh", "--list")) | set(tuning) | aio == set(queued)
     # the tuning record's groups: every tuning conf once, beside the conf it varies, which comes first
     groups = [g.split(",") for g in run("tuning_report.sh", "--list")]
