@@ -389,3 +389,22 @@ def test_two_processes_recording_one_system_at_once_both_succeed(tmp_path):
         p.join()
     assert [p.exitcode for p in procs] == [0, 0]
     assert read_system(str(exp)) == rec and os.listdir(exp) == ["system.yaml"]
+
+
+def test_the_global_plots_leave_all_in_one_systems_to_their_own_section(recipe, monkeypatch):
+    base = make_system(recipe, "asr_x", edit(lambda u: 0), "float", sets=("test",))
+    w4 = make_system(recipe, "asr_x_w4", edit(lambda u: 1 if u < 3 else 0), "qat", weight_bits=4)
+    twin = make_system(recipe, "asr_x_aio_d1_ff1_w4_twin", edit(lambda u: 1), "qat", weight_bits=4)
+    nested = make_system(recipe, "asr_x_aio_d1_ff1_w4", edit(lambda u: 2), "qat", weight_bits=4)
+    for d, method, extra in ((twin, "all_in_one_twin", {}), (nested, "all_in_one", {"twin": os.path.basename(twin)})):
+        rec = yaml.safe_load(open(os.path.join(d, "system.yaml")))
+        rec.update(method=method, description=method.replace("_", " "), quant_conf="conf/quant/aio.yaml", **extra)
+        open(os.path.join(d, "system.yaml"), "w").write(yaml.safe_dump(rec))
+    drawn = {}
+    monkeypatch.setattr(report.plots, "wer_vs_size", lambda points, path, *a: drawn.setdefault("all", points))
+    monkeypatch.setattr(report.plots, "pareto", lambda points, path, *a, **k: drawn.setdefault(os.path.basename(path), points))
+    results.main(["--baseline", base, "--systems", f"{w4} {twin} {nested}", "--out", str(recipe / "RESULTS.md")])
+    assert [p["name"] for p in drawn["all"]] == ["asr_x", "w4"]
+    assert "aio_seed0_all_in_one.png" in drawn and len(drawn["aio_seed0_all_in_one.png"]) == 2   # nested, twin
+    text = (recipe / "RESULTS.md").read_text()
+    assert "leave the all-in-one systems to their own section's plots" in text and "|asr_x_aio_d1_ff1_w4|" in text

@@ -33,6 +33,7 @@ from mpq_plugins.eval.significance import (bootstrap_errors, bootstrap_wer, chec
 from mpq_plugins.record import MIXED, read_json, read_system
 
 COLS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
+AIO = ("all_in_one", "all_in_one_twin")   # nested systems and their twins
 
 
 def environment():
@@ -567,8 +568,7 @@ def all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir):
             lines += [""]
         best = {}
         for label, group in (("nested", nested), ("twins", [t for t in twins.values() if t]),
-                             ("other systems", [s for s in systems if not s.is_float and s.kind not in
-                                                ("all_in_one", "all_in_one_twin")])):
+                             ("other systems", [s for s in systems if not s.is_float and s.kind not in AIO])):
             ok = [s for s in group if lossless_everywhere(s, sig, valid_set)[0]]
             best[label] = max(ok, key=lambda s: s.sizes["compression_ratio"]) if ok else None
         lines += ["Highest lossless ratio (every test set and decode): " + "; ".join(
@@ -662,7 +662,10 @@ def report(baseline, others, main_set, valid_set, out, decodes):
     lines += main_table(systems, sets, main_set, valid_set, sig, train_s) + [""]
     if train_s:
         lines += [f"FP32 training: {train_s / 60:.1f} min wall-clock ({systems[0].name}).", ""]
-    lines += ["![WER against size](results/wer_vs_size.png)", ""] + notes(out)
+    lines += ["![WER against size](results/wer_vs_size.png)", ""]
+    if any(s.kind in AIO for s in systems):
+        lines += ["The plots of this report leave the all-in-one systems to their own section's plots.", ""]
+    lines += notes(out)
     lines += ["## Highest lossless compression ratio per method (every test set, every decode)", ""]
     lines += best_lossless(systems, valid_set, sig, decodes_of(sets, main_set)) + [""]
     mpq = equal_budget(systems, main_set, valid_set, sig)
@@ -689,13 +692,14 @@ def report(baseline, others, main_set, valid_set, out, decodes):
               "(2,000 resamplings of the utterances).", ""] + seeds_table(systems, main_set, valid_set, sig) + [""]
     lines += ["## Significance (MAPSSWE) per test set", ""] + significance_table(sig, sets) + [""]
     points = []
-    for s in systems:
+    plotted = [s for s in systems if s.kind not in AIO]   # all-in-one families: their own plots (sections above)
+    for s in plotted:
         if main_set in s.wer:
             points.append({"name": s.name.replace(systems[0].name, "").lstrip("_") or s.name,
                            "bytes": s.sizes["disk_bytes"], "wer": s.wer[main_set],
                            "lossless": bool(lossless_everywhere(s, sig, valid_set)[0]), "float": s.is_float})
     plots.wer_vs_size(points, os.path.join(plot_dir, "wer_vs_size.png"), main_set)
-    fams = families(systems, main_set)
+    fams = families(plotted, main_set)
     if any(len(m) > 1 for m in fams.values()) or any(s.mixed for s in systems):
         pareto = []
         for name, members in fams.items():
