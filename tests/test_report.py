@@ -408,3 +408,24 @@ def test_the_global_plots_leave_all_in_one_systems_to_their_own_section(recipe, 
     assert "aio_seed0_all_in_one.png" in drawn and len(drawn["aio_seed0_all_in_one.png"]) == 2   # nested, twin
     text = (recipe / "RESULTS.md").read_text()
     assert "leave the all-in-one systems to their own section's plots" in text and "|asr_x_aio_d1_ff1_w4|" in text
+
+
+def test_a_nested_system_is_compared_with_its_twin_once_while_its_alignments_stay(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(report, "compare", lambda a, b, na, nb, out: calls.append((a, b)) or {"n": len(calls)})
+    monkeypatch.setattr(report, "_TWIN", {})
+
+    class Sys:
+        def __init__(self, name):
+            self.name = name
+            self.decode_dirs = {"d": str(tmp_path / name)}
+            (tmp_path / f"{name}.sgml").write_text(name)
+
+        def sgml(self, d):
+            return str(tmp_path / f"{self.name}.sgml")
+
+    n, t = Sys("nested"), Sys("twin")
+    assert report.against_twin(n, t, "d") == {"n": 1}
+    assert report.against_twin(n, t, "d") == {"n": 1} and len(calls) == 1
+    (tmp_path / "twin.sgml").write_text("rescored twin")          # the twin rescored: compared again
+    assert report.against_twin(n, t, "d") == {"n": 2} and len(calls) == 2
