@@ -50,13 +50,31 @@ step baseline.done main.log "stages 1-5: corpus, FP32 Conformer" --stop_stage 5 
 fi
 
 sweep() {   # sweep <lane log> <sets> <seeds> <conf>...: each seed in turn, every conf (conf/quant/<conf>.yaml)
-    local out=$1 sets=$2 seeds=$3 s c; shift 3
+    local out=$1 sets=$2 seeds=$3 s c tag=""; shift 3
     if ${list}; then printf 'conf/quant/%s.yaml\n' "$@"; return; fi
+    case " ${sets} " in *" test "*) ;; *) tag=".${sets// /_}";; esac   # a run not decoded on test: its own done file
     for s in ${seeds}; do
         for c in "$@"; do
-            step "${c//\//_}.seed${s}.done" ${out} "${c} seed ${s}" --nj 1 --stage 6 --stop_stage 8 \
+            step "${c//\//_}${tag}.seed${s}.done" ${out} "${c} seed ${s}" --nj 1 --stage 6 --stop_stage 8 \
                 --seeds ${s} --quant_confs conf/quant/${c}.yaml --quant_test_sets "${sets}"
         done
+    done
+}
+kept_file=${q}/tuning_2p5bit.kept   # the tuning record's choice per method: '<its conf> <the conf kept>' a line
+tuned() {   # tuned <lane log>: true once the tuning's record is written (made here the first time all its runs are)
+    ${list} && return 0
+    [ -f ${kept_file} ] && return 0
+    if "${root}/local/tuning_report.sh" --out ${q}/tuning_2p5bit.md --kept ${kept_file} >> ${q}/$1 2>&1; then
+        log "the tuning's record: ${q}/tuning_2p5bit.md; kept: $(awk '$1 != $2 {printf "%s ", $2}' ${kept_file})"
+    else
+        log "the tuning's record is not complete yet ($1): the 2.5-bit budget waits for it"; return 1
+    fi
+}
+kept() {   # kept <conf>...: each conf, or the variant the tuning kept for its method (conf/quant/tuning/...)
+    local c k
+    for c in "$@"; do
+        k=""; ${list} || k=$(awk -v c="conf/quant/${c}.yaml" '$1 == c {print $2}' ${kept_file})
+        k=${k#conf/quant/}; echo "${k%.yaml}" | grep . || echo "${c}"
     done
 }
 tier3="fp32_cont w4 w3 mpq_one_stage_3bit mpq_one_stage_3bit_out8 mpq_kl_3bit mpq_hessian_3bit mpq_supernet_3bit"
@@ -70,8 +88,9 @@ budgets() {   # <lane log>: the budgets after 3 bits, lane a's work, and lane b'
         tuning/mpq_one_stage_2p5bit_teacherkl_lr0p5 tuning/mpq_one_stage_2p5bit_teacherkl_lr8 \
         tuning/mpq_supernet_2p5bit_lr0p5 tuning/mpq_supernet_2p5bit_lr2 tuning/mpq_kl_2p5bit_utts8 \
         tuning/mpq_kl_2p5bit_utts32 tuning/mpq_hessian_2p5bit_utts16 tuning/mpq_hessian_2p5bit_utts64
-    sweep $1 test "1 2 3" w2 mpq_one_stage_2p5bit mpq_one_stage_2p5bit_out8 mpq_one_stage_2p5bit_teacherkl \
-        mpq_kl_2p5bit mpq_hessian_2p5bit mpq_supernet_2p5bit
+    # the 2.5-bit budget: each method as the tuning left it (its conf, or the variant significantly better on dev)
+    tuned $1 && sweep $1 test "1 2 3" w2 $(kept mpq_one_stage_2p5bit) mpq_one_stage_2p5bit_out8 \
+        $(kept mpq_one_stage_2p5bit_teacherkl mpq_kl_2p5bit mpq_hessian_2p5bit mpq_supernet_2p5bit)
     sweep $1 test "1 2 3" mpq_one_stage_3bit_half mpq_kl_3bit_half mpq_hessian_3bit_half \
         mpq_one_stage_2p5bit_half mpq_kl_2p5bit_half mpq_hessian_2p5bit_half
     sweep $1 test "1 2 3" w1p6 w1 mpq_one_stage_2bit mpq_kl_2bit mpq_hessian_2bit mpq_supernet_2bit \

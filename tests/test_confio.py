@@ -181,3 +181,42 @@ def test_the_results_queue_runs_every_conf_of_the_sweep_the_tuning_and_all_in_on
     assert r.returncode != 0 and "unknown option --go" in r.stderr
     r = subprocess.run([os.path.join(ROOT, "local", "results_queue.sh"), "--lane", "c"], capture_output=True, text=True)
     assert r.returncode != 0 and "--lane takes a or b, not 'c'" in r.stderr
+
+
+def test_the_queue_runs_the_tuned_budget_with_the_conf_the_record_kept(tmp_path):
+    """local/results_queue.sh itself, its run.sh and tuning_report.sh replaced by scripts that record their calls:
+    the 2.5-bit budget waits for the tuning's record, then runs the variant kept, decoded on test this time."""
+    import shutil
+    import subprocess
+    (tmp_path / "local").mkdir()
+    shutil.copy(os.path.join(ROOT, "local", "results_queue.sh"), tmp_path / "local")
+    (tmp_path / "run.sh").write_text('#!/bin/bash\necho "$*" >> calls\n')
+    (tmp_path / "local" / "tuning_report.sh").write_text(
+        '#!/bin/bash\n[ -f complete ] || { echo "not decoded on dev" >&2; exit 1; }\n'
+        'echo "conf/quant/mpq_one_stage_2p5bit_teacherkl.yaml conf/quant/tuning/mpq_one_stage_2p5bit_teacherkl_lr8.yaml'
+        '\nconf/quant/mpq_kl_2p5bit.yaml conf/quant/mpq_kl_2p5bit.yaml" > "$4"\n')
+    for f in ("run.sh", "local/tuning_report.sh"):
+        os.chmod(tmp_path / f, 0o755)
+
+    def queue():
+        subprocess.run(["local/results_queue.sh", "--lane", "a"], cwd=tmp_path, check=True, timeout=120)
+        calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+        (tmp_path / "calls").unlink(missing_ok=True)
+        return [c for c in calls if "2p5bit" in c and "_half" not in c and "dev" not in c]
+
+    assert queue() == []                                # the record is not complete: the budget waits
+    assert "the 2.5-bit budget waits for it" in (tmp_path / "exp" / "queue" / "queue.log").read_text()
+    (tmp_path / "complete").touch()
+    tier = queue()
+    confs = [c.split("--quant_confs ")[1].split()[0] for c in tier]
+    six = ["conf/quant/mpq_one_stage_2p5bit.yaml", "conf/quant/mpq_one_stage_2p5bit_out8.yaml",
+           "conf/quant/tuning/mpq_one_stage_2p5bit_teacherkl_lr8.yaml", "conf/quant/mpq_kl_2p5bit.yaml",
+           "conf/quant/mpq_hessian_2p5bit.yaml", "conf/quant/mpq_supernet_2p5bit.yaml"]
+    # seed 1: the methods' confs were decoded on dev and test in the tuning; the variant kept on dev alone, so
+    # its test decode is a step of its own
+    assert confs == six[1:3] + six + six, confs
+    assert "--seeds 1 --quant_confs conf/quant/tuning/mpq_one_stage_2p5bit_teacherkl_lr8.yaml --quant_test_sets test" \
+        in tier[1]
+    assert "kept: conf/quant/tuning/mpq_one_stage_2p5bit_teacherkl_lr8.yaml" in \
+        (tmp_path / "exp" / "queue" / "queue.log").read_text()
+    assert queue() == []                                # all done: nothing runs again

@@ -12,6 +12,7 @@ from tests.test_report import DECODE, edit, make_system, pytestmark, recipe  # n
 def kl_run(root, name, n_utts, errors_of, sets=("dev",), method="kl"):
     d = make_system(root, name, edit(errors_of), method=method, weight_bits=3, sets=sets, budget={"avg_bits": 2.5})
     rec = yaml.safe_load(open(f"{d}/system.yaml"))
+    rec["quant_conf"] = f"conf/quant/{'tuning/' if '_' in name else ''}{name}.yaml"
     rec["conf"] = {"method": method, "quantization": {"mixed_precision": {"budget": {"avg_bits": 2.5}, "n_utts": n_utts}}}
     open(f"{d}/system.yaml", "w").write(yaml.safe_dump(rec))
     return d
@@ -33,6 +34,11 @@ def test_a_significantly_better_value_is_kept_and_a_small_gain_is_only_marked(re
     assert [r["errors"] for r in rows] == [45, 120, 10] and rows[0]["vs_first"] is None
     assert rows[1]["vs_first"]["significant"] and rows[2]["vs_first"]["significant"]
     assert [r["kept"] for r in rows] == [False, False, True]
+    kept = tmp_path / "kept"
+    tuning_table.main(["--groups", f"{conf},{worse},{better} {conf},{worse}", "--out", str(tmp_path / "t.md"),
+                       "--kept", str(kept)])
+    assert kept.read_text() == ("conf/quant/kl.yaml conf/quant/tuning/kl_utts32.yaml\n"   # what the budget runs
+                                "conf/quant/kl.yaml conf/quant/kl.yaml\n")
     # one fewer error in one utterance: the lowest WER, not significant, so the conf's value stays
     close = kl_run(recipe, "kl_utts64", 64, lambda u: 1 + u % 2 - (u == 1))
     out = tmp_path / "tuning.md"

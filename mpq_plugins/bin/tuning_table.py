@@ -5,13 +5,15 @@ option (conf/quant/tuning/), judged on the held-out set (mpq_plugins/eval/tuning
         --groups "exp/asr_x_mpq_kl_2p5bit,exp/asr_x_mpq_kl_2p5bit_utts8,exp/asr_x_mpq_kl_2p5bit_utts32 ..."
 
 --groups: space-separated groups, each the comma-separated exp dirs of one method, its conf's run first.
+--kept FILE: also write, per group, the method's quant conf and the quant conf of the run kept (one pair a
+line): what local/results_queue.sh runs at the tuned budget.
 """
 import argparse
 import sys
 
 from mpq_plugins.datadir import write_atomic
 from mpq_plugins.eval.sctk import ScoringError
-from mpq_plugins.eval.tuning import tuning_table
+from mpq_plugins.eval.tuning import group_rows, kept_confs, tuning_table
 from mpq_plugins.record import RecordError
 
 
@@ -22,10 +24,12 @@ def main(argv=None):
     p.add_argument("--decode", default="decode_asr_packed")
     p.add_argument("--title", default="Tuning of the mixed-precision searches")
     p.add_argument("--out", required=True)
+    p.add_argument("--kept", default="", help="file: '<method's quant conf> <the kept run's quant conf>' a line")
     a = p.parse_args(argv)
     groups = [g.split(",") for g in a.groups.split()]
     try:
-        table = tuning_table(groups, a.decode, a.valid_set)
+        grouped = [group_rows(g, a.decode, a.valid_set) for g in groups]
+        table, kept = tuning_table(grouped, a.valid_set), kept_confs(grouped)
     except (ScoringError, RecordError, FileNotFoundError, ValueError) as e:
         sys.exit(f"tuning_table: {e}")
     args = sys.argv[1:] if argv is None else argv
@@ -36,6 +40,8 @@ def main(argv=None):
              f"another is significantly better on {a.valid_set} (MAPSSWE, p < 0.05); the lowest WER is marked beside "
              "it.", ""] + table
     write_atomic(a.out, "\n".join(lines) + "\n")
+    if a.kept:
+        write_atomic(a.kept, "".join(f"{conf} {k}\n" for conf, k in kept))
     print("\n".join(table))
 
 

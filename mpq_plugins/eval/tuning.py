@@ -66,7 +66,7 @@ def group_rows(exp_dirs, decode, valid_set):
                                                                                    recs[0]["system"]))
         rows.append({"name": r["system"], "method": r["description"], "option": ", ".join(k.split(".")[-1] for k in keys),
                      "values": ", ".join(str(flat.get(k)) for k in keys), "wer": 100 * errors / max(words, 1),
-                     "errors": errors, "words": words, "vs_first": vs})
+                     "errors": errors, "words": words, "vs_first": vs, "quant_conf": r.get("quant_conf")})
     better = [x for x in rows[1:] if x["vs_first"]["significant"] and x["errors"] < rows[0]["errors"]]
     kept = min(better, key=lambda x: x["errors"]) if better else rows[0]
     for x in rows:
@@ -74,12 +74,23 @@ def group_rows(exp_dirs, decode, valid_set):
     return rows
 
 
-def tuning_table(groups, decode, valid_set):
-    """Markdown lines: one table over the groups (each a list of exp dirs, the method's conf first)."""
+def kept_confs(grouped):
+    """[(the method's quant conf, the quant conf of the run kept)] of group_rows' results, one per group:
+    what a later budget runs for that method (the second is the first unless a variant won)."""
+    out = []
+    for rows in grouped:
+        kept = next(x for x in rows if x["kept"])
+        if not rows[0]["quant_conf"] or not kept["quant_conf"]:
+            raise ValueError(f"{rows[0]['name']}: its record names no quant_conf (rerun its stage 6)")
+        out.append((rows[0]["quant_conf"], kept["quant_conf"]))
+    return out
+
+
+def tuning_table(grouped, valid_set):
+    """Markdown lines: one table over the groups (group_rows' results, the method's conf first)."""
     lines = [f"|method|option|value|run|{valid_set} WER|{valid_set} errors (words)|against the conf's value "
              f"(errors, MAPSSWE p)|lowest {valid_set} WER|kept|", "|---|---|---|---|---|---|---|---|---|"]
-    for g in groups:
-        rows = group_rows(g, decode, valid_set)
+    for rows in grouped:
         best = min(rows, key=lambda x: x["errors"])
         for x in rows:
             v = x["vs_first"]
