@@ -74,7 +74,7 @@ kept() {   # kept <conf>...: each conf, or the variant the tuning kept for its m
     local c k
     for c in "$@"; do
         k=""; ${list} || k=$(awk -v c="conf/quant/${c}.yaml" '$1 == c {print $2}' ${kept_file})
-        k=${k#conf/quant/}; echo "${k%.yaml}" | grep . || echo "${c}"
+        if [ -n "${k}" ]; then k=${k#conf/quant/}; echo "${k%.yaml}"; else echo "${c}"; fi
     done
 }
 tier3="fp32_cont w4 w3 mpq_one_stage_3bit mpq_one_stage_3bit_out8 mpq_kl_3bit mpq_hessian_3bit mpq_supernet_3bit"
