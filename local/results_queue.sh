@@ -10,7 +10,8 @@
 #    a. README's main command's stages 6-9 (the default systems on every test set), w8_ptq and w4 decoded on
 #       int8 kernels (conf/decode_asr_int8.yaml), the 3-bit budget of the sweep (local/budget_sweep.sh's confs)
 #       seeds 1 and 2, then 3.5 bits (w3's size) seeds 1-3, the tuning at 2.5 bits (seed 1, decoded on dev too:
-#       conf/quant/tuning/, results/tuning_mixed_precision.md), then 2.5 bits, equal compute, the rest;
+#       conf/quant/tuning/, results/tuning_mixed_precision.md), then 2.5 bits (each method as the tuning record
+#       kept it: exp/queue/tuning_2p5bit.md and .kept, written here once its runs are decoded), equal compute, the rest;
 #    b. all-in-one seed 1 (conf/quant/aio_d432_ff_w42.yaml: 12 nested systems and their twins), the 3-bit budget
 #       seed 3, all-in-one with balanced losses (seed 1: the same twins), both all-in-one confs at seed 2, every
 #       system every update (seed 1), both at seed 3, then lane a's budgets beside it (each step taken by the lane
