@@ -62,6 +62,7 @@ sweep() {   # sweep <lane log> <sets> <seeds> <conf>...: each seed in turn, ever
     done
 }
 kept_file=${q}/tuning_2p5bit.kept   # the tuning record's choice per method: '<its conf> <the conf kept>' a line
+# (written once: delete it, and exp/queue/tuning_2p5bit.md, to choose again after the tuning confs change)
 tuned() {   # tuned <lane log>: true once the tuning's record is written (made here the first time all its runs are)
     ${list} && return 0
     [ -f ${kept_file} ] && return 0
