@@ -28,8 +28,8 @@ from mpq_plugins.datadir import write_atomic
 from mpq_plugins.eval import plots
 from mpq_plugins.eval.scoring import parse_sum_avg
 from mpq_plugins.eval.sctk import ScoringError
-from mpq_plugins.eval.significance import (bootstrap_errors, bootstrap_wer, check_same_reference, compare,
-                                          utterance_errors)
+from mpq_plugins.eval.significance import (bootstrap_errors, bootstrap_wer, cached_on_files, check_same_reference,
+                                          compare, utterance_errors)
 from mpq_plugins.record import MIXED, read_json, read_system
 
 COLS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
@@ -443,7 +443,7 @@ def all_in_one_runs(systems):
     return runs
 
 
-_TWIN = {}   # against_twin's results: {(nested sgml, twin sgml): (their (mtime_ns, size)s, result)}
+_TWIN = {}   # against_twin's results (cached_on_files)
 
 
 def against_twin(n, t, d):
@@ -451,18 +451,8 @@ def against_twin(n, t, d):
     err_a: the twin's). The seeds table and the per-seed sections both ask: sc_stats runs once while
     neither alignment changes on disk."""
     a, b = n.sgml(d), t.sgml(d)
-    try:
-        stamp = tuple((st.st_mtime_ns, st.st_size) for st in (os.stat(a), os.stat(b)))
-    except OSError:
-        stamp = None                        # compare names the missing file
-    key = (os.path.realpath(a), os.path.realpath(b))
-    hit = _TWIN.get(key)
-    if stamp is not None and hit is not None and hit[0] == stamp:
-        return hit[1]
-    c = compare(a, b, n.name, t.name, os.path.join(n.decode_dirs[d], "mapsswe_vs", t.name))
-    if stamp is not None:
-        _TWIN[key] = (stamp, c)
-    return c
+    return cached_on_files(_TWIN, [a, b], lambda: compare(a, b, n.name, t.name,
+                                                          os.path.join(n.decode_dirs[d], "mapsswe_vs", t.name)))
 
 
 def all_in_one_seeds(systems, sets, main_set, valid_set, sig, plot_dir):

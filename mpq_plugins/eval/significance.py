@@ -84,26 +84,32 @@ def compare(sys_sgml, base_sgml, sys_name, base_name, outdir):
     return result
 
 
-_ERRORS = {}   # utterance_errors already read: {realpath: ((mtime_ns, size), errors)}
+def cached_on_files(cache, paths, make):
+    """make() once while none of the files changes on disk: cache[their real paths] holds their
+    (mtime_ns, size)s and the result. A missing file is not cached (make names it in its error)."""
+    key = tuple(os.path.realpath(p) for p in paths)
+    try:
+        stamp = tuple((st.st_mtime_ns, st.st_size) for st in map(os.stat, key))
+    except OSError:
+        return make()
+    hit = cache.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    result = make()
+    cache[key] = (stamp, result)
+    return result
+
+
+_ERRORS = {}   # utterance_errors already read (cached_on_files)
 
 
 def utterance_errors(sgml):
     """{utt id: (word errors, reference words)} of an sclite SGML alignment (a report asks for the same
     file several times: it is read once while it does not change on disk)."""
-    real = os.path.realpath(sgml)
-    try:
-        st = os.stat(real)
-        stamp = (st.st_mtime_ns, st.st_size)
-    except OSError:
-        stamp = None                        # read_sgml names the missing file
-    hit = _ERRORS.get(real)
-    if stamp is not None and hit is not None and hit[0] == stamp:
-        return dict(hit[1])
-    _, paths = pyscore.read_sgml(sgml)
-    errors = {u: (sum(op != "C" for op, _, _ in p), sum(op != "I" for op, _, _ in p)) for u, p in paths.items()}
-    if stamp is not None:
-        _ERRORS[real] = (stamp, errors)
-    return dict(errors)
+    def read():
+        _, paths = pyscore.read_sgml(sgml)
+        return {u: (sum(op != "C" for op, _, _ in p), sum(op != "I" for op, _, _ in p)) for u, p in paths.items()}
+    return dict(cached_on_files(_ERRORS, [sgml], read))
 
 
 def bootstrap_interval(sys_sgmls, ref_sgml, n_resamples=2000, seed=0, level=0.95):
