@@ -35,36 +35,43 @@ def lossless_frontier(points):
     return front
 
 
+def _number_points(ax, order, wer_format):
+    """Number the points of order (dicts with "bytes", "wer", "name"; drawn already) 1, 2, ... and write a key
+    beside the axes: numbers of points at (almost) the same place go side by side, not on top of each other."""
+    placed = []   # (log10 MB, WER) of points already numbered
+    for i, s in enumerate(order, 1):
+        mb = s["bytes"] / 1e6
+        near = sum(1 for x, y in placed if abs(x - math.log10(mb)) < 0.02 and abs(y - s["wer"]) < 0.15)
+        placed.append((math.log10(mb), s["wer"]))
+        ax.annotate(str(i), (mb, s["wer"]), textcoords="offset points", xytext=(5 + 11 * near, 3), fontsize=7)
+    key = "\n".join(f"{i:>2}  {s['name']}  ({wer_format(s)})" for i, s in enumerate(order, 1))
+    ax.text(1.02, 1.0, key, transform=ax.transAxes, fontsize=7, va="top", family="monospace")
+
+
 def wer_vs_size(systems, path, test_set):
-    """systems: [{"name", "bytes", "wer", "lossless" (True/False/None for the baselines), "float"}].
-    Points carry numbers (by size, then WER) and a key beside the axes names them: many systems share
-    a size (every mixed-precision method of a budget), where names beside the points would overprint."""
+    """systems: [{"name", "bytes", "wer", "lossless" (True/False/None for the baselines), "float"}];
+    lossless: on every test set and decode. Points carry numbers (by size, then WER) and a key beside the
+    axes names them: many systems share a size (every mixed-precision method of a budget), where names
+    beside the points would overprint."""
     plt = _plt()
     order = sorted(systems, key=lambda s: (s["bytes"], s["wer"]))
     fig, ax = plt.subplots(figsize=(10, max(4.2, 0.16 * len(order) + 1.2)))
-    placed = []   # (log10 MB, WER, number) of points already numbered
-    for i, s in enumerate(order, 1):
-        mb = s["bytes"] / 1e6
+    for s in order:
         if s["float"]:
             style = dict(marker="s", color="black")
         elif s["lossless"]:
             style = dict(marker="o", color="tab:green")
         else:
             style = dict(marker="x", color="tab:red")
-        ax.plot(mb, s["wer"], linestyle="none", ms=7, **style)
-        # numbers of points at (almost) the same place go side by side rather than on top of each other
-        near = sum(1 for x, y, _ in placed if abs(x - math.log10(mb)) < 0.02 and abs(y - s["wer"]) < 0.15)
-        placed.append((math.log10(mb), s["wer"], i))
-        ax.annotate(str(i), (mb, s["wer"]), textcoords="offset points", xytext=(5 + 11 * near, 3), fontsize=7)
-    key = "\n".join(f"{i:>2}  {s['name']}  ({s['wer']:.1f})" for i, s in enumerate(order, 1))
-    ax.text(1.02, 1.0, key, transform=ax.transAxes, fontsize=7, va="top", family="monospace")
+        ax.plot(s["bytes"] / 1e6, s["wer"], linestyle="none", ms=7, **style)
+    _number_points(ax, order, lambda s: f"{s['wer']:.1f}")
     front = lossless_frontier([(s["bytes"] / 1e6, s["wer"], s["lossless"] or s["float"]) for s in systems])
     if front:
         ax.step([f[0] for f in front], [f[1] for f in front], where="post", color="tab:green", alpha=0.5,
                 label="lossless frontier")
     ax.plot([], [], "s", color="black", label="float32")
-    ax.plot([], [], "o", color="tab:green", label="lossless (MAPSSWE, p >= 0.05 or better)")
-    ax.plot([], [], "x", color="tab:red", label="significantly worse")
+    ax.plot([], [], "o", color="tab:green", label="lossless on every test set and decode (MAPSSWE)")
+    ax.plot([], [], "x", color="tab:red", label="significantly worse on some test set or decode")
     _finish_size_axes(fig, ax, path, "size on disk (MB, log scale)", f"{test_set} WER (%)")
 
 
@@ -78,13 +85,14 @@ def _finish_size_axes(fig, ax, path, xlabel, ylabel):
     _save(fig, path, dpi=80, bbox_inches="tight")
 
 
-def pareto(points, path, test_set, lines=True):
+def pareto(points, path, test_set, lines=True, numbered=False):
     """points: [{"name", "group" (a method), "bytes", "wer", "lo", "hi", "seeds"}]: WER against size with
     interval bars, one colour per group; lines: each group's systems joined in size order, else markers
     alone, the systems of equal size in different groups (e.g. a nested system and its twin) joined by a
-    dotted line."""
+    dotted line; numbered: points numbered and named in a key beside the axes (many at one size), else
+    named beside the points."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(10, max(5.5, 0.16 * len(points) + 1.2)) if numbered else (9, 5.5))
     groups = list(dict.fromkeys(p["group"] for p in points))
     colours = plt.get_cmap("tab10")
     if not lines:
@@ -101,8 +109,14 @@ def pareto(points, path, test_set, lines=True):
         err = [[p["wer"] - p["lo"] for p in pts], [p["hi"] - p["wer"] for p in pts]]
         ax.errorbar(x, y, yerr=err, marker="s" if g == "float32" else "o", ms=5, capsize=3, lw=1 if lines else 0,
                     elinewidth=1, color="black" if g == "float32" else colours(i % 10), label=g)
-        for p in pts:
-            ax.annotate(p["name"], (p["bytes"] / 1e6, p["wer"]), textcoords="offset points", xytext=(4, 4), fontsize=6)
+        if not numbered:
+            for p in pts:
+                ax.annotate(p["name"], (p["bytes"] / 1e6, p["wer"]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=6)
+    if numbered:
+        _number_points(ax, sorted(points, key=lambda p: (p["bytes"], p["wer"])),
+                       lambda p: f"{p['wer']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}], {p['seeds']} seed"
+                                 + ("s" if p["seeds"] != 1 else ""))
     _finish_size_axes(fig, ax, path, "size on disk (MB, log scale; mean over seeds)",
                       f"{test_set} WER (%), 95% bootstrap interval")
 
@@ -113,9 +127,12 @@ def bit_allocation(name, bits_per_layer, path):
     names = list(bits_per_layer)
     bits = [bits_per_layer[n] for n in names]
     fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(names) + 2), 3.6))
-    colors = {2: "tab:red", 3: "tab:orange", 4: "tab:olive", 5: "tab:cyan", 6: "tab:blue", 7: "tab:purple",
-              8: "tab:green"}
+    colors = {1: "tab:brown", 1.6: "tab:pink", 2: "tab:red", 3: "tab:orange", 4: "tab:olive", 5: "tab:cyan",
+              6: "tab:blue", 7: "tab:purple", 8: "tab:green"}
     ax.bar(range(len(names)), bits, color=[colors.get(b, "gray") for b in bits])
+    from matplotlib.patches import Patch
+    ax.legend(handles=[Patch(color=colors.get(b, "gray"), label=f"{b:g} bits") for b in sorted(set(bits), reverse=True)],
+              fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))   # the widths used, widest first
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels([n.replace("encoder.encoders.", "enc").replace("decoder.decoders.", "dec") for n in names],
                        rotation=90, fontsize=5)

@@ -720,10 +720,11 @@ def report(baseline, others, main_set, valid_set, out, decodes):
                            "group": "float32" if members[0].is_float else members[0].method,
                            "bytes": sum(m.sizes["disk_bytes"] for m in members) / len(members),
                            "wer": wer, "lo": lo, "hi": hi, "seeds": len(members)})
-        plots.pareto(pareto, os.path.join(plot_dir, "wer_vs_size_seeds.png"), main_set)
+        plots.pareto(pareto, os.path.join(plot_dir, "wer_vs_size_seeds.png"), main_set, numbered=True)
         lines += ["## WER against size, seeds together", "",
                   f"Each quant conf at its mean size on disk and the {main_set} WER of its seeds' mean errors, with the "
-                  "bootstrap 95% interval (utterances resampled); a line joins the systems of one method.", "",
+                  "bootstrap 95% interval (utterances resampled); a line joins the systems of one method, a number "
+                  "beside each point names it in the key.", "",
                   "![WER against size, seeds together](results/wer_vs_size_seeds.png)", ""]
     mixed = [s for s in systems if len(set(s.bits_per_layer.values())) > 1]
     if mixed:
