@@ -378,6 +378,11 @@ def mean_time(members):
     return t
 
 
+def cpu_over(t, own):
+    """' (1.23x)': CPU time t over own (mean_time's), or '' when either is untimed."""
+    return f" ({t['cpu'] / own['cpu']:.2f}x)" if t and own and own["cpu"] else ""
+
+
 def equal_budget(systems, main_set, valid_set, sig):
     """Per budget of the mixed-precision systems: a row per quant conf (its seeds together) of each method
     and of the uniform systems storing about as much, with accuracy over the seeds, the one-stage conf
@@ -411,10 +416,13 @@ def equal_budget(systems, main_set, valid_set, sig):
                          + "|".join(times) + f"|{wall}|{cpu}|{one_stage_against(one, members, main_set)}|")
         lines.append("")
         for other in [m for m in rows.values() if m[0].kind == "one_stage" and m is not one]:
-            vs = [f"{n}: {one_stage_against(other, m, main_set)}" for n, m in rows.items()
+            # its compute beside theirs (e.g. a conf of half the fine-tuning against the full two-stage ones)
+            t = mean_time(other)
+            vs = [f"{n}{cpu_over(mean_time(m), t)}: {one_stage_against(other, m, main_set)}" for n, m in rows.items()
                   if m is not other and m[0].kind != "one_stage"]
             if vs:
-                lines += [f"{family_of(other[0].name)} against the others: " + "; ".join(vs) + ".", ""]
+                lines += [f"{family_of(other[0].name)} against the others (in brackets, their CPU time over its "
+                          "own): " + "; ".join(vs) + ".", ""]
     return lines
 
 
