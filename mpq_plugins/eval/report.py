@@ -399,6 +399,7 @@ def equal_budget(systems, main_set, valid_set, sig):
                   "search (min)|fine-tuning (min)|pack (min)|total (min)|wall over one-stage|CPU over one-stage|"
                   f"one-stage against it ({main_set} errors, MAPSSWE p, per seed; mean WER difference [95%])|",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        o = mean_time(one) if one else None
         for name, members in rows.items():
             first = members[0]
             ratio = mean_sd([m.sizes["compression_ratio"] for m in members])[0]
@@ -407,7 +408,6 @@ def equal_budget(systems, main_set, valid_set, sig):
             k = sum(bool(lossless_everywhere(m, sig, valid_set)[0]) for m in members)
             t = mean_time(members)
             times = [f"{t[w] / 60:.1f}" for w in ("search", "train", "pack", "wall")] if t else [""] * 4
-            o = mean_time(one) if one else None
             wall = f"{t['wall'] / o['wall']:.2f}x" if t and o and o["wall"] else ""
             cpu = f"{t['cpu'] / o['cpu']:.2f}x" if t and o and o["cpu"] else ""
             valid_wer = f"{mean_sd(valid)[0]:.2f}" if valid else ""
