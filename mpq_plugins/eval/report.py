@@ -583,8 +583,8 @@ def all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir):
                       f"one: **{t['alone'] / t['one']:.2f}x less**. Every run makes the same number of updates, so one "
                       f"update of the all-in-one run costs {t['per_update']:.2f}x a twin's."]
             if "one_cpu" in t:
-                lines[-1] += (f" In CPU time, which the jobs running beside them do not inflate: {t['one_cpu'] / 60:.1f} "
-                              f"against {t['alone_cpu'] / 60:.1f} min, **{t['alone_cpu'] / t['one_cpu']:.2f}x less**.")
+                lines[-1] += (" In CPU time, which the jobs running beside them inflate less than wall-clock time: "
+                              f"{t['one_cpu'] / 60:.1f} against {t['alone_cpu'] / 60:.1f} min, **{t['alone_cpu'] / t['one_cpu']:.2f}x less**.")
             lines += [""]
         best = {}
         for label, group in (("nested", nested), ("twins", [t for t in twins.values() if t]),
