@@ -175,22 +175,25 @@ def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
                      times=[("search", 240), ("train", 300), ("pack", 12)], **mixed)
     w3 = make_system(recipe, "asr_m_w3", edit(lambda u: 1 + u % 2), "qat", weight_bits=3, size=420)   # 3.36 stored
     other = make_system(recipe, "asr_m_w4", edit(lambda u: 0), "qat", weight_bits=4, size=560)      # 4.48 stored
+    w2 = make_system(recipe, "asr_m_w2", edit(lambda u: 2), "qat", weight_bits=2, size=300)         # 2.40 stored
+    w1 = make_system(recipe, "asr_m_w1", edit(lambda u: 3), "qat", weight_bits=1, size=190)         # 1.52 stored
     w3_ptq = make_system(recipe, "asr_m_w3_ptq", edit(lambda u: 1 + u % 2), "ptq", weight_bits=3, size=420)
     w3_layers = make_system(recipe, "asr_m_w3_layers", edit(lambda u: 0), "qat", weight_bits=3,   # per-layer bits
                             bits_per_layer={"a": 2, "b": 4}, description="mixed QAT, weights", size=370)
     half = make_system(recipe, "asr_m_one_half", edit(lambda u: 1 if u == 4 else 0), "one_stage",
                        budget={"avg_bits": 3}, times=[("train", 150), ("pack", 12)], **mixed)
     sn = make_system(recipe, "asr_m_sn", edit(lambda u: 0), "supernet", budget={"size_mb": 1.2}, **mixed)
-    lines = report.report(base, [one, half, kl, w3, other, w3_ptq, w3_layers, sn], "test", "dev",
+    lines = report.report(base, [one, half, kl, w3, other, w2, w1, w3_ptq, w3_layers, sn], "test", "dev",
                           str(recipe / "RESULTS.md"), DECODE)
     i = lines.index("### Budget 3 stored bits (10.67x)")
     rows = {r.split("|")[1]: r.split("|") for r in lines[i:lines.index("## Seeds and intervals (test)")]
             if r.startswith("|asr_m")}
     rows = {k: v for k, v in rows.items() if k in ("asr_m_one", "asr_m_kl", "asr_m_w3", "asr_m_w4")}
     block = lines[i + 4: lines.index("", i + 3)]
-    # uniform QAT and PTQ systems storing within half a bit of the budget are shown beside it; not w4 (4.48
-    # stored bits), nor a QAT system with per-layer bits
-    assert [r.split("|")[1] for r in block] == ["asr_m_one", "asr_m_one_half", "asr_m_kl", "asr_m_w3", "asr_m_w3_ptq"]
+    # the uniform systems storing nearest the budget (3 stored bits) on either side are shown beside it: w2 below,
+    # w3 above with its PTQ twin of the same size; not w1 nor w4 (further away), nor a QAT system with per-layer bits
+    assert [r.split("|")[1] for r in block] == ["asr_m_one", "asr_m_one_half", "asr_m_kl", "asr_m_w3", "asr_m_w2",
+                                                "asr_m_w3_ptq"]
     j = lines.index("### Budget 1.2 MB")                                   # a size budget: its own table
     assert [r.split("|")[1] for r in lines[j + 4: lines.index("", j + 3)]] == ["asr_m_sn"]
     assert rows["asr_m_one"][2] == "one-stage MPQ" and rows["asr_m_kl"][2] == "two-stage MPQ (KL)"

@@ -301,7 +301,7 @@ def seeds_table(systems, main_set, valid_set, sig):
     return lines
 
 
-NEAR_BITS = 0.5   # a uniform system is shown beside a budget when it stores within this many bits of it
+NEAR_BITS = 1.0   # the uniform systems shown beside a budget store at most this many bits more or fewer
 
 
 def budget_bits(s):
@@ -320,10 +320,19 @@ def budget_of(s):
     return f"{s.budget['size_mb']} MB" if bits is None else f"{bits:g} stored bits ({32 / bits:.2f}x)"
 
 
-def near_uniform(s, bits):
-    """A uniform system (QAT or PTQ, every layer at the same bits) storing within NEAR_BITS of `bits`."""
-    return (bits is not None and s.kind in ("qat", "ptq") and len(set(s.bits_per_layer.values())) <= 1
-            and abs(32.0 / s.sizes["compression_ratio"] - bits) <= NEAR_BITS)
+def uniform_beside(fams, bits):
+    """The uniform families (QAT or PTQ, every layer at the same bits) shown beside a budget of `bits` stored
+    bits: on each side of it the one storing nearest (all that store as much, e.g. QAT and PTQ of one width),
+    within NEAR_BITS; e.g. at 3 bits uniform 2 (2.52 stored) and 3 (3.51) bits."""
+    if bits is None:
+        return set()
+    stored = {f: round(32.0 / m[0].sizes["compression_ratio"], 2) for f, m in fams.items()
+              if m[0].kind in ("qat", "ptq") and len(set(m[0].bits_per_layer.values())) <= 1}
+    keep = set()
+    for side in (lambda x: x <= bits, lambda x: x > bits):
+        near = {f: abs(x - bits) for f, x in stored.items() if side(x) and abs(x - bits) <= NEAR_BITS}
+        keep |= {f for f, d in near.items() if d == min(near.values())}
+    return keep
 
 
 def against_one_stage(one, s, main_set):
@@ -385,14 +394,15 @@ def cpu_over(t, own):
 
 def equal_budget(systems, main_set, valid_set, sig):
     """Per budget of the mixed-precision systems: a row per quant conf (its seeds together) of each method
-    and of the uniform systems storing about as much, with accuracy over the seeds, the one-stage conf
+    and of the uniform systems storing nearest to it on either side (`uniform_beside`), with accuracy over the seeds, the one-stage conf
     tested against it (per seed and over the seeds), and the compression time (mean over the seeds) split
     into search, fine-tuning and packing (wall and CPU)."""
     budgets = {budget_of(s): budget_bits(s) for s in systems if s.mixed}
     fams = families([s for s in systems if not s.is_float], main_set)
     lines = []
     for b, bits in budgets.items():
-        rows = {f: m for f, m in fams.items() if budget_of(m[0]) == b or near_uniform(m[0], bits)}
+        beside = uniform_beside(fams, bits)
+        rows = {f: m for f, m in fams.items() if budget_of(m[0]) == b or f in beside}
         one = next((m for m in rows.values() if m[0].kind == "one_stage"), None)
         lines += [f"### Budget {b}", "",
                   f"|system|method|seeds|stored bits (ratio)|{valid_set} WER|{main_set} WER, mean ± sd|lossless, seeds|"
@@ -691,8 +701,8 @@ def report(baseline, others, main_set, valid_set, out, decodes):
     mpq = equal_budget(systems, main_set, valid_set, sig)
     if mpq:
         lines += [f"## Mixed precision at equal budget ({main_set})", "",
-                  "Each budget's systems side by side: the mixed-precision methods and the uniform system of as many "
-                  "bits. Compression time (the mean over the conf's seeds) split into the search of the bit-widths "
+                  "Each budget's systems side by side: the mixed-precision methods and the uniform systems storing "
+                  "nearest to it, one smaller and one larger (within a bit). Compression time (the mean over the conf's seeds) split into the search of the bit-widths "
                   "(two-stage methods; the one-stage method searches inside its fine-tuning run), the fine-tuning "
                   "and the packing.", ""] + mpq
     aio = all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir)
