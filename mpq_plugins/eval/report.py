@@ -394,9 +394,9 @@ def cpu_over(t, own):
 
 def equal_budget(systems, main_set, valid_set, sig):
     """Per budget of the mixed-precision systems: a row per quant conf (its seeds together) of each method
-    and of the uniform systems storing nearest to it on either side (`uniform_beside`), with accuracy over the seeds, the one-stage conf
-    tested against it (per seed and over the seeds), and the compression time (mean over the seeds) split
-    into search, fine-tuning and packing (wall and CPU)."""
+    and of the uniform systems storing nearest to it on either side (`uniform_beside`), with accuracy over
+    the seeds, the one-stage conf tested against it (per seed and over the seeds), and the compression time
+    (mean over the seeds) split into search, fine-tuning and packing (wall and CPU)."""
     budgets = {budget_of(s): budget_bits(s) for s in systems if s.mixed}
     fams = families([s for s in systems if not s.is_float], main_set)
     lines = []
@@ -594,7 +594,8 @@ def all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir):
                       f"update of the all-in-one run costs {t['per_update']:.2f}x a twin's."]
             if "one_cpu" in t:
                 lines[-1] += (" In CPU time, which the jobs running beside them inflate less than wall-clock time: "
-                              f"{t['one_cpu'] / 60:.1f} against {t['alone_cpu'] / 60:.1f} min, **{t['alone_cpu'] / t['one_cpu']:.2f}x less**.")
+                              f"{t['one_cpu'] / 60:.1f} against {t['alone_cpu'] / 60:.1f} min, "
+                              f"**{t['alone_cpu'] / t['one_cpu']:.2f}x less**.")
             lines += [""]
         best = {}
         for label, group in (("nested", nested), ("twins", [t for t in twins.values() if t]),
@@ -702,9 +703,9 @@ def report(baseline, others, main_set, valid_set, out, decodes):
     if mpq:
         lines += [f"## Mixed precision at equal budget ({main_set})", "",
                   "Each budget's systems side by side: the mixed-precision methods and the uniform systems storing "
-                  "nearest to it, one smaller and one larger (within a bit). Compression time (the mean over the conf's seeds) split into the search of the bit-widths "
-                  "(two-stage methods; the one-stage method searches inside its fine-tuning run), the fine-tuning "
-                  "and the packing.", ""] + mpq
+                  "nearest to it, one smaller and one larger (within a bit). Compression time (the mean over the "
+                  "conf's seeds) split into the search of the bit-widths (two-stage methods; the one-stage method "
+                  "searches inside its fine-tuning run), the fine-tuning and the packing.", ""] + mpq
     aio = all_in_one_sections(systems, sets, main_set, valid_set, sig, plot_dir)
     if aio:
         lines += ["## All-in-one: nested systems and their twins", "",
