@@ -331,7 +331,8 @@ def uniform_beside(fams, bits):
     keep = set()
     for side in (lambda x: x <= bits, lambda x: x > bits):
         near = {f: abs(x - bits) for f, x in stored.items() if side(x) and abs(x - bits) <= NEAR_BITS}
-        keep |= {f for f, d in near.items() if d == min(near.values())}
+        nearest = min(near.values(), default=None)
+        keep |= {f for f, d in near.items() if d == nearest}
     return keep
 
 
@@ -387,9 +388,9 @@ def mean_time(members):
     return t
 
 
-def cpu_over(t, own):
-    """' (1.23x)': CPU time t over own (mean_time's), or '' when either is untimed."""
-    return f" ({t['cpu'] / own['cpu']:.2f}x)" if t and own and own["cpu"] else ""
+def time_over(t, own, part="cpu"):
+    """'1.23x': t's part (of mean_time's: wall, cpu, ...) over own's, or '' when either is untimed."""
+    return f"{t[part] / own[part]:.2f}x" if t and own and own[part] else ""
 
 
 def equal_budget(systems, main_set, valid_set, sig):
@@ -403,33 +404,38 @@ def equal_budget(systems, main_set, valid_set, sig):
     for b, bits in budgets.items():
         beside = uniform_beside(fams, bits)
         rows = {f: m for f, m in fams.items() if budget_of(m[0]) == b or f in beside}
-        one = next((m for m in rows.values() if m[0].kind == "one_stage"), None)
+        one_name = next((n for n, m in rows.items() if m[0].kind == "one_stage"), None)
+        one = rows.get(one_name)
         lines += [f"### Budget {b}", "",
                   f"|system|method|seeds|stored bits (ratio)|{valid_set} WER|{main_set} WER, mean ± sd|lossless, seeds|"
                   "search (min)|fine-tuning (min)|pack (min)|total (min)|wall over one-stage|CPU over one-stage|"
                   f"one-stage against it ({main_set} errors, MAPSSWE p, per seed; mean WER difference [95%])|",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        o = mean_time(one) if one else None
+        times = {name: mean_time(members) for name, members in rows.items()}
+        o = times.get(one_name)
         for name, members in rows.items():
             first = members[0]
             ratio = mean_sd([m.sizes["compression_ratio"] for m in members])[0]
             valid = [m.wer[valid_set] for m in members if valid_set in m.wer]
             main, sd = mean_sd([exact_wer(utterance_errors(m.sgml(main_set))) for m in members])
             k = sum(bool(lossless_everywhere(m, sig, valid_set)[0]) for m in members)
-            t = mean_time(members)
-            times = [f"{t[w] / 60:.1f}" for w in ("search", "train", "pack", "wall")] if t else [""] * 4
-            wall = f"{t['wall'] / o['wall']:.2f}x" if t and o and o["wall"] else ""
-            cpu = f"{t['cpu'] / o['cpu']:.2f}x" if t and o and o["cpu"] else ""
+            t = times[name]
+            minutes = [f"{t[w] / 60:.1f}" for w in ("search", "train", "pack", "wall")] if t else [""] * 4
             valid_wer = f"{mean_sd(valid)[0]:.2f}" if valid else ""
             lines.append(f"|{name}|{first.method}|{', '.join(str(m.seed) for m in members)}|"
                          f"{32 / ratio:.2f} ({ratio:.2f}x)|{valid_wer}|{main:.2f} ± {sd:.2f}|{k} of {len(members)}|"
-                         + "|".join(times) + f"|{wall}|{cpu}|{one_stage_against(one, members, main_set)}|")
+                         + "|".join(minutes) + f"|{time_over(t, o, 'wall')}|{time_over(t, o)}|"
+                         f"{one_stage_against(one, members, main_set)}|")
         lines.append("")
-        for other in [m for m in rows.values() if m[0].kind == "one_stage" and m is not one]:
+        for other_name, other in rows.items():
+            if other[0].kind != "one_stage" or other is one:
+                continue
             # its compute beside theirs (e.g. a conf of half the fine-tuning against the full two-stage ones)
-            t = mean_time(other)
-            vs = [f"{n}{cpu_over(mean_time(m), t)}: {one_stage_against(other, m, main_set)}" for n, m in rows.items()
-                  if m is not other and m[0].kind != "one_stage"]
+            vs = []
+            for n, m in rows.items():
+                if m[0].kind != "one_stage":
+                    r = time_over(times[n], times[other_name])
+                    vs.append(f"{n}{f' ({r})' if r else ''}: {one_stage_against(other, m, main_set)}")
             if vs:
                 lines += [f"{family_of(other[0].name)} against the others (in brackets, their CPU time over its "
                           "own): " + "; ".join(vs) + ".", ""]
