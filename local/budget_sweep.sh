@@ -3,7 +3,8 @@
 # supernet at 3.5, 3, 2.5, 2 and 1.75 stored bits a parameter (whole packed file: 9.1x, the size of uniform
 # w3, to 18.3x), the
 # uniform systems 4, 3, 2, 1.6 (ternary) and 1 bit, the searched methods with half the fine-tuning
-# (equal compute) and the float control, each over the seeds; then one report over all of them.
+# (equal compute), one-stage as the tuning at 2.5 bits kept it (search on the teacher's KL, logit_lr 8) and the float
+# control, each over the seeds; then one report over all of them.
 #   local/budget_sweep.sh                      # stages 6-8 seed by seed (test set only), then stage 9
 #   local/budget_sweep.sh --seeds "2 3"        # some seeds (their report: --stage 9 --seeds "1 2 3")
 #   local/budget_sweep.sh --stage 9            # the report alone
@@ -35,6 +36,8 @@ for b in 3bit 2p5bit; do
 done
 confs="${confs} mpq_one_stage_3bit_out8 mpq_one_stage_2p5bit_out8"   # the output layers kept out of the search at 8 bits
 confs="${confs} mpq_one_stage_2p5bit_teacherkl"   # the search learns from the teacher's KL alone
+for b in 3bit 2p5bit 2bit 1p75bit; do confs="${confs} mpq_one_stage_${b}_tuned"; done   # as the tuning kept it
+confs="${confs} mpq_one_stage_3bit_tuned_half mpq_one_stage_2p5bit_tuned_half"
 paths=""
 for c in ${confs}; do
     [ -f "${root}/conf/quant/${c}.yaml" ] || { echo "$0: conf/quant/${c}.yaml: no such file" >&2; exit 1; }

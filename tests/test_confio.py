@@ -38,7 +38,7 @@ def test_the_budget_sweep_lists_existing_confs_at_five_budgets_and_both_compute_
     import subprocess
     out = subprocess.run([os.path.join(ROOT, "local", "budget_sweep.sh"), "--list"], capture_output=True, text=True,
                          check=True).stdout.split()
-    assert len(out) == len(set(out)) == 35 and all(os.path.exists(os.path.join(ROOT, p)) for p in out)
+    assert len(out) == len(set(out)) == 41 and all(os.path.exists(os.path.join(ROOT, p)) for p in out)
     budgets = {}
     for p in out:
         conf = compose(os.path.join(ROOT, p))
@@ -47,7 +47,7 @@ def test_the_budget_sweep_lists_existing_confs_at_five_budgets_and_both_compute_
             budgets.setdefault(conf["method"], set()).add(mp["budget"]["avg_bits"])
     assert budgets == {m: {3.5, 3, 2.5, 2, 1.75} for m in ("one_stage", "kl", "hessian", "supernet")}
     halves = [compose(os.path.join(ROOT, p)) for p in out if "_half" in p]
-    assert len(halves) == 6 and all(h["num_iters_per_epoch"] == 212 for h in halves)
+    assert len(halves) == 8 and all(h["num_iters_per_epoch"] == 212 for h in halves)
 
 
 def test_a_variant_is_its_base_with_a_few_keys_changed():
@@ -159,64 +159,53 @@ def test_every_shipped_training_and_decoding_config_is_read_by_its_parser():
     assert seen["train"] >= 4 and seen["decode"] >= 5
 
 
-def test_the_results_queue_runs_every_conf_of_the_sweep_the_tuning_and_all_in_one():
+def test_the_results_queue_runs_the_sweep_below_two_bits_first_with_one_stage_as_tuned():
     import subprocess
     run = lambda *a: subprocess.run([os.path.join(ROOT, "local", a[0]), *a[1:]], capture_output=True, text=True,  # noqa
                                     check=True).stdout.split()
     queued = run("results_queue.sh", "--list")
-    assert all(os.path.exists(os.path.join(ROOT, p)) for p in queued)
-    tuning = [os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "conf", "quant", "tuning", "*.yaml"))]
-    aio = {"conf/quant/aio_d432_ff_w42.yaml", "conf/quant/aio_d432_ff_w42_balanced.yaml",
-           "conf/quant/aio_d432_ff_w42_every.yaml"}
-    assert set(run("budget_sweep.sh", "--list")) | set(tuning) | aio == set(queued)
-    # the tuning record's groups: every tuning conf once, beside the conf it varies, which comes first
-    groups = [g.split(",") for g in run("tuning_report.sh", "--list")]
-    assert sorted(v for g in groups for v in g[1:]) == sorted(
-        "exp/asr_train_asr_conformer_" + os.path.basename(t)[:-5] for t in tuning)
-    assert all(v.startswith(g[0]) for g in groups for v in g[1:]) and len(groups) == 5
-    # the conf's run and the variants' are decoded on dev (the record's set); only the conf's on test
-    lines = open(os.path.join(ROOT, "local", "results_queue.sh")).read()
-    assert 'sweep $1 dev 1 tuning/' in lines.replace("\\\n", " ")
+    assert len(queued) == len(set(queued)) and set(queued) <= set(run("budget_sweep.sh", "--list"))
+    assert queued[:4] == ["conf/quant/" + c + ".yaml" for c in ("fp32_cont", "w2", "w1p6", "w1")]
+    budgets = [compose(os.path.join(ROOT, p))["quantization"]["mixed_precision"]["budget"]["avg_bits"]
+               for p in queued[4:12]]
+    assert budgets == [2] * 4 + [1.75] * 4                       # the open end of the sweep before the rest
+    for p in queued:                                             # one-stage always as the tuning kept it
+        conf = compose(os.path.join(ROOT, p))
+        if conf["method"] == "one_stage":
+            assert conf["quantization"]["mixed_precision"]["search_loss"] == "teacher_kl", p
+            assert conf["quantization"]["mixed_precision"]["logit_lr"] == 8.0, p
     r = subprocess.run([os.path.join(ROOT, "local", "results_queue.sh"), "--go"], capture_output=True, text=True)
     assert r.returncode != 0 and "unknown option --go" in r.stderr
     r = subprocess.run([os.path.join(ROOT, "local", "results_queue.sh"), "--lane", "c"], capture_output=True, text=True)
     assert r.returncode != 0 and "--lane takes a or b, not 'c'" in r.stderr
 
 
-def test_the_queue_runs_the_tuned_budget_with_the_conf_the_record_kept(tmp_path):
-    """local/results_queue.sh itself, its run.sh and tuning_report.sh replaced by scripts that record their calls:
-    the 2.5-bit budget waits for the tuning's record, then runs the variant kept, decoded on test this time."""
+def test_two_lanes_share_the_queue_each_step_once_and_a_cut_queue_goes_on(tmp_path):
+    """local/results_queue.sh itself with its run.sh replaced by a script that records its calls (and fails once
+    where told to): both lanes together run every step once, the int8 decodes after the default systems; a failed
+    step is run again by the next queue, nothing else is."""
     import shutil
     import subprocess
     (tmp_path / "local").mkdir()
     shutil.copy(os.path.join(ROOT, "local", "results_queue.sh"), tmp_path / "local")
-    (tmp_path / "run.sh").write_text('#!/bin/bash\necho "$*" >> calls\n')
-    (tmp_path / "local" / "tuning_report.sh").write_text(
-        '#!/bin/bash\n[ -f complete ] || { echo "not decoded on dev" >&2; exit 1; }\n'
-        'echo "conf/quant/mpq_one_stage_2p5bit_teacherkl.yaml conf/quant/tuning/mpq_one_stage_2p5bit_teacherkl_lr8.yaml'
-        '\nconf/quant/mpq_kl_2p5bit.yaml conf/quant/mpq_kl_2p5bit.yaml" > "$4"\n')
-    for f in ("run.sh", "local/tuning_report.sh"):
-        os.chmod(tmp_path / f, 0o755)
-
-    def queue():
-        subprocess.run(["local/results_queue.sh", "--lane", "a"], cwd=tmp_path, check=True, timeout=120)
-        calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
-        (tmp_path / "calls").unlink(missing_ok=True)
-        return [c for c in calls if "2p5bit" in c and "_half" not in c and "dev" not in c]
-
-    assert queue() == []                                # the record is not complete: the budget waits
-    assert "the 2.5-bit budget waits for it" in (tmp_path / "exp" / "queue" / "queue.log").read_text()
-    (tmp_path / "complete").touch()
-    tier = queue()
-    confs = [c.split("--quant_confs ")[1].split()[0] for c in tier]
-    six = ["conf/quant/mpq_one_stage_2p5bit.yaml", "conf/quant/mpq_one_stage_2p5bit_out8.yaml",
-           "conf/quant/tuning/mpq_one_stage_2p5bit_teacherkl_lr8.yaml", "conf/quant/mpq_kl_2p5bit.yaml",
-           "conf/quant/mpq_hessian_2p5bit.yaml", "conf/quant/mpq_supernet_2p5bit.yaml"]
-    # seed 1: the methods' confs were decoded on dev and test in the tuning; the variant kept on dev alone, so
-    # its test decode is a step of its own
-    assert confs == six[1:3] + six + six, confs
-    assert "--seeds 1 --quant_confs conf/quant/tuning/mpq_one_stage_2p5bit_teacherkl_lr8.yaml --quant_test_sets test" \
-        in tier[1]
-    assert "kept: conf/quant/tuning/mpq_one_stage_2p5bit_teacherkl_lr8.yaml" in \
-        (tmp_path / "exp" / "queue" / "queue.log").read_text()
-    assert queue() == []                                # all done: nothing runs again
+    (tmp_path / "run.sh").write_text('#!/bin/bash\nsleep 0.05\n[ -f fail ] && [[ "$*" == *"--seeds 2 --quant_confs conf/quant/w1.yaml"* ]] '
+                                     '&& exit 1\necho "$*" >> calls\n')
+    os.chmod(tmp_path / "run.sh", 0o755)
+    (tmp_path / "fail").touch()
+    subprocess.run(["local/results_queue.sh"], cwd=tmp_path, check=True, timeout=300)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    n = len(subprocess.run(["local/results_queue.sh", "--list"], cwd=tmp_path, capture_output=True, text=True,
+                           check=True).stdout.split())
+    assert len(calls) == len(set(calls)) == 1 + 3 * 21 + 3 * 6 - 1 + 2   # stages 1-5, the list, default, int8
+    assert calls[0] == "--stop_stage 5"
+    default = [i for i, c in enumerate(calls) if c == "--nj 1 --stage 6"]
+    int8 = [i for i, c in enumerate(calls) if "decode_asr_int8" in c]
+    assert len(default) == len(int8) == 1 and default[0] < int8[0]
+    assert n == 27 and "--seeds 2 --quant_confs conf/quant/w1.yaml" not in " ".join(calls)
+    log = (tmp_path / "exp" / "queue" / "queue.log").read_text()
+    assert "w1 seed 2: FAILED" in log and ("lane a: done" in log or "lane b: done" in log)
+    (tmp_path / "fail").unlink()
+    (tmp_path / "calls").unlink()
+    subprocess.run(["local/results_queue.sh", "--lane", "b"], cwd=tmp_path, check=True, timeout=120)
+    again = (tmp_path / "calls").read_text().splitlines()
+    assert len(again) == 1 and "--seeds 2 --quant_confs conf/quant/w1.yaml --quant_test_sets test" in again[0]

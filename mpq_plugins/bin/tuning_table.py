@@ -6,7 +6,7 @@ option (conf/quant/tuning/), judged on the held-out set (mpq_plugins/eval/tuning
 
 --groups: space-separated groups, each the comma-separated exp dirs of one method, its conf's run first.
 --kept FILE: also write, per group, the method's quant conf and the quant conf of the run kept (one pair a
-line): what local/results_queue.sh runs at the tuned budget.
+line), for scripts that run each method as its tuning left it.
 """
 import argparse
 import sys
