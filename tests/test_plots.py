@@ -31,3 +31,20 @@ def test_numbered_pareto_names_each_point_with_its_interval_in_the_key(monkeypat
     assert key[3].split()[:2] == ["4", "f"] and key[3].endswith("1 seed)")
     numbers = [t for t in figs[0].axes[0].texts if t.get_text() in "123"]
     assert len({n.xyann for n in numbers}) == 3        # three at one size: side by side, not on top of each other
+
+
+def test_the_wer_axis_turns_logarithmic_only_where_a_sweep_reaches_far_worse_systems(monkeypatch):
+    figs = drawn(monkeypatch)
+    near = [{"name": n, "group": g, "bytes": b, "wer": w, "lo": w - 0.4, "hi": w + 0.4, "seeds": 3}
+            for n, g, b, w in (("f", "float32", 12e6, 7.9), ("w3", "uniform", 1.2e6, 8.5), ("kl", "kl", 1e6, 8.8))]
+    far = near + [{"name": "w1", "group": "uniform", "bytes": 0.45e6, "wer": 46.0, "lo": 44.0, "hi": 48.0, "seeds": 3}]
+    plots.pareto(near, "p.png", "test", numbered=True)
+    plots.pareto(far, "p.png", "test", numbered=True)
+    plots.wer_vs_size([{"name": p["name"], "bytes": p["bytes"], "wer": p["wer"], "lossless": False,
+                        "float": p["group"] == "float32"} for p in far], "s.png", "test")
+    axes = [f.axes[0] for f in figs]
+    assert [a.get_yscale() for a in axes] == ["linear", "log", "log"]
+    assert axes[1].get_ylabel().endswith("(log scale)") and not axes[0].get_ylabel().endswith("(log scale)")
+    figs[1].canvas.draw()
+    labels = [t.get_text() for t in axes[1].get_yticklabels() if t.get_visible() and t.get_text()]
+    assert "10" in labels and "20" in labels and all("^" not in t for t in labels)   # plain numbers, not 10^1

@@ -72,12 +72,26 @@ def wer_vs_size(systems, path, test_set):
     ax.plot([], [], "s", color="black", label="float32")
     ax.plot([], [], "o", color="tab:green", label="lossless on every test set and decode (MAPSSWE)")
     ax.plot([], [], "x", color="tab:red", label="significantly worse on some test set or decode")
-    _finish_size_axes(fig, ax, path, "size on disk (MB, log scale)", f"{test_set} WER (%)")
+    _finish_size_axes(fig, ax, path, "size on disk (MB, log scale)", f"{test_set} WER (%)", [s["wer"] for s in systems])
 
 
-def _finish_size_axes(fig, ax, path, xlabel, ylabel):
+WIDE_WER = 3.0   # the WER axis turns logarithmic where its highest value is over this many times its lowest
+
+
+def _finish_size_axes(fig, ax, path, xlabel, ylabel, wers):
+    """wers: the lowest and highest WER drawn (bars included). A sweep down to 1 bit puts systems near 50% WER
+    beside the float model's 8%: on a linear axis the differences between methods near the float model, the
+    ones a reader looks for, would shrink to a sliver, so such an axis is logarithmic, its ticks plain numbers."""
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
+    lo, hi = min(wers), max(wers)
+    if lo > 0 and hi / lo > WIDE_WER:
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ylabel += " (log scale)"
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
@@ -118,7 +132,7 @@ def pareto(points, path, test_set, lines=True, numbered=False):
                        lambda p: f"{p['wer']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}], {p['seeds']} seed"
                                  + ("s" if p["seeds"] != 1 else ""))
     _finish_size_axes(fig, ax, path, "size on disk (MB, log scale; mean over seeds)",
-                      f"{test_set} WER (%), 95% bootstrap interval")
+                      f"{test_set} WER (%), 95% bootstrap interval", [p["lo"] for p in points] + [p["hi"] for p in points])
 
 
 def bit_allocation(name, bits_per_layer, path):
