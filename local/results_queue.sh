@@ -5,7 +5,8 @@
 #   local/results_queue.sh                 # from the recipe's root, in the background: days on 2 cores
 #   local/results_queue.sh --lane b        # one lane only (e.g. the other on a second machine sharing exp/)
 #   local/results_queue.sh --list          # the quant confs in the order they run, one a line; nothing run
-# Its report: local/budget_sweep.sh --stage 9 (the sweep's systems over the seeds).
+#   local/results_queue.sh --report        # RESULTS.md and results/*.png over the systems scored so far (while the
+#                                          # lanes run too): the float model, then each conf's seeds in list order
 # 1. Stages 1-5 (the corpus and the FP32 Conformer, every core).
 # 2. Two 1-thread lanes side by side over one list, each step taken by the lane that reaches it first (on 2 cores
 #    two 1-thread trainings do 1.41x the work of one 2-thread one; a process of more threads beside another would
@@ -34,12 +35,14 @@ step() {   # step <done file> <log> <what> run.sh options...: once, its done fil
     return ${rc}
 }
 list=false   # --list: the quant confs of the list, one a line, and nothing run
+report=false # --report: the report over the list's systems scored on test under both decodes, and nothing run
 lanes="a b"  # --lane a|b: one lane
 while [ $# -gt 0 ]; do
     case "$1" in
         --list) list=true; shift;;
+        --report) report=true; shift;;
         --lane) case "${2:-}" in a|b) lanes=$2;; *) echo "$0: --lane takes a or b, not '${2:-}'" >&2; exit 1;; esac; shift 2;;
-        *) echo "$0: unknown option $1 (--list, --lane a|b)" >&2; exit 1;;
+        *) echo "$0: unknown option $1 (--list, --report, --lane a|b)" >&2; exit 1;;
     esac
 done
 
@@ -74,6 +77,20 @@ lane() {   # lane <a|b>
     log "lane $1: done"
 }
 if ${list}; then lane a; exit 0; fi
+if ${report}; then
+    float=exp/asr_train_asr_conformer decodes="decode_asr_packed decode_acoustic_packed" systems=""
+    scored() { local d; for d in ${decodes}; do [ -s $1/${d}/test/score_wer/result.txt ] || return 1; done; }
+    scored ${float} || { echo "$0: ${float} is not scored on test under ${decodes} yet: no report" >&2; exit 1; }
+    for c in $(list=true; lane a); do
+        for s in 1 2 3; do
+            d=${float}_$(basename ${c} .yaml)$([ ${s} = 1 ] || echo _seed${s})
+            if scored ${d}; then systems="${systems} ${d}"; fi
+        done
+    done
+    . "${root}/path.sh"
+    exec python -m mpq_plugins.bin.results --baseline ${float} --systems "${systems# }" --main_set test \
+        --valid_set dev --decode "${decodes}" --out RESULTS.md
+fi
 mkdir -p ${q}
 step baseline.done main.log "stages 1-5: corpus, FP32 Conformer" --stop_stage 5 || exit 1
 for l in ${lanes}; do lane ${l} & done

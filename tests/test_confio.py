@@ -209,3 +209,38 @@ def test_two_lanes_share_the_queue_each_step_once_and_a_cut_queue_goes_on(tmp_pa
     subprocess.run(["local/results_queue.sh", "--lane", "b"], cwd=tmp_path, check=True, timeout=120)
     again = (tmp_path / "calls").read_text().splitlines()
     assert len(again) == 1 and "--seeds 2 --quant_confs conf/quant/w1.yaml --quant_test_sets test" in again[0]
+
+
+def test_the_queue_reports_the_systems_scored_so_far_in_list_order(tmp_path):
+    """--report: the float model and every system of the list scored on test under both decodes, each conf's seeds
+    together in list order; a system with one decode scored, or none, is left out; nothing before the float model."""
+    import shutil
+    import subprocess
+    (tmp_path / "local").mkdir()
+    shutil.copy(os.path.join(ROOT, "local", "results_queue.sh"), tmp_path / "local")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$(dirname "$0")/../args"\n')
+    os.chmod(tmp_path / "bin" / "python", 0o755)
+    (tmp_path / "path.sh").write_text(f'export PATH="{tmp_path}/bin:$PATH"\n')
+
+    def score(d, decodes=("decode_asr_packed", "decode_acoustic_packed")):
+        for dec in decodes:
+            f = tmp_path / "exp" / d / dec / "test" / "score_wer" / "result.txt"
+            f.parent.mkdir(parents=True)
+            f.write_text("Sum/Avg ...\n")
+
+    report = lambda: subprocess.run(["local/results_queue.sh", "--report"], cwd=tmp_path, capture_output=True,  # noqa
+                                    text=True, timeout=60)
+    r = report()
+    assert r.returncode != 0 and "exp/asr_train_asr_conformer is not scored on test" in r.stderr
+    f = "asr_train_asr_conformer"
+    score(f)
+    for d in (f + "_w1_seed2", f + "_fp32_cont", f + "_w1", f + "_mpq_kl_2bit_seed3"):
+        score(d)
+    score(f + "_w2", decodes=("decode_asr_packed",))                     # the acoustic decode not scored yet
+    assert report().returncode == 0
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:4] == ["-m", "mpq_plugins.bin.results", "--baseline", "exp/" + f]
+    assert args[args.index("--systems") + 1].split() == [
+        "exp/" + f + s for s in ("_fp32_cont", "_w1", "_w1_seed2", "_mpq_kl_2bit_seed3")]
+    assert args[args.index("--out") + 1] == "RESULTS.md" and not (tmp_path / "exp" / "queue").exists()
