@@ -8,7 +8,9 @@
 #   local/results_queue.sh --report        # RESULTS.md and results/*.png over the systems scored so far (while the
 #                                          # lanes run too): the float model, then each conf's seeds in list order
 # 1. Stages 1-5 (the corpus and the FP32 Conformer, every core).
-# 2. Two 1-thread lanes side by side over one list, each step taken by the lane that reaches it first (on 2 cores
+# 2. The float model's decode weights tuned on dev and every test set decoded and scored (every core): once, before
+#    the lanes, which would otherwise both start on them and write the same files.
+# 3. Two 1-thread lanes side by side over one list, each step taken by the lane that reaches it first (on 2 cores
 #    two 1-thread trainings do 1.41x the work of one 2-thread one; a process of more threads beside another would
 #    slow both many times over). Seed by seed, 1 to 3: the float control, uniform 2, 1.6 and 1 bits, the four
 #    searches at 2 and at 1.75 stored bits (the sweep's open end), uniform 3 bits, the searches at 2.5 and at 3
@@ -93,5 +95,7 @@ if ${report}; then
 fi
 mkdir -p ${q}
 step baseline.done main.log "stages 1-5: corpus, FP32 Conformer" --stop_stage 5 || exit 1
+step float.done main.log "the float model: decode weights tuned on dev, every test set decoded and scored" \
+    --nj 2 --stage 6 --stop_stage 8 --quant_confs "" || exit 1
 for l in ${lanes}; do lane ${l} & done
 wait

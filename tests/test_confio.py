@@ -182,7 +182,8 @@ def test_the_results_queue_runs_the_sweep_below_two_bits_first_with_one_stage_as
 
 def test_two_lanes_share_the_queue_each_step_once_and_a_cut_queue_goes_on(tmp_path):
     """local/results_queue.sh itself with its run.sh replaced by a script that records its calls (and fails once
-    where told to): both lanes together run every step once, the int8 decodes after the default systems; a failed
+    where told to): the float model's decodes before the lanes, both lanes together run every step once, the int8
+    decodes after the default systems; a failed
     step is run again by the next queue, nothing else is."""
     import shutil
     import subprocess
@@ -196,8 +197,8 @@ def test_two_lanes_share_the_queue_each_step_once_and_a_cut_queue_goes_on(tmp_pa
     calls = (tmp_path / "calls").read_text().splitlines()
     n = len(subprocess.run(["local/results_queue.sh", "--list"], cwd=tmp_path, capture_output=True, text=True,
                            check=True).stdout.split())
-    assert len(calls) == len(set(calls)) == 1 + 3 * 21 + 3 * 6 - 1 + 2   # stages 1-5, the list, default, int8
-    assert calls[0] == "--stop_stage 5"
+    assert len(calls) == len(set(calls)) == 2 + 3 * 21 + 3 * 6 - 1 + 2   # stages 1-5, float, list, default, int8
+    assert calls[:2] == ["--stop_stage 5", "--nj 2 --stage 6 --stop_stage 8 --quant_confs "]
     default = [i for i, c in enumerate(calls) if c == "--nj 1 --stage 6"]
     int8 = [i for i, c in enumerate(calls) if "decode_asr_int8" in c]
     assert len(default) == len(int8) == 1 and default[0] < int8[0]
