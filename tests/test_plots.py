@@ -48,3 +48,5 @@ def test_the_wer_axis_turns_logarithmic_only_where_a_sweep_reaches_far_worse_sys
     figs[1].canvas.draw()
     labels = [t.get_text() for t in axes[1].get_yticklabels() if t.get_visible() and t.get_text()]
     assert "10" in labels and "20" in labels and all("^" not in t for t in labels)   # plain numbers, not 10^1
+    sizes = [t.get_text() for t in axes[1].get_xticklabels() if t.get_visible() and t.get_text()]
+    assert "1" in sizes and "10" in sizes and all("^" not in t for t in sizes)       # MB, the size axis too

@@ -81,12 +81,16 @@ WIDE_WER = 3.0   # the WER axis turns logarithmic where its highest value is ove
 def _finish_size_axes(fig, ax, path, xlabel, ylabel, wers):
     """wers: the lowest and highest WER drawn (bars included). A sweep down to 1 bit puts systems near 50% WER
     beside the float model's 8%: on a linear axis the differences between methods near the float model, the
-    ones a reader looks for, would shrink to a sliver, so such an axis is logarithmic, its ticks plain numbers."""
+    ones a reader looks for, would shrink to a sliver, so such an axis is logarithmic, its ticks plain numbers
+    (as the size axis's: 0.5, 1, 2, 5, 10 MB, not 10^0)."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     lo, hi = min(wers), max(wers)
     if lo > 0 and hi / lo > WIDE_WER:
-        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
