@@ -22,7 +22,7 @@ def test_every_candidate_width_has_its_own_colour_and_a_key(monkeypatch):
 def test_numbered_pareto_names_each_point_with_its_interval_in_the_key(monkeypatch):
     figs = drawn(monkeypatch)
     pts = [{"name": f"s{i}", "group": "g", "bytes": 1e6, "wer": 8.0 + i / 100, "lo": 7.5, "hi": 8.5, "seeds": 3}
-           for i in range(3)] + [{"name": "f", "group": "float32", "bytes": 12e6, "wer": 7.9, "lo": 7.4, "hi": 8.4,
+           for i in range(3)] + [{"name": "f", "group": "float32", "bytes": 3e6, "wer": 7.9, "lo": 7.4, "hi": 8.4,
                                   "seeds": 1}]
     plots.pareto(pts, "p.png", "test", numbered=True)
     texts = [t.get_text() for t in figs[0].axes[0].texts]
@@ -49,4 +49,27 @@ def test_the_wer_axis_turns_logarithmic_only_where_a_sweep_reaches_far_worse_sys
     labels = [t.get_text() for t in axes[1].get_yticklabels() if t.get_visible() and t.get_text()]
     assert "10" in labels and "20" in labels and all("^" not in t for t in labels)   # plain numbers, not 10^1
     sizes = [t.get_text() for t in axes[1].get_xticklabels() if t.get_visible() and t.get_text()]
-    assert "1" in sizes and "10" in sizes and all("^" not in t for t in sizes)       # MB, the size axis too
+    assert "0.5" in sizes and "1" in sizes and all("^" not in t for t in sizes)      # MB, the size axis too
+
+
+def test_a_float_model_far_larger_than_the_sweep_is_a_reference_line_and_the_size_axis_spans_the_sweep(monkeypatch):
+    figs = drawn(monkeypatch)
+    sweep = [{"name": n, "group": g, "bytes": b, "wer": w, "lo": w - 0.4, "hi": w + 0.4, "seeds": 3}
+             for n, g, b, w in (("w1p6", "uniform", 0.82e6, 12.7), ("kl", "kl", 0.77e6, 10.2), ("w3", "uniform", 1.35e6, 8.5))]
+    ref = [{"name": "fp32", "group": "float32", "bytes": 12.3e6, "wer": 7.6, "lo": 7.2, "hi": 8.0, "seeds": 1}]
+    plots.pareto(sweep + ref, "p.png", "test", numbered=True)
+    ax = figs[0].axes[0]
+    key = next(t.get_text() for t in ax.texts if "\n" in t.get_text())
+    assert "fp32" not in key and len(key.splitlines()) == 3                # numbered: the sweep alone
+    lines = [l for l in ax.get_lines() if l.get_label().startswith("fp32")]
+    assert len(lines) == 1 and set(lines[0].get_ydata()) == {7.6} and "12.3 MB" in lines[0].get_label()
+    assert ax.get_xlim()[1] < 2 and ax.get_ylim()[0] < 7.2                  # the sweep's sizes; the float's band shown
+    figs[0].canvas.draw()
+    sizes = [t.get_text() for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+    assert {"0.8", "1"} <= set(sizes)                                       # a tick every tenth of a decade
+    plots.wer_vs_size([{"name": p["name"], "bytes": p["bytes"], "wer": p["wer"], "lossless": False,
+                        "float": p["group"] == "float32"} for p in sweep + ref], "s.png", "test")
+    ax = figs[1].axes[0]
+    key = next(t.get_text() for t in ax.texts if "\n" in t.get_text())
+    assert "fp32" not in key and any(l.get_label() == "fp32: 7.6, 12.3 MB" for l in ax.get_lines())
+    assert ax.get_xlim()[1] < 2

@@ -48,14 +48,35 @@ def _number_points(ax, order, wer_format):
     ax.text(1.02, 1.0, key, transform=ax.transAxes, fontsize=7, va="top", family="monospace")
 
 
+FAR_SIZE = 4.0   # float models this many times larger than every other system are drawn as reference lines
+
+
+def _float_lines(ax, systems, is_float, wer_format):
+    """Where every float model is over FAR_SIZE times larger than every other system (a sweep's systems from 0.6
+    to 1.4 MB beside a float model of 12 MB would crowd into a corner), draw the float models as horizontal
+    reference lines (an interval, where they have one, shaded), named in the legend, and return the other
+    systems, to be drawn as points on a size axis of their own; else return systems as they are."""
+    floats = [s for s in systems if is_float(s)]
+    rest = [s for s in systems if not is_float(s)]
+    if not floats or not rest or min(s["bytes"] for s in floats) <= FAR_SIZE * max(s["bytes"] for s in rest):
+        return systems
+    for s, style in zip(floats, ("--", ":", "-.")):
+        ax.axhline(s["wer"], color="black", ls=style, lw=1,
+                   label=f"{s['name']}: {wer_format(s)}, {s['bytes'] / 1e6:.1f} MB")
+        if "lo" in s:
+            ax.axhspan(s["lo"], s["hi"], color="grey", alpha=0.08)
+    return rest
+
+
 def wer_vs_size(systems, path, test_set):
     """systems: [{"name", "bytes", "wer", "lossless" (True/False/None for the baselines), "float"}];
     lossless: on every test set and decode. Points carry numbers (by size, then WER) and a key beside the
     axes names them: many systems share a size (every mixed-precision method of a budget), where names
-    beside the points would overprint."""
+    beside the points would overprint. Float models far larger than the rest: reference lines (_float_lines)."""
     plt = _plt()
     order = sorted(systems, key=lambda s: (s["bytes"], s["wer"]))
     fig, ax = plt.subplots(figsize=(10, max(4.2, 0.16 * len(order) + 1.2)))
+    order = _float_lines(ax, order, lambda s: s["float"], lambda s: f"{s['wer']:.1f}")
     for s in order:
         if s["float"]:
             style = dict(marker="s", color="black")
@@ -65,11 +86,12 @@ def wer_vs_size(systems, path, test_set):
             style = dict(marker="x", color="tab:red")
         ax.plot(s["bytes"] / 1e6, s["wer"], linestyle="none", ms=7, **style)
     _number_points(ax, order, lambda s: f"{s['wer']:.1f}")
-    front = lossless_frontier([(s["bytes"] / 1e6, s["wer"], s["lossless"] or s["float"]) for s in systems])
+    front = lossless_frontier([(s["bytes"] / 1e6, s["wer"], s["lossless"] or s["float"]) for s in order])
     if front:
         ax.step([f[0] for f in front], [f[1] for f in front], where="post", color="tab:green", alpha=0.5,
                 label="lossless frontier")
-    ax.plot([], [], "s", color="black", label="float32")
+    if any(s["float"] for s in order):
+        ax.plot([], [], "s", color="black", label="float32")
     ax.plot([], [], "o", color="tab:green", label="lossless on every test set and decode (MAPSSWE)")
     ax.plot([], [], "x", color="tab:red", label="significantly worse on some test set or decode")
     _finish_size_axes(fig, ax, path, "size on disk (MB, log scale)", f"{test_set} WER (%)", [s["wer"] for s in systems])
@@ -85,7 +107,8 @@ def _finish_size_axes(fig, ax, path, xlabel, ylabel, wers):
     (as the size axis's: 0.5, 1, 2, 5, 10 MB, not 10^0)."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    x0, x1 = ax.get_xlim()   # less than a decade (the quantized systems of a sweep alone): a tick at every tenth
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if x1 > 5 * x0 else tuple(range(1, 10))))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
@@ -108,9 +131,13 @@ def pareto(points, path, test_set, lines=True, numbered=False):
     interval bars, one colour per group; lines: each group's systems joined in size order, else markers
     alone, the systems of equal size in different groups (e.g. a nested system and its twin) joined by a
     dotted line; numbered: points numbered and named in a key beside the axes (many at one size), else
-    named beside the points."""
+    named beside the points. Float models over FAR_SIZE times larger than every other system are reference
+    lines (their intervals shaded), named in the legend."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(10, max(5.5, 0.16 * len(points) + 1.2)) if numbered else (9, 5.5))
+    drawn = points   # every point's interval sets the WER axis
+    points = _float_lines(ax, points, lambda p: p["group"] == "float32",
+                          lambda p: f"{p['wer']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}]")
     groups = list(dict.fromkeys(p["group"] for p in points))
     colours = plt.get_cmap("tab10")
     if not lines:
@@ -136,7 +163,7 @@ def pareto(points, path, test_set, lines=True, numbered=False):
                        lambda p: f"{p['wer']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}], {p['seeds']} seed"
                                  + ("s" if p["seeds"] != 1 else ""))
     _finish_size_axes(fig, ax, path, "size on disk (MB, log scale; mean over seeds)",
-                      f"{test_set} WER (%), 95% bootstrap interval", [p["lo"] for p in points] + [p["hi"] for p in points])
+                      f"{test_set} WER (%), 95% bootstrap interval", [p["lo"] for p in drawn] + [p["hi"] for p in drawn])
 
 
 def bit_allocation(name, bits_per_layer, path):
