@@ -400,16 +400,12 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
     esac
     for c in ${decode_configs}; do
         # the weights of the conf's tune: grid, chosen on ${valid_set} with the float32 model, for every system
-        # (rewritten only when they change; tuned.done says when they were last chosen)
-        tuned=${asr_exp}/$(decode_name ${c})/tuned_config.yaml done=${asr_exp}/$(decode_name ${c})/tuned.done
-        if [ ! ${done} -nt ${c} ] || [ ! ${done} -nt ${asr_exp}/packed.safetensors ] ||
-                { [ "${lm}" = ngram ] && { [ ! ${done} -nt ${lm_exp}/lm.arpa ] || [ ! ${done} -nt ${lm_exp}/words.txt ]; }; }; then
-            log 7 "decode: tune ${c} on ${valid_set} with ${asr_exp}/packed.safetensors -> ${tuned}"
-            python -m mpq_plugins.bin.tune_decoding --config ${c} --data ${datadir}/${valid_set} \
-                --asr_train_config ${asr_exp}/config.yaml --asr_model_file ${asr_exp}/packed.safetensors \
-                ${lm_opts} --out ${tuned}
-            touch ${done}
-        fi
+        # (tuned again only when the options, the model, the LM or the set change; rewritten only when they change)
+        tuned=${asr_exp}/$(decode_name ${c})/tuned_config.yaml
+        log 7 "decode: the weights of ${c}, tuned on ${valid_set} with ${asr_exp}/packed.safetensors -> ${tuned}"
+        python -m mpq_plugins.bin.tune_decoding --config ${c} --data ${datadir}/${valid_set} \
+            --asr_train_config ${asr_exp}/config.yaml --asr_model_file ${asr_exp}/packed.safetensors \
+            ${lm_opts} --out ${tuned}
         for sys in ${systems}; do
             for d in $(sets_of ${sys}); do
                 log 7 "decode: ${d} with ${sys}/packed.safetensors ($(basename ${c})) in ${nj} jobs"

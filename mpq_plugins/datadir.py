@@ -3,6 +3,7 @@
 Every problem is reported as one line naming the file (and line) and what is wrong.
 """
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -46,6 +47,16 @@ def write_atomic(path, text):
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def file_digest(path):
+    """The SHA-256 (hex) of a file's bytes, read a megabyte at a time: what a result depends on, by content
+    rather than by modification time (which a fresh checkout or a copy changes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

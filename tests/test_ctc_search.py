@@ -157,7 +157,8 @@ def test_tuning_tries_every_grid_point_and_keeps_the_fewest_errors(model, lm_fil
 
 def test_tune_decoding_writes_the_chosen_weights_and_leaves_an_unchanged_result_alone(tmp_path):
     """The entry point on a real data dir: the tuned yaml has the grid's best and no tune:, the table every
-    point; a rerun with the same outcome does not touch the yaml (decodes made with it stay up to date)."""
+    point; a rerun with the same outcome does not touch the yaml (decodes made with it stay up to date); a rerun
+    with the same inputs (by content, whatever their files' times) tunes nothing, other inputs tune again."""
     import os
 
     import numpy as np
@@ -192,8 +193,25 @@ def test_tune_decoding_writes_the_chosen_weights_and_leaves_an_unchanged_result_
     assert table[0].split("\t") == ["word_lm_weight", "word_score", "ctc_weight", "errors", "words"]
     assert len(table) == 5 and all(line.split("\t")[4] == "5" for line in table[1:])
     before = os.stat(tmp_path / "out" / "tuned.yaml").st_mtime_ns
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
-    assert os.stat(tmp_path / "out" / "tuned.yaml").st_mtime_ns == before
+    (tmp_path / "out" / "tuned.inputs").unlink()                       # as before there was a digest: tunes again
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0 and "up to date" not in r.stdout and (tmp_path / "out" / "tuned.inputs").exists()
+    assert os.stat(tmp_path / "out" / "tuned.yaml").st_mtime_ns == before    # the same weights: not rewritten
+    # the same options in new bytes (a comment, another order) and a newer file: nothing tuned again
+    (tmp_path / "d.yaml").write_text("# checked out again\nrescore_nbest: 3\nsearch: lexicon\nbeam_size: 4\n"
+                                     "tune:\n  ctc_weight: [0.3, 0.7]\n  word_lm_weight: [0.5, 1.0]\n")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0 and "tuned.yaml is up to date" in r.stdout, r.stdout + r.stderr[-2000:]
+    # another grid, or another model, tunes again
+    (tmp_path / "d.yaml").write_text("search: lexicon\nbeam_size: 4\nrescore_nbest: 3\ntune:\n  ctc_weight: [0.5]\n")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0 and "up to date" not in r.stdout
+    assert yaml.safe_load((tmp_path / "out" / "tuned.yaml").read_text())["ctc_weight"] == 0.5
+    assert subprocess.run(cmd, capture_output=True, text=True).stdout.count("up to date") == 1
+    with open(tmp_path / "config.yaml", "a") as f:      # the model's config: bytes of its own
+        f.write("# edited\n")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0 and "up to date" not in r.stdout
 
 
 @pytest.fixture(scope="module")

@@ -264,6 +264,7 @@ def test_a_lexicon_that_does_not_fit_the_lm_stops_decoding_and_keeps_the_earlier
             "--acoustic_config", "")
     assert r.returncode == 0, r.stderr[-2000:]
     assert dev.stat().st_mtime_ns > before and dev.read_bytes() == texts[dev]
+    assert "tuned_config.yaml is up to date" in r.stdout          # the lexicon's words as before: weights not tuned again
 
 def test_a_quantized_system_decodes_on_int8_kernels_as_a_decode_of_its_own(recipe):
     int8 = "decode_tiny_int8_packed"

@@ -8,18 +8,39 @@ The grid is the `tune:` mapping of --config ({option: [values]} over word_lm_wei
 ctc_weight). Writes --out: --config with the weights of the fewest dev word errors (and no `tune:`),
 and <out dir>/<out name>.tsv: every grid point with its errors. A config without `tune:` is copied as
 it is. Test sets are never read here: the weights are chosen on --data only.
+
+<out dir>/<out name>.inputs holds the digest of what the weights depend on: the options as parsed (not the
+file's bytes nor its time), the model and its config, the LM files and the held-out data's lists. While it
+matches, --out is up to date and nothing is decoded (a fresh checkout of the recipe, whose confs are all newer
+than the results, tunes nothing again).
 """
 import argparse
 import functools
+import hashlib
+import json
 import os
 import sys
 import time
 
 import yaml
 
-from mpq_plugins.datadir import DataDirError, read_table, write_atomic
-from mpq_plugins.espnet.decoding import build_recognizer, read_batches, read_decode_config
-from mpq_plugins.quant import QuantConfigError
+from mpq_plugins.datadir import DataDirError, file_digest, read_table, write_atomic
+
+
+def inputs_digest(a):
+    """The SHA-256 of the tuning's inputs (see the module's doc): the same inputs, the same weights."""
+    with open(a.config, "rb") as f:
+        raw = f.read()
+    try:
+        config = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        config = raw.hex()        # read_decode_config names the problem below
+    files = {k: file_digest(v) for k, v in sorted(vars(a).items())
+             if k not in ("config", "data", "out") and v is not None}
+    data = {f: file_digest(os.path.join(a.data, f)) for f in ("wav.scp", "text")
+            if os.path.exists(os.path.join(a.data, f))}
+    key = json.dumps({"config": config, "files": files, "data": data}, sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def main(argv=None):
@@ -37,6 +58,16 @@ def main(argv=None):
     log = functools.partial(print, flush=True)
     t0 = time.time()
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    stamp = os.path.splitext(a.out)[0] + ".inputs"
+    try:
+        digest = inputs_digest(a)
+    except OSError as e:
+        sys.exit(f"tune_decoding: {e.filename}: {e.strerror}")
+    if os.path.exists(a.out) and os.path.exists(stamp) and open(stamp, encoding="utf-8").read().strip() == digest:
+        log(f"tune_decoding: {a.out} is up to date (its options, model, LM and {a.data} unchanged); not tuning again")
+        return
+    from mpq_plugins.espnet.decoding import build_recognizer, read_batches, read_decode_config
+    from mpq_plugins.quant import QuantConfigError
     try:
         opts = read_decode_config(a.config)
         with open(a.config, encoding="utf-8") as f:
@@ -59,6 +90,7 @@ def main(argv=None):
     text = f"# {a.config}, tuned on {a.data} by mpq_plugins.bin.tune_decoding\n" + yaml.safe_dump(raw, sort_keys=False)
     if not os.path.exists(a.out) or open(a.out, encoding="utf-8").read() != text:
         write_atomic(a.out, text)   # only when the weights change: decodes made with them stay up to date
+    write_atomic(stamp, digest + "\n")
     log(f"tune_decoding: {a.out} ({time.time() - t0:.0f}s)" + (f": {best}" if opts["tune"] else ": nothing to tune"))
 
 

@@ -23,7 +23,7 @@ from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
 from espnet.nets.pytorch_backend.transformer.add_sos_eos import add_sos_eos
 from espnet2.tasks.asr import ASRTask
 
-from mpq_plugins.datadir import read_table
+from mpq_plugins.datadir import file_digest, read_table
 from mpq_plugins.espnet.groups import groups_for
 from mpq_plugins.quant import QuantConfig, quantize_
 from mpq_plugins.quant.allocation import allocate, average_bits, layer_costs
@@ -128,14 +128,6 @@ def held_out_batches(conf, data, n_utts, batch_size=8):
     return batches
 
 
-def _digest(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_path(cache_dir, method, model_file, data, mp, per_channel):
     """Where the sensitivities of this search live in cache_dir: they depend on the float model, the
     candidates, the held-out data and the search's own options, not on the budget (nor on a fine-tuning
@@ -144,10 +136,10 @@ def cache_path(cache_dir, method, model_file, data, mp, per_channel):
     its own Hessian block (Hessian, an unbiased estimate whatever else is probed; a layer whose
     estimate is not positive takes the smallest positive one among the layers measured), so the file keeps
     its layers and a search of any of them reads it."""
-    key = {"method": method, "model": _digest(model_file), "candidates": [str(b) for b in mp.candidates],
+    key = {"method": method, "model": file_digest(model_file), "candidates": [str(b) for b in mp.candidates],
            "per_channel": per_channel, "n_utts": mp.n_utts,
            "hutchinson_samples": mp.hutchinson_samples if method == "hessian" else None,
-           "data": [_digest(os.path.join(data, f)) for f in ("wav.scp", "text", "utt2spk")
+           "data": [file_digest(os.path.join(data, f)) for f in ("wav.scp", "text", "utt2spk")
                     if os.path.exists(os.path.join(data, f))]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return os.path.join(cache_dir, f"{method}_{digest}.json")
