@@ -39,6 +39,7 @@ confs="${confs} mpq_one_stage_2p5bit_teacherkl"   # the search learns from the t
 for b in 3bit 2p5bit 2bit 1p75bit; do confs="${confs} mpq_one_stage_${b}_tuned"; done   # as the tuning kept it
 confs="${confs} mpq_one_stage_3bit_tuned_half mpq_one_stage_2p5bit_tuned_half"
 confs="${confs} mpq_one_stage_2bit_tuned_out8 mpq_one_stage_1p75bit_tuned_out8"   # as tuned, output layers at 8 bits
+confs="${confs} mpq_supernet_2bit_out8 mpq_supernet_1p75bit_out8"   # the other gradient search, the same
 paths=""
 for c in ${confs}; do
     [ -f "${root}/conf/quant/${c}.yaml" ] || { echo "$0: conf/quant/${c}.yaml: no such file" >&2; exit 1; }

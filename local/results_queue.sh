@@ -14,7 +14,7 @@
 #    two 1-thread trainings do 1.41x the work of one 2-thread one; a process of more threads beside another would
 #    slow both many times over). Seed by seed, 1 to 3: the float control, uniform 2, 1.6 and 1 bits, the four
 #    searches at 2 and at 1.75 stored bits (the sweep's open end), uniform 3 bits, the searches at 2.5 and at 3
-#    bits, one-stage with its output layers kept at 8 bits at 2 and 1.75 bits; then equal compute (the searches
+#    bits, one-stage and supernet with their output layers kept at 8 bits at 2 and 1.75 bits; then equal compute (the searches
 #    on half the fine-tuning at 3 and 2.5 bits), seeds 1-3; then README's main command's stages 6-9 (its systems
 #    on every test set) and w8_ptq and w4 decoded on int8 kernels.
 #    One-stage runs as the tuning at 2.5 bits kept it (conf/quant/mpq_one_stage_*_tuned.yaml;
@@ -68,7 +68,7 @@ lane() {   # lane <a|b>
     export OMP_NUM_THREADS=1
     for s in 1 2 3; do
         sweep ${out} ${s} fp32_cont w2 w1p6 w1 $(searches 2bit 1p75bit) w3 $(searches 2p5bit 3bit) \
-            mpq_one_stage_2bit_tuned_out8 mpq_one_stage_1p75bit_tuned_out8
+            mpq_one_stage_2bit_tuned_out8 mpq_one_stage_1p75bit_tuned_out8 mpq_supernet_2bit_out8 mpq_supernet_1p75bit_out8
         ${list} && break   # the list once
     done
     sweep ${out} "1 2 3" mpq_one_stage_3bit_tuned_half mpq_kl_3bit_half mpq_hessian_3bit_half \
