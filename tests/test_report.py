@@ -33,7 +33,7 @@ def write_text(path, texts):
 
 
 def record(name, method="float", weight_bits=None, size=1000, bits_per_layer=None, budget=None, times=None,
-           training=None, description=None, seed=0):
+           training=None, description=None, seed=0, conf=None):
     """A system.yaml record as the quantize stage writes it. times: [(what, wall seconds)] of
     search / train / pack (CPU time twice the wall time)."""
     is_float = method in ("float", "float_control")
@@ -47,7 +47,7 @@ def record(name, method="float", weight_bits=None, size=1000, bits_per_layer=Non
                 "total_s": float(sum(t for _, t in times)), "cpu_s": float(sum(2 * t for _, t in times))}
     return {"format": 1, "system": name, "method": method, "description": description or DESCRIPTION[method],
             "quant_conf": None if method == "float" else f"conf/quant/{name}.yaml",
-            "conf": {} if is_float else {"quantization": {"weight_bits": weight_bits}},
+            "conf": conf or ({} if is_float else {"quantization": {"weight_bits": weight_bits}}),
             "budget": budget, "is_float": is_float, "weight_bits": bits, "bits_per_layer": bits_per_layer,
             "sizes": {"fp32_bytes": 4000, "disk_bytes": size, "accounted_bytes": size - 40, "header_bytes": 40,
                       "compression_ratio": 4000 / size, "params": 1000, "quantized_fraction": 0.0 if is_float else 0.9},
@@ -183,7 +183,10 @@ def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
     half = make_system(recipe, "asr_m_one_half", edit(lambda u: 1 if u == 4 else 0), "one_stage",
                        budget={"avg_bits": 3}, times=[("train", 150), ("pack", 12)], **mixed)
     sn = make_system(recipe, "asr_m_sn", edit(lambda u: 0), "supernet", budget={"size_mb": 1.2}, **mixed)
-    lines = report.report(base, [one, half, kl, w3, other, w2, w1, w3_ptq, w3_layers, sn], "test", "dev",
+    pinned = make_system(recipe, "asr_m_one_out8", edit(lambda u: 0), "one_stage", budget={"avg_bits": 3},
+                         conf={"quantization": {"bits": {"b": 4}, "mixed_precision": {"budget": {"avg_bits": 3}}}},
+                         times=[("train", 300), ("pack", 12)], **mixed)
+    lines = report.report(base, [one, half, kl, w3, other, w2, w1, w3_ptq, w3_layers, sn, pinned], "test", "dev",
                           str(recipe / "RESULTS.md"), DECODE)
     i = lines.index("### Budget 3 stored bits (10.67x)")
     rows = {r.split("|")[1]: r.split("|") for r in lines[i:lines.index("## Seeds and intervals (test)")]
@@ -193,7 +196,9 @@ def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):
     # the uniform systems storing nearest the budget (3 stored bits) on either side are shown beside it: w2 below,
     # w3 above with its PTQ twin of the same size; not w1 nor w4 (further away), nor a QAT system with per-layer bits
     assert [r.split("|")[1] for r in block] == ["asr_m_one", "asr_m_one_half", "asr_m_kl", "asr_m_w3", "asr_m_w2",
-                                                "asr_m_w3_ptq"]
+                                                "asr_m_w3_ptq", "asr_m_one_out8"]
+    # a search with layers pinned out of it (bits: entries in its conf) is a method of its own in the tables
+    assert block[-1].split("|")[2] == "one-stage MPQ, layers pinned" and block[0].split("|")[2] == "one-stage MPQ"
     j = lines.index("### Budget 1.2 MB")                                   # a size budget: its own table
     assert [r.split("|")[1] for r in lines[j + 4: lines.index("", j + 3)]] == ["asr_m_sn"]
     assert rows["asr_m_one"][2] == "one-stage MPQ" and rows["asr_m_kl"][2] == "two-stage MPQ (KL)"

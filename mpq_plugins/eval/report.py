@@ -111,6 +111,8 @@ class System:
         self.method = rec["description"]          # the report's "method" column
         self.is_float = rec["is_float"]
         self.mixed = self.kind in MIXED
+        if self.mixed and ((rec.get("conf") or {}).get("quantization") or {}).get("bits"):
+            self.method += ", layers pinned"      # bits: entries keep some layers out of the search: its own line
         self.budget = rec["budget"]
         self.weight_bits = rec["weight_bits"]
         self.bits_per_layer = rec["bits_per_layer"]
