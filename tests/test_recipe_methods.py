@@ -101,3 +101,22 @@ def test_first_order_check_sets_the_search_signal_beside_the_actual_loss_change(
     assert len(rows) == 2 + 2 * 3 and rows[2].startswith("|decoder.output_layer (")
     with pytest.raises(SystemExit, match="encoder.nothing is not a module"):
         first_order_check.main(args + ["--layers", "encoder.nothing", "--out", str(out)])
+    # the teacher's KL: zero with its gradient at the float point; with the other layers at w4's bits, not
+    kl = args + ["--layers", "decoder.output_layer", "ctc.ctc_lo", "--loss", "teacher_kl", "--out", str(out)]
+    first_order_check.main(kl)
+    float_point = json.loads((tmp_path / "check.json").read_text())
+    assert float_point["loss_kind"] == "teacher_kl" and abs(float_point["loss"]) < 1e-5 and not float_point["rest"]
+    for layer in float_point["layers"].values():
+        for c in layer["candidates"].values():
+            assert abs(c["first_order"]) < 1e-5 and c["actual"] > -1e-5          # the KL's minimum: nothing below
+    assert float_point["layers"]["decoder.output_layer"]["candidates"]["1"]["actual"] > 1e-4
+    w4 = recipe / "exp" / "asr_train_tiny_w4"
+    first_order_check.main(kl + ["--rest_bits_from", str(w4)])
+    quantized = json.loads((tmp_path / "check.json").read_text())
+    rest = yaml.safe_load((w4 / "system.yaml").read_text())["bits_per_layer"]
+    assert set(quantized["rest"]) == set(rest) - {"decoder.output_layer", "ctc.ctc_lo"} and set(quantized["rest"].values()) == {4}
+    assert quantized["loss"] > 1e-4 and quantized["rest_bits_from"] == str(w4)
+    assert "other layers at the bits of" in out.read_text()
+    assert any(abs(c["first_order"]) > 1e-7 for c in quantized["layers"]["decoder.output_layer"]["candidates"].values())
+    with pytest.raises(SystemExit, match="system.yaml: missing"):
+        first_order_check.main(kl + ["--rest_bits_from", str(tmp_path)])
