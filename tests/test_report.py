@@ -164,6 +164,15 @@ def test_mixed_precision_system_gets_a_bit_allocation_plot(recipe):
     assert "results/asr_z_mpq_bits.png" in text and "|asr_z_mpq|mixed QAT, weights|5.50|" in text
     assert os.path.getsize(recipe / "results" / "asr_z_mpq_bits.png") > 1000
     assert "## Mixed precision at equal budget" not in text      # per-layer bits, but no budget (not an MPQ method)
+    assert "Bits of the output layers" not in text                # it has none of them
+    q2 = make_system(recipe, "asr_z_mpq2", edit(lambda u: int(u == 0)), "qat", weight_bits=4.5, size=500,
+                     description="mixed QAT, weights", bits_per_layer={"encoder.encoders.0.w": 8, "ctc.ctc_lo": 1})
+    lines = report.report(base, [q, q2], "test", "dev", str(recipe / "RESULTS.md"), DECODE)
+    head = next(i for i, l in enumerate(lines) if l.startswith("Bits of the output layers"))
+    assert lines[head + 2] == "|system|method|seed|stored bits|`ctc.ctc_lo`|test WER|"   # the layers some system has
+    wer = report.System(q2, [DECODE], False).wer["test"]
+    assert wer > 0 and lines[head + 4:head + 6] == ["|asr_z_mpq|mixed QAT, weights|0|8.00||0.0|",
+                                                    f"|asr_z_mpq2|mixed QAT, weights|0|4.00|1|{wer:.1f}|"]
 
 
 def test_equal_budget_table_names_methods_and_splits_compression_time(recipe):

@@ -755,7 +755,7 @@ def report(baseline, others, main_set, valid_set, out, decodes):
                   "![WER against size, seeds together](results/wer_vs_size_seeds.png)", ""]
     mixed = [s for s in systems if len(set(s.bits_per_layer.values())) > 1]
     if mixed:
-        lines += ["## Bit allocation of the mixed-precision systems", ""]
+        lines += ["## Bit allocation of the mixed-precision systems", ""] + output_layer_bits(mixed, main_set)
         for s in mixed:
             png = f"{s.name}_bits.png"
             plots.bit_allocation(s.name, s.bits_per_layer, os.path.join(plot_dir, png))
@@ -765,6 +765,26 @@ def report(baseline, others, main_set, valid_set, out, decodes):
             lines += per_system(s, plot_dir)
     write_atomic(out, "\n".join(lines) + "\n")
     return lines
+
+
+OUTPUT_LAYERS = ("ctc.ctc_lo", "decoder.output_layer", "lm_head")   # ESPnet's CTC and decoder outputs, a CTC head
+
+
+def output_layer_bits(mixed, main_set):
+    """A table of the bits each mixed-precision system gives the model's output layers (OUTPUT_LAYERS that
+    any of them has) beside its main_set WER: a search that starves the last projection shows here at once."""
+    names = [n for n in OUTPUT_LAYERS if any(n in s.bits_per_layer for s in mixed)]
+    if not names:
+        return []
+    lines = [f"Bits of the output layers (`{'`, `'.join(names)}`) beside the {main_set} WER (first decode), per system "
+             "and seed:", "", "|system|method|seed|stored bits|" + "|".join(f"`{n}`" for n in names)
+             + f"|{main_set} WER|", "|---|---|---|---|" + "---|" * len(names) + "---|"]
+    for s in mixed:
+        wer = s.wer.get(main_set)
+        lines.append(f"|{s.name}|{s.method}|{s.seed}|{32 / s.sizes['compression_ratio']:.2f}|"
+                     + "|".join(str(s.bits_per_layer.get(n, "")) for n in names)
+                     + f"|{'' if wer is None else f'{wer:.1f}'}|")
+    return lines + [""]
 
 
 def summary(lines):
