@@ -89,7 +89,8 @@ def markdown(result, title):
              "bits a layer on average, MSE steps)" if rest else "of the float model")
     lines = [f"# {title}", "",
              f"{what[result.get('loss_kind', 'espnet')]} {where}: {result['loss']:.4f} on {result['utterances']} "
-             "held-out utterances. Per layer: the cosine of W with dL/dW; per candidate: |Q(W)|/|W|, the first-order loss change <Q(W) - W, dL/dW> "
+             "held-out utterances. Per layer: the cosine of W with dL/dW; per candidate: |Q(W)|/|W|, the "
+             "first-order loss change <Q(W) - W, dL/dW> "
              "(what the search's logit gradient sees), its part along W (the norm change alone) and the "
              "actual loss change with Q(W) in place of W.", "",
              "|layer|cos(W, dL/dW)|bits|Q/W norm|first-order|along W|actual|", "|---|---|---|---|---|---|---|"]
