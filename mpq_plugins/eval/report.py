@@ -767,7 +767,7 @@ def report(baseline, others, main_set, valid_set, out, decodes):
     return lines
 
 
-OUTPUT_LAYERS = ("ctc.ctc_lo", "decoder.output_layer", "lm_head")   # ESPnet's CTC and decoder outputs, a CTC head
+OUTPUT_LAYERS = ("ctc.ctc_lo", "decoder.output_layer")   # the CTC and decoder outputs (an imported CTC head: ctc_lo)
 
 
 def output_layer_bits(mixed, main_set):
