@@ -36,7 +36,7 @@ for b in 3bit 2p5bit; do
 done
 confs="${confs} mpq_one_stage_3bit_out8 mpq_one_stage_2p5bit_out8"   # the output layers kept out of the search at 8 bits
 confs="${confs} mpq_one_stage_2p5bit_teacherkl"   # the search learns from the teacher's KL alone
-for b in 3bit 2p5bit 2bit 1p75bit; do confs="${confs} mpq_one_stage_${b}_tuned"; done   # as the tuning kept it
+for b in 3p5bit 3bit 2p5bit 2bit 1p75bit; do confs="${confs} mpq_one_stage_${b}_tuned"; done   # as the tuning kept it
 confs="${confs} mpq_one_stage_3bit_tuned_half mpq_one_stage_2p5bit_tuned_half"
 confs="${confs} mpq_one_stage_2bit_tuned_out8 mpq_one_stage_1p75bit_tuned_out8"   # as tuned, output layers at 8 bits
 confs="${confs} mpq_supernet_2bit_out8 mpq_supernet_1p75bit_out8"   # the other gradient search, the same

@@ -15,7 +15,8 @@
 #    slow both many times over). Seed by seed, 1 to 3: the float control, uniform 2, 1.6 and 1 bits, the four
 #    searches at 2 and at 1.75 stored bits (the sweep's open end), uniform 3 bits, the searches at 2.5 and at 3
 #    bits, one-stage and supernet with their output layers kept at 8 bits at 2 and 1.75 bits; then equal compute (the searches
-#    on half the fine-tuning at 3 and 2.5 bits), seeds 1-3; then README's main command's stages 6-9 (its systems
+#    on half the fine-tuning at 3 and 2.5 bits), seeds 1-3; then the lossless end (uniform 4 bits, one-stage and KL
+#    at 3.5 stored bits), seeds 1-3; then README's main command's stages 6-9 (its systems
 #    on every test set) and w8_ptq and w4 decoded on int8 kernels.
 #    One-stage runs as the tuning at 2.5 bits kept it (conf/quant/mpq_one_stage_*_tuned.yaml;
 #    results/tuning_2p5bit.md), the other searches with their confs, which hold the values that tuning kept.
@@ -73,6 +74,7 @@ lane() {   # lane <a|b>
     done
     sweep ${out} "1 2 3" mpq_one_stage_3bit_tuned_half mpq_kl_3bit_half mpq_hessian_3bit_half \
         mpq_one_stage_2p5bit_tuned_half mpq_kl_2p5bit_half mpq_hessian_2p5bit_half
+    sweep ${out} "1 2 3" w4 mpq_one_stage_3p5bit_tuned mpq_kl_3p5bit   # the lossless end: uniform 4 bits, 3.5 stored bits
     ${list} && return 0
     step default.done ${out} "stages 6-9: the default systems" --nj 1 --stage 6 || return 1
     step int8.done ${out} "w8_ptq and w4 on int8 kernels" --nj 1 --stage 7 --stop_stage 8 --test_sets test \

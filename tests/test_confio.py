@@ -38,7 +38,7 @@ def test_the_budget_sweep_lists_existing_confs_at_five_budgets_and_both_compute_
     import subprocess
     out = subprocess.run([os.path.join(ROOT, "local", "budget_sweep.sh"), "--list"], capture_output=True, text=True,
                          check=True).stdout.split()
-    assert len(out) == len(set(out)) == 45 and all(os.path.exists(os.path.join(ROOT, p)) for p in out)
+    assert len(out) == len(set(out)) == 46 and all(os.path.exists(os.path.join(ROOT, p)) for p in out)
     budgets = {}
     for p in out:
         conf = compose(os.path.join(ROOT, p))
@@ -197,12 +197,12 @@ def test_two_lanes_share_the_queue_each_step_once_and_a_cut_queue_goes_on(tmp_pa
     calls = (tmp_path / "calls").read_text().splitlines()
     n = len(subprocess.run(["local/results_queue.sh", "--list"], cwd=tmp_path, capture_output=True, text=True,
                            check=True).stdout.split())
-    assert len(calls) == len(set(calls)) == 2 + 3 * 25 + 3 * 6 - 1 + 2   # stages 1-5, float, list, default, int8
+    assert len(calls) == len(set(calls)) == 2 + 3 * 25 + 3 * 6 + 3 * 3 - 1 + 2   # stages 1-5, float, list, default, int8
     assert calls[:2] == ["--stop_stage 5", "--nj 2 --stage 6 --stop_stage 8 --quant_confs "]
     default = [i for i, c in enumerate(calls) if c == "--nj 1 --stage 6"]
     int8 = [i for i, c in enumerate(calls) if "decode_asr_int8" in c]
     assert len(default) == len(int8) == 1 and default[0] < int8[0]
-    assert n == 31 and "--seeds 2 --quant_confs conf/quant/w1.yaml" not in " ".join(calls)
+    assert n == 34 and "--seeds 2 --quant_confs conf/quant/w1.yaml" not in " ".join(calls)
     log = (tmp_path / "exp" / "queue" / "queue.log").read_text()
     assert "w1 seed 2: FAILED" in log and ("lane a: done" in log or "lane b: done" in log)
     (tmp_path / "fail").unlink()
